@@ -1,0 +1,1 @@
+//! HLS origin (being built).

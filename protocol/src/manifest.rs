@@ -1,0 +1,246 @@
+//! The integrity manifest: for each segment its byte length, the SHA-256 of the whole segment and
+//! the SHA-256 of each [`CHUNK_SIZE`] chunk. The origin publishes it as a JSON sidecar next to a
+//! media playlist (`<playlist stem>.integrity.json`); a peer checks every chunk that another
+//! viewer sends against it before storing, relaying or playing it.
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Chunk size for hashing and peer transfer. 16 KiB is what BitTorrent v2 uses for its merkle
+/// leaves and keeps a chunk frame far below the 64 KiB SCTP message limit.
+pub const CHUNK_SIZE: usize = 16 * 1024;
+
+/// Largest segment we accept in a manifest (64 MiB): bounds every buffer sized from a manifest.
+pub const MAX_SEGMENT_LEN: u64 = 64 * 1024 * 1024;
+
+/// Most segments one manifest may list (a VOD of 10 h in 2 s segments fits).
+pub const MAX_SEGMENTS: usize = 20_000;
+
+/// Manifest format version.
+pub const MANIFEST_VERSION: u8 = 1;
+
+pub type Hash = [u8; 32];
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> Hash {
+    Sha256::digest(data).into()
+}
+
+/// Number of chunks of a segment of `len` bytes (the last one may be short; an empty segment
+/// has zero chunks).
+pub fn chunk_count(len: u64) -> usize {
+    len.div_ceil(CHUNK_SIZE as u64) as usize
+}
+
+/// Byte range `[start, end)` of chunk `index` in a segment of `len` bytes.
+pub fn chunk_range(len: u64, index: usize) -> (u64, u64) {
+    let start = (index as u64) * CHUNK_SIZE as u64;
+    let end = (start + CHUNK_SIZE as u64).min(len);
+    (start, end)
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ManifestError {
+    #[error("manifest is not valid JSON: {0}")]
+    Json(String),
+    #[error("unsupported manifest version {0}")]
+    Version(u8),
+    #[error("chunk size {0} is not the protocol's {CHUNK_SIZE}")]
+    ChunkSize(u32),
+    #[error("too many segments: {0}")]
+    TooManySegments(usize),
+    #[error("segment {seq}: length {len} over the limit")]
+    TooLong { seq: u64, len: u64 },
+    #[error("segment {seq}: bad hash encoding")]
+    BadHash { seq: u64 },
+    #[error("segment {seq}: {got} chunk hashes, expected {expected}")]
+    ChunkCount { seq: u64, got: usize, expected: usize },
+}
+
+/// Integrity data of one segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentManifest {
+    /// Media sequence number of the segment in its playlist.
+    pub seq: u64,
+    /// URI as written in the playlist (relative or absolute); informative, the key is `seq`.
+    pub uri: String,
+    pub len: u64,
+    pub sha256: Hash,
+    pub chunks: Vec<Hash>,
+}
+
+impl SegmentManifest {
+    /// Computes the manifest entry for `data`.
+    pub fn compute(seq: u64, uri: impl Into<String>, data: &[u8]) -> Self {
+        let chunks = data.chunks(CHUNK_SIZE).map(sha256).collect();
+        SegmentManifest {
+            seq,
+            uri: uri.into(),
+            len: data.len() as u64,
+            sha256: sha256(data),
+            chunks,
+        }
+    }
+
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// Byte range of chunk `index`.
+    pub fn chunk_range(&self, index: usize) -> (u64, u64) {
+        chunk_range(self.len, index)
+    }
+
+    /// Length in bytes of chunk `index` (0 when out of range).
+    pub fn chunk_len(&self, index: usize) -> usize {
+        if index >= self.chunks.len() {
+            return 0;
+        }
+        let (s, e) = self.chunk_range(index);
+        (e - s) as usize
+    }
+
+    /// True when `data` is exactly chunk `index` of this segment.
+    pub fn verify_chunk(&self, index: usize, data: &[u8]) -> bool {
+        match self.chunks.get(index) {
+            Some(h) => data.len() == self.chunk_len(index) && sha256(data) == *h,
+            None => false,
+        }
+    }
+
+    /// True when `data` is exactly the whole segment.
+    pub fn verify_segment(&self, data: &[u8]) -> bool {
+        data.len() as u64 == self.len && sha256(data) == self.sha256
+    }
+}
+
+/// A manifest: the integrity data of the segments of one media playlist.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Manifest {
+    pub segments: Vec<SegmentManifest>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ManifestJson {
+    v: u8,
+    chunk_size: u32,
+    segments: Vec<SegmentJson>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SegmentJson {
+    seq: u64,
+    uri: String,
+    len: u64,
+    /// Hex SHA-256 of the whole segment.
+    sha256: String,
+    /// Base64 (standard, padded) of the concatenated 32-byte SHA-256 of each chunk.
+    chunks: String,
+}
+
+impl Manifest {
+    /// Encodes as the JSON sidecar format.
+    pub fn to_json(&self) -> String {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let json = ManifestJson {
+            v: MANIFEST_VERSION,
+            chunk_size: CHUNK_SIZE as u32,
+            segments: self
+                .segments
+                .iter()
+                .map(|s| SegmentJson {
+                    seq: s.seq,
+                    uri: s.uri.clone(),
+                    len: s.len,
+                    sha256: hex::encode(s.sha256),
+                    chunks: b64.encode(s.chunks.concat()),
+                })
+                .collect(),
+        };
+        // Serializing plain structs of strings and integers cannot fail.
+        serde_json::to_string(&json).unwrap_or_default()
+    }
+
+    /// Decodes and validates a JSON sidecar. Never panics on hostile input.
+    pub fn from_json(text: &str) -> Result<Self, ManifestError> {
+        let json: ManifestJson =
+            serde_json::from_str(text).map_err(|e| ManifestError::Json(e.to_string()))?;
+        if json.v != MANIFEST_VERSION {
+            return Err(ManifestError::Version(json.v));
+        }
+        if json.chunk_size as usize != CHUNK_SIZE {
+            return Err(ManifestError::ChunkSize(json.chunk_size));
+        }
+        if json.segments.len() > MAX_SEGMENTS {
+            return Err(ManifestError::TooManySegments(json.segments.len()));
+        }
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut segments = Vec::with_capacity(json.segments.len());
+        for s in json.segments {
+            let seq = s.seq;
+            if s.len > MAX_SEGMENT_LEN {
+                return Err(ManifestError::TooLong { seq, len: s.len });
+            }
+            let mut sha = [0u8; 32];
+            hex::decode_to_slice(&s.sha256, &mut sha).map_err(|_| ManifestError::BadHash { seq })?;
+            let raw = b64
+                .decode(s.chunks.as_bytes())
+                .map_err(|_| ManifestError::BadHash { seq })?;
+            if raw.len() % 32 != 0 {
+                return Err(ManifestError::BadHash { seq });
+            }
+            let expected = chunk_count(s.len);
+            let got = raw.len() / 32;
+            if got != expected {
+                return Err(ManifestError::ChunkCount { seq, got, expected });
+            }
+            let chunks = raw
+                .chunks_exact(32)
+                .map(|c| {
+                    let mut h = [0u8; 32];
+                    h.copy_from_slice(c);
+                    h
+                })
+                .collect();
+            segments.push(SegmentManifest { seq, uri: s.uri, len: s.len, sha256: sha, chunks });
+        }
+        Ok(Manifest { segments })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compute_and_verify() {
+        let data: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        let m = SegmentManifest::compute(7, "seg_007.m4s", &data);
+        assert_eq!(m.chunk_count(), 3);
+        assert_eq!(m.chunk_len(2), 40_000 - 2 * CHUNK_SIZE);
+        assert!(m.verify_chunk(1, &data[CHUNK_SIZE..2 * CHUNK_SIZE]));
+        assert!(!m.verify_chunk(1, &data[..CHUNK_SIZE]));
+        assert!(!m.verify_chunk(3, &data[..10]));
+        assert!(m.verify_segment(&data));
+        assert!(!m.verify_segment(&data[..39_999]));
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let a = SegmentManifest::compute(1, "a.ts", &[1u8; 20_000]);
+        let b = SegmentManifest::compute(2, "b.ts", &[]);
+        let m = Manifest { segments: vec![a, b] };
+        let back = Manifest::from_json(&m.to_json()).expect("round trip");
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn json_rejects_wrong_chunk_count() {
+        let m = Manifest { segments: vec![SegmentManifest::compute(1, "a.ts", &[1u8; 20_000])] };
+        let text = m.to_json().replace("\"len\":20000", "\"len\":40000");
+        assert!(matches!(Manifest::from_json(&text), Err(ManifestError::ChunkCount { .. })));
+        assert!(Manifest::from_json("{").is_err());
+        assert!(Manifest::from_json("[]").is_err());
+    }
+}

@@ -1,0 +1,1 @@
+//! Seeded discrete-event swarm simulator (being built).
