@@ -1,8 +1,16 @@
 //! `cargo xtask ...`: project tasks (tests, simulator, benchmarks, wasm bundle, demo).
+//! Each subcommand lives in its own module.
 
-use std::process::Command;
+mod bench_origin;
+mod bench_signaling;
+mod bench_swarm;
+mod demo;
+mod sim;
+mod test;
+mod util;
+mod wasm;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -15,39 +23,39 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Runs every test (installing what they need); README's test command and `.ci/run`.
-    Test,
+    Test(test::Args),
+    /// Seeded discrete-event swarm simulation of peer-core; ends with one JSON line.
+    Sim(sim::Args),
+    /// Benchmarks; each ends with one JSON line.
+    #[command(subcommand)]
+    Bench(Bench),
+    /// Builds the release wasm bundle (wasm-bindgen, wasm-opt) and prints its sizes.
+    Wasm(wasm::Args),
+    /// Prints the gzip sizes of the bundle; ends with one JSON line.
+    BundleSize,
+    /// Builds everything and serves the demo: origin (live), signaling server, demo page.
+    Demo(demo::Args),
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
-    eprintln!("xtask: running {cmd:?}");
-    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed: {status}");
-    }
-    Ok(())
-}
-
-fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-}
-
-fn test() -> Result<()> {
-    // The IO-free crates must build for the browser.
-    run(cargo().args([
-        "build",
-        "--target",
-        "wasm32-unknown-unknown",
-        "-p",
-        "protocol",
-        "-p",
-        "peer-core",
-    ]))?;
-    run(cargo().args(["test", "--workspace", "--release"]))?;
-    Ok(())
+#[derive(Subcommand)]
+enum Bench {
+    /// Origin segment throughput on loopback under concurrent clients.
+    Origin(bench_origin::Args),
+    /// Signaling server: connections, memory per connection, relay rate and latency.
+    Signaling(bench_signaling::Args),
+    /// Swarm of native peers (and browsers) vs an HTTP-only baseline.
+    Swarm(bench_swarm::Args),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Test => test(),
+        Cmd::Test(a) => test::run(a),
+        Cmd::Sim(a) => sim::run(a),
+        Cmd::Bench(Bench::Origin(a)) => bench_origin::run(a),
+        Cmd::Bench(Bench::Signaling(a)) => bench_signaling::run(a),
+        Cmd::Bench(Bench::Swarm(a)) => bench_swarm::run(a),
+        Cmd::Wasm(a) => wasm::run(a),
+        Cmd::BundleSize => wasm::bundle_size(),
+        Cmd::Demo(a) => demo::run(a),
     }
 }

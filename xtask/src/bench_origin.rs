@@ -1,0 +1,10 @@
+//! Not built yet (issue 3).
+
+use anyhow::{Result, bail};
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> Result<()> {
+    bail!("not built yet: see issue 3")
+}
