@@ -2,14 +2,14 @@
 
 use anyhow::Result;
 
-use crate::util::{cargo, run};
+use crate::util::{self, cargo};
 
 #[derive(clap::Args)]
 pub struct Args {}
 
 pub fn run_tests() -> Result<()> {
     // The IO-free crates must build for the browser.
-    run(cargo().args([
+    util::run(cargo().args([
         "build",
         "--target",
         "wasm32-unknown-unknown",
@@ -18,7 +18,7 @@ pub fn run_tests() -> Result<()> {
         "-p",
         "peer-core",
     ]))?;
-    run(cargo().args(["test", "--workspace", "--release"]))?;
+    util::run(cargo().args(["test", "--workspace", "--release"]))?;
     Ok(())
 }
 
