@@ -1,0 +1,134 @@
+//! `origin`: the HLS origin server binary (thin wrapper over the `origin` library).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use origin::{AppState, Config, SyntheticSpec, URL_LAYOUT};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "origin",
+    version,
+    about = "HLS origin for the P2P CDN: VOD folders, looping live streams, synthetic streams, \
+             integrity sidecars and byte accounting",
+    after_long_help = URL_LAYOUT,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Writes <name>.integrity.json next to every media playlist under DIR (for nginx & co).
+    Hash {
+        /// Folder of HLS streams (searched recursively).
+        dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "ORIGIN_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Folder of VOD streams, one HLS stream per sub-folder (served under /vod/<stream>/).
+    #[arg(long, env = "ORIGIN_MEDIA_DIR")]
+    media_dir: Option<PathBuf>,
+    /// Sub-folder of --media-dir also published as a looping live stream (/live/<stream>/);
+    /// repeat or comma-separate.
+    #[arg(long = "live", env = "ORIGIN_LIVE", value_delimiter = ',')]
+    live: Vec<String>,
+    /// Synthetic live stream NAME=RATE_KBPS:SEG_SECS, e.g. bench=2000:2 (/synthetic/<name>/);
+    /// repeat or comma-separate.
+    #[arg(long = "synthetic", env = "ORIGIN_SYNTHETIC", value_delimiter = ',')]
+    synthetic: Vec<SyntheticSpec>,
+    /// CORS origin allowed to fetch (e.g. http://localhost:3000, or * for any); repeat or
+    /// comma-separate. None: no CORS headers.
+    #[arg(long = "allow-origin", env = "ORIGIN_ALLOW_ORIGIN", value_delimiter = ',')]
+    allow_origin: Vec<String>,
+    /// Segments listed in a live playlist.
+    #[arg(long, env = "ORIGIN_WINDOW", default_value_t = 6)]
+    window: usize,
+    /// Segment cache budget in MiB (LRU).
+    #[arg(long, env = "ORIGIN_CACHE_MB", default_value_t = 256)]
+    cache_mb: usize,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.cmd {
+        Some(Cmd::Hash { dir }) => {
+            let written = origin::write_sidecars(&dir).with_context(|| format!("hashing {}", dir.display()))?;
+            for p in &written {
+                println!("{}", p.display());
+            }
+            tracing::info!(files = written.len(), "sidecars written");
+            Ok(())
+        }
+        None => serve(cli.serve),
+    }
+}
+
+#[tokio::main]
+async fn serve(a: ServeArgs) -> Result<()> {
+    let config = Config {
+        media_dir: a.media_dir,
+        live: a.live,
+        synthetic: a.synthetic,
+        allow_origins: a.allow_origin,
+        window: a.window,
+        cache_bytes: a.cache_mb.saturating_mul(1024 * 1024),
+        ..Config::default()
+    };
+    let state = AppState::new(config).context("invalid configuration")?;
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("binding {}", a.listen))?;
+    let addr = listener.local_addr()?;
+    // One plain stdout line that scripts (cargo xtask bench origin) wait for and parse.
+    println!("origin listening on http://{addr}");
+    tracing::info!(%addr, live = ?state.live_names(), synthetic = ?state.synthetic_names(), "origin started");
+    origin::serve(listener, state, shutdown_signal()).await.context("serving")?;
+    tracing::info!("origin stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received, finishing in-flight requests");
+}
