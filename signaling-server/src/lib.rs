@@ -1,5 +1,204 @@
 //! Signaling server: swarms, introductions and WebRTC handshake relay.
 //!
-//! [`registry`] is the IO-free heart (shared with the simulator).
+//! [`registry`] is the IO-free heart (shared with the simulator); [`router`] wraps it in an axum
+//! app:
+//!
+//! | route          | what                                                               |
+//! |----------------|--------------------------------------------------------------------|
+//! | `/ws`          | the signaling WebSocket (JSON text messages, `protocol::signaling`) |
+//! | `/healthz`     | `ok` (503 while shutting down)                                      |
+//! | `/metrics`     | Prometheus text                                                     |
+//! | `/api/swarms`  | JSON overview: totals and the largest swarms                        |
+//! | `/`, `/dashboard` | HTML dashboard polling `/api/swarms`                            |
+//!
+//! ## Limits and what a client sees when it hits one
+//!
+//! | limit (flag)                 | refusal                                                   |
+//! |------------------------------|-----------------------------------------------------------|
+//! | `--allowed-origins`          | HTTP 403 before the upgrade                               |
+//! | `--max-connections`          | `error server_full`, then close (1013)                    |
+//! | `--max-conns-per-ip`         | `error rate_limited`, then close (1013)                   |
+//! | `--max-message-bytes`        | `error too_large`; over 2× the limit also close (1009)    |
+//! | `--rate-per-s`/`--rate-burst`| `error rate_limited`, message dropped                     |
+//! | `--max-swarms-per-conn`      | `error too_many_swarms`                                   |
+//! | `--intro-peers`              | at most that many peers in `joined`/`peers`               |
+//! | `--token-secret`             | `join` without a valid token: `error unauthorized`        |
+//! | `--error-budget`             | after that many errors in a burst (refill 1 per 5 s): close (1008) |
+//! | `--outbox-msgs`/`--outbox-bytes` | relays to a client whose outbox is full are dropped (counted in `signaling_relays_dropped_total`); a full outbox for a membership notice, or a write stuck for `--write-timeout-ms`, closes that client (1008) |
+//! | idle (`--heartbeat-ms` × `--idle-factor`) | close (1001)                                 |
+//!
+//! Malformed JSON and unknown types get `error bad_message`, a wrong `v` `unsupported_version`,
+//! binary frames `binary_frame`, signals to non-members `unknown_peer`, messages about a swarm
+//! the connection is not in `not_in_swarm`, bad swarm ids `bad_swarm`.
+//!
+//! Shutdown: every client gets `reconnect {after_ms}` (min + random jitter), then a close (1012).
 
+pub mod config;
+pub mod metrics;
 pub mod registry;
+mod session;
+pub mod state;
+pub mod token;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+pub use state::AppState;
+
+/// Errors of the library (the connection handling itself never fails: clients get `error`
+/// messages and bad ones are cut off).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// The app. Serve it with `into_make_service_with_connect_info::<SocketAddr>()` so that the
+/// per-IP limit applies (without connect info, that limit is skipped), or use [`serve`].
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/ws", get(session::ws_handler))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_handler))
+        .route("/api/swarms", get(api_swarms))
+        .route("/", get(dashboard))
+        .route("/dashboard", get(dashboard))
+        .with_state(state)
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    if state.is_shutting_down() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    } else {
+        "ok\n".into_response()
+    }
+}
+
+async fn metrics_handler(State(state): State<AppState>) -> Response {
+    let (swarms, members) = state.swarm_totals();
+    let body = state
+        .metrics()
+        .render(state.open_connections(), swarms, members);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+async fn api_swarms(State(state): State<AppState>) -> Response {
+    axum::Json(state.overview()).into_response()
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(DASHBOARD)
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves; then tells every client to reconnect
+/// (with jitter), waits up to `shutdown_grace_ms` for them to go, and returns.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    state.config().validate()?;
+    let sweeper = tokio::spawn(state.clone().run_sweeper());
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let st = state.clone();
+    let graceful = async move {
+        shutdown.await;
+        tracing::info!(
+            connections = st.open_connections(),
+            "shutting down: telling clients to reconnect"
+        );
+        st.begin_shutdown();
+        let grace = Duration::from_millis(st.config().shutdown_grace_ms);
+        if !st.drained(grace).await {
+            tracing::warn!(left = st.open_connections(), "shutdown grace period over");
+        }
+    };
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(graceful)
+        .await;
+    sweeper.abort();
+    result.map_err(Error::Serve)
+}
+
+/// A server started by [`spawn`]; dropping it stops the server abruptly, [`Self::shutdown`]
+/// gracefully.
+#[derive(Debug)]
+pub struct ServerHandle {
+    state: AppState,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+impl ServerHandle {
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Graceful shutdown: clients get `reconnect`, then the server stops.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match (&mut self.task).await {
+            Ok(r) => r,
+            Err(e) => Err(Error::Serve(std::io::Error::other(e))),
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts a server on `127.0.0.1:0` (for tests of this and other crates).
+pub async fn try_spawn(config: Config) -> Result<(SocketAddr, ServerHandle), Error> {
+    config.validate()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| Error::Bind { addr, source })?;
+    let state = AppState::new(config);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, state.clone(), async move {
+        let _ = rx.await;
+    }));
+    Ok((
+        local,
+        ServerHandle {
+            state,
+            stop: Some(tx),
+            task,
+        },
+    ))
+}
+
+/// [`try_spawn`] for tests: panics if the configuration is invalid or loopback cannot be bound.
+pub async fn spawn(config: Config) -> (SocketAddr, ServerHandle) {
+    match try_spawn(config).await {
+        Ok(r) => r,
+        Err(e) => panic!("signaling-server spawn: {e}"),
+    }
+}

@@ -34,7 +34,11 @@ pub struct RegistryConfig {
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        RegistryConfig { intro_peers: 8, max_slots: 256, member_capacity: 12 }
+        RegistryConfig {
+            intro_peers: 8,
+            max_slots: 256,
+            member_capacity: 12,
+        }
     }
 }
 
@@ -72,7 +76,10 @@ pub struct Joined {
 
 impl Registry {
     pub fn new(cfg: RegistryConfig) -> Self {
-        Registry { cfg, swarms: HashMap::new() }
+        Registry {
+            cfg,
+            swarms: HashMap::new(),
+        }
     }
 
     pub fn config(&self) -> &RegistryConfig {
@@ -88,7 +95,9 @@ impl Registry {
     }
 
     pub fn is_member(&self, swarm: &str, peer: PeerId) -> bool {
-        self.swarms.get(swarm).is_some_and(|s| s.members.contains_key(&peer))
+        self.swarms
+            .get(swarm)
+            .is_some_and(|s| s.members.contains_key(&peer))
     }
 
     /// Swarm ids with their member counts.
@@ -108,7 +117,13 @@ impl Registry {
         if !s.members.contains_key(&peer) {
             let index = s.order.len();
             s.order.push(peer);
-            s.members.insert(peer, Member { index, ..Default::default() });
+            s.members.insert(
+                peer,
+                Member {
+                    index,
+                    ..Default::default()
+                },
+            );
             // The slot count grew: tell everyone else (bounded by max_slots members).
             if s.order.len() <= max_slots {
                 let slots = s.order.len() as u32;
@@ -142,8 +157,12 @@ impl Registry {
     pub fn introduce<R: Rng>(&mut self, swarm: &str, peer: PeerId, rng: &mut R) -> Vec<PeerId> {
         let k = self.cfg.intro_peers;
         let cap = self.cfg.member_capacity;
-        let Some(s) = self.swarms.get_mut(swarm) else { return Vec::new() };
-        let Some(me) = s.members.get(&peer) else { return Vec::new() };
+        let Some(s) = self.swarms.get_mut(swarm) else {
+            return Vec::new();
+        };
+        let Some(me) = s.members.get(&peer) else {
+            return Vec::new();
+        };
         let known: Vec<PeerId> = me.partners.clone();
         let n = s.order.len();
         let mut cands: Vec<PeerId> = Vec::new();
@@ -191,14 +210,24 @@ impl Registry {
     /// changes). Unknown members are ignored.
     pub fn leave(&mut self, swarm: &str, peer: PeerId) -> Notices {
         let max_slots = self.cfg.max_slots as usize;
-        let Some(s) = self.swarms.get_mut(swarm) else { return Vec::new() };
-        let Some(me) = s.members.remove(&peer) else { return Vec::new() };
+        let Some(s) = self.swarms.get_mut(swarm) else {
+            return Vec::new();
+        };
+        let Some(me) = s.members.remove(&peer) else {
+            return Vec::new();
+        };
         let mut notices = Vec::new();
         for p in &me.partners {
             if let Some(m) = s.members.get_mut(p) {
                 m.degree = m.degree.saturating_sub(1);
                 m.partners.retain(|x| *x != peer);
-                notices.push((*p, ServerMsg::PeerLeft { swarm: swarm.to_owned(), peer }));
+                notices.push((
+                    *p,
+                    ServerMsg::PeerLeft {
+                        swarm: swarm.to_owned(),
+                        peer,
+                    },
+                ));
             }
         }
         s.order.swap_remove(me.index);
@@ -213,7 +242,11 @@ impl Registry {
             for (i, &other) in s.order.iter().enumerate() {
                 notices.push((
                     other,
-                    ServerMsg::Slot { swarm: swarm.to_owned(), slot: i as u32, slots },
+                    ServerMsg::Slot {
+                        swarm: swarm.to_owned(),
+                        slot: i as u32,
+                        slots,
+                    },
                 ));
             }
         } else if me.index < n {
@@ -255,9 +288,12 @@ mod tests {
     #[test]
     fn slots_stay_compact_and_unique() {
         let mut rng = SmallRng::seed_from_u64(1);
-        let mut reg = Registry::new(RegistryConfig { max_slots: 4, ..Default::default() });
+        let mut reg = Registry::new(RegistryConfig {
+            max_slots: 4,
+            ..Default::default()
+        });
         let mut slots: HashMap<PeerId, (u32, u32)> = HashMap::new();
-        let mut apply = |slots: &mut HashMap<PeerId, (u32, u32)>, n: Notices| {
+        let apply = |slots: &mut HashMap<PeerId, (u32, u32)>, n: Notices| {
             for (p, m) in n {
                 if matches!(m, ServerMsg::Slot { .. }) {
                     slots.insert(p, slot_of(&m));
@@ -295,7 +331,11 @@ mod tests {
         // Nobody is swamped: the early members are not introduced to everyone.
         let max_degree = reg.swarms["s"].members.values().map(|m| m.degree).max();
         assert!(max_degree.is_some_and(|d| d <= 24), "{max_degree:?}");
-        assert!(reg.leave("s", 5).iter().all(|(_, m)| !matches!(m, ServerMsg::Joined { .. })));
+        assert!(
+            reg.leave("s", 5)
+                .iter()
+                .all(|(_, m)| !matches!(m, ServerMsg::Joined { .. }))
+        );
         assert!(!reg.is_member("s", 5));
         assert_eq!(reg.member_count("s"), 99);
     }

@@ -1,0 +1,139 @@
+//! Server limits and settings. Every field is a clap flag with an env var (`SIGNAL_*`), so the
+//! binary and the library share one definition and one set of defaults.
+
+use std::time::Duration;
+
+/// Limits and settings of one server. `Config::default()` is what the binary runs without flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Interval at which clients must send something (`ping`); told to them in `welcome`.
+    #[arg(long, env = "SIGNAL_HEARTBEAT_MS", default_value_t = 30_000)]
+    pub heartbeat_ms: u32,
+    /// A connection that sent nothing for `idle_factor × heartbeat_ms` is closed.
+    #[arg(long, env = "SIGNAL_IDLE_FACTOR", default_value_t = 3)]
+    pub idle_factor: u32,
+    /// Largest text message accepted (bytes of JSON). Larger ones get `error too_large`; frames
+    /// over 2× this close the connection (the WebSocket layer refuses to buffer them).
+    #[arg(long, env = "SIGNAL_MAX_MESSAGE_BYTES", default_value_t = protocol::signaling::MAX_SIGNAL_LEN)]
+    pub max_message_bytes: usize,
+    /// Sustained messages per second per connection (token bucket refill).
+    #[arg(long, env = "SIGNAL_RATE_PER_S", default_value_t = 50.0)]
+    pub rate_per_s: f32,
+    /// Burst of messages per connection (token bucket size). ICE candidates come in bursts.
+    #[arg(long, env = "SIGNAL_RATE_BURST", default_value_t = 200.0)]
+    pub rate_burst: f32,
+    /// Errors a connection may cause in a burst before it is closed (refills 1 per 5 s).
+    #[arg(long, env = "SIGNAL_ERROR_BUDGET", default_value_t = 10)]
+    pub error_budget: u32,
+    /// Swarms one connection may be in at once (one per rendition it plays).
+    #[arg(long, env = "SIGNAL_MAX_SWARMS_PER_CONN", default_value_t = 4)]
+    pub max_swarms_per_conn: usize,
+    /// Members returned in `joined` / `peers`.
+    #[arg(long, env = "SIGNAL_INTRO_PEERS", default_value_t = 8)]
+    pub intro_peers: usize,
+    /// Upper bound of the seeding slot count per swarm.
+    #[arg(long, env = "SIGNAL_MAX_SLOTS", default_value_t = 256)]
+    pub max_slots: u32,
+    /// Open WebSocket connections in total; more get `error server_full` and are closed.
+    #[arg(long, env = "SIGNAL_MAX_CONNECTIONS", default_value_t = 200_000)]
+    pub max_connections: usize,
+    /// Open connections per client IP address; more get `error rate_limited` and are closed.
+    #[arg(long, env = "SIGNAL_MAX_CONNS_PER_IP", default_value_t = 64)]
+    pub max_conns_per_ip: u32,
+    /// Allowed `Origin` header values (comma separated, exact match, e.g.
+    /// `https://player.example`). Empty: any origin. A request with another origin gets HTTP 403.
+    #[arg(long, env = "SIGNAL_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// With an allow-list, refuse requests that carry no `Origin` at all (native clients send
+    /// none; browsers always do, so this only matters against non-browser abuse).
+    #[arg(long, env = "SIGNAL_REQUIRE_ORIGIN", default_value_t = false)]
+    pub require_origin: bool,
+    /// HMAC-SHA256 secret for join tokens (see `token.rs`); when set, `join` requires a token.
+    #[arg(long, env = "SIGNAL_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+    /// Messages waiting for one slow client; further relays to it are dropped (and counted).
+    #[arg(long, env = "SIGNAL_OUTBOX_MSGS", default_value_t = 64)]
+    pub outbox_msgs: usize,
+    /// Bytes waiting for one slow client (same drop policy as `outbox_msgs`).
+    #[arg(long, env = "SIGNAL_OUTBOX_BYTES", default_value_t = 256 * 1024)]
+    pub outbox_bytes: usize,
+    /// A write to a client that does not finish within this time closes that client.
+    #[arg(long, env = "SIGNAL_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub write_timeout_ms: u64,
+    /// Initial WebSocket read buffer per connection (tungstenite's default is 128 KiB; a
+    /// signaling message is usually < 1 KiB, and the buffer grows for larger frames).
+    #[arg(long, env = "SIGNAL_READ_BUFFER_BYTES", default_value_t = 256)]
+    pub read_buffer_bytes: usize,
+    /// On shutdown clients are told to reconnect after `reconnect_min_ms` plus a random jitter of
+    /// up to `reconnect_jitter_ms`, so they do not all come back at once.
+    #[arg(long, env = "SIGNAL_RECONNECT_MIN_MS", default_value_t = 1_000)]
+    pub reconnect_min_ms: u32,
+    #[arg(long, env = "SIGNAL_RECONNECT_JITTER_MS", default_value_t = 10_000)]
+    pub reconnect_jitter_ms: u32,
+    /// Longest wait for clients to be told about a shutdown before the server stops anyway.
+    #[arg(long, env = "SIGNAL_SHUTDOWN_GRACE_MS", default_value_t = 5_000)]
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            heartbeat_ms: 30_000,
+            idle_factor: 3,
+            max_message_bytes: protocol::signaling::MAX_SIGNAL_LEN,
+            rate_per_s: 50.0,
+            rate_burst: 200.0,
+            error_budget: 10,
+            max_swarms_per_conn: 4,
+            intro_peers: 8,
+            max_slots: 256,
+            max_connections: 200_000,
+            max_conns_per_ip: 64,
+            allowed_origins: Vec::new(),
+            require_origin: false,
+            token_secret: None,
+            outbox_msgs: 64,
+            outbox_bytes: 256 * 1024,
+            write_timeout_ms: 10_000,
+            read_buffer_bytes: 256,
+            reconnect_min_ms: 1_000,
+            reconnect_jitter_ms: 10_000,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+impl Config {
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(u64::from(self.heartbeat_ms) * u64::from(self.idle_factor.max(1)))
+    }
+
+    /// Checks values that would make the server misbehave.
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        let bad = |what: &str| Err(crate::Error::Config(what.to_owned()));
+        if self.heartbeat_ms == 0 {
+            return bad("heartbeat_ms must be > 0");
+        }
+        if self.max_message_bytes < 64 {
+            return bad("max_message_bytes must be >= 64");
+        }
+        // Written so that NaN fails too.
+        if !self.rate_per_s.is_finite()
+            || self.rate_per_s <= 0.0
+            || !(self.rate_burst.is_finite() && self.rate_burst >= 1.0)
+        {
+            return bad("rate_per_s must be > 0 and rate_burst >= 1");
+        }
+        if self.max_swarms_per_conn == 0 || self.max_connections == 0 || self.max_conns_per_ip == 0
+        {
+            return bad("max_swarms_per_conn, max_connections, max_conns_per_ip must be > 0");
+        }
+        if self.outbox_msgs == 0 || self.outbox_bytes < self.max_message_bytes {
+            return bad("outbox_msgs must be > 0 and outbox_bytes >= max_message_bytes");
+        }
+        if self.token_secret.as_deref().is_some_and(|s| s.len() < 16) {
+            return bad("token_secret must be at least 16 bytes");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,548 @@
+//! One WebSocket connection: a single task that reads the client's messages and writes its
+//! outbox (no reader/writer task pair, no split socket).
+//!
+//! Memory per idle connection is what decides how many viewers one box holds, so the task's
+//! future stays small: while idle it only awaits "outbox has something" (a `Notify`) or "a frame
+//! arrived". The work of handling a frame or flushing the outbox runs in a boxed future that
+//! exists only while it runs, so its (larger) state is not part of every idle connection.
+//! Idle timeouts use one sweeper for all connections ([`AppState::run_sweeper`]), not a timer
+//! each.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use protocol::PeerId;
+use protocol::signaling::{ClientMsg, ErrorCode, MAX_SWARM_ID_LEN, ServerMsg, StatsReport};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::metrics::{Reject, kind_index};
+use crate::state::{AppState, CloseReason, Conn, ConnGuard};
+
+/// `GET /ws`.
+pub(crate) async fn ws_handler(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let cfg = state.config();
+    if !origin_allowed(
+        cfg,
+        headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
+    ) {
+        state.metrics().reject(Reject::Origin);
+        tracing::debug!("refused a connection: origin not allowed");
+        return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+    }
+    // Sized for many mostly idle connections: small initial read buffer (it grows for a large
+    // frame), eager writes (no write buffering), and frames over 2× the message limit refused by
+    // the WebSocket layer before they are buffered.
+    let hard_cap = cfg.max_message_bytes.saturating_mul(2);
+    let ws = ws
+        .read_buffer_size(cfg.read_buffer_bytes)
+        .write_buffer_size(0)
+        .max_write_buffer_size(cfg.outbox_bytes.saturating_mul(2))
+        .max_message_size(hard_cap)
+        .max_frame_size(hard_cap);
+    if state.is_shutting_down() {
+        state.metrics().reject(Reject::ShuttingDown);
+        return ws.on_upgrade(move |socket| {
+            refuse(
+                socket,
+                state,
+                ErrorCode::ShuttingDown,
+                "server is shutting down",
+            )
+        });
+    }
+    let ip = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
+    match state.admit(ip) {
+        Ok(guard) => ws.on_upgrade(move |socket| run(socket, state, guard)),
+        Err(reason) => {
+            state.metrics().reject(reason);
+            let (code, msg) = match reason {
+                Reject::PerIp => (
+                    ErrorCode::RateLimited,
+                    "too many connections from your address",
+                ),
+                _ => (
+                    ErrorCode::ServerFull,
+                    "server is full, try another or later",
+                ),
+            };
+            ws.on_upgrade(move |socket| refuse(socket, state, code, msg))
+        }
+    }
+}
+
+fn origin_allowed(cfg: &crate::Config, origin: Option<&str>) -> bool {
+    if cfg.allowed_origins.is_empty() {
+        return true;
+    }
+    match origin {
+        None => !cfg.require_origin,
+        Some(o) => cfg.allowed_origins.iter().any(|a| a == o),
+    }
+}
+
+/// Tells a refused client why, then closes.
+async fn refuse(mut ws: WebSocket, state: AppState, code: ErrorCode, msg: &'static str) {
+    state.metrics().error(code);
+    let text = ServerMsg::error(code, msg).to_json();
+    let write = async {
+        ws.send(Message::Text(text.into())).await?;
+        ws.send(close(close_code::AGAIN, msg)).await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
+}
+
+fn close(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
+
+/// Token bucket in 8 bytes; time in ms since server start (wraps after 49 days: harmless, the
+/// bucket just refills).
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f32,
+    last_ms: u32,
+}
+
+impl Bucket {
+    fn full(size: f32, now_ms: u64) -> Self {
+        Bucket {
+            tokens: size,
+            last_ms: now_ms as u32,
+        }
+    }
+
+    /// Refills at `rate` per second up to `size`, then takes one token if there is one.
+    fn take(&mut self, now_ms: u64, rate: f32, size: f32) -> bool {
+        let now = now_ms as u32;
+        let elapsed = now.wrapping_sub(self.last_ms) as f32 / 1000.0;
+        self.last_ms = now;
+        self.tokens = (self.tokens + elapsed * rate).min(size);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Refill of the error budget: one error forgiven every 5 s.
+const ERROR_REFILL_PER_S: f32 = 0.2;
+/// Longest error `message` sent back (serde errors may quote client input).
+const MAX_ERROR_TEXT: usize = 200;
+
+/// A swarm this connection is in.
+#[derive(Debug)]
+struct Membership {
+    swarm: Box<str>,
+    /// Last cumulative stats reported for this swarm (to turn reports into deltas).
+    last: Option<Box<StatsReport>>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Close,
+}
+
+struct Session {
+    state: AppState,
+    conn: Arc<Conn>,
+    id: PeerId,
+    swarms: Vec<Membership>,
+    rate: Bucket,
+    budget: Bucket,
+    _guard: ConnGuard,
+}
+
+/// The connection task.
+async fn run(mut ws: WebSocket, state: AppState, guard: ConnGuard) {
+    let (id, conn) = state.register();
+    let now = state.now_ms();
+    let cfg = state.config();
+    let mut s = Session {
+        rate: Bucket::full(cfg.rate_burst, now),
+        budget: Bucket::full(cfg.error_budget as f32, now),
+        state: state.clone(),
+        conn: conn.clone(),
+        id,
+        swarms: Vec::new(),
+        _guard: guard,
+    };
+    tracing::debug!(peer = id, "connected");
+    let welcome = ServerMsg::Welcome {
+        peer_id: id,
+        heartbeat_ms: cfg.heartbeat_ms,
+    };
+    if Box::pin(s.send(&mut ws, &welcome)).await {
+        loop {
+            // `biased`: a pending close request or outbox is served before more input is read.
+            let frame = tokio::select! {
+                biased;
+                _ = conn.notify.notified() => None,
+                m = ws.recv() => Some(m),
+            };
+            let flow = match frame {
+                None => Box::pin(s.on_wake(&mut ws)).await,
+                Some(m) => Box::pin(s.on_frame(&mut ws, m)).await,
+            };
+            if flow == Flow::Close {
+                break;
+            }
+        }
+    }
+    s.cleanup();
+    tracing::debug!(peer = id, "disconnected");
+}
+
+impl Session {
+    /// Sends one message; false if the client is gone or too slow (then it must be closed).
+    async fn send_text(&mut self, ws: &mut WebSocket, text: axum::extract::ws::Utf8Bytes) -> bool {
+        let timeout = Duration::from_millis(self.state.config().write_timeout_ms);
+        match tokio::time::timeout(timeout, ws.send(Message::Text(text))).await {
+            Ok(Ok(())) => {
+                self.state.metrics().messages_out.fetch_add(1, Relaxed);
+                true
+            }
+            Ok(Err(_)) => false,
+            Err(_) => {
+                self.state.metrics().reject(Reject::SlowConsumer);
+                false
+            }
+        }
+    }
+
+    async fn send(&mut self, ws: &mut WebSocket, msg: &ServerMsg) -> bool {
+        self.send_text(ws, msg.to_json().into()).await
+    }
+
+    async fn close_with(&mut self, ws: &mut WebSocket, code: u16, reason: &'static str) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), ws.send(close(code, reason))).await;
+    }
+
+    /// Sends an `error`; closes the connection when its error budget is spent.
+    async fn fail(
+        &mut self,
+        ws: &mut WebSocket,
+        code: ErrorCode,
+        message: String,
+        swarm: Option<&str>,
+    ) -> Flow {
+        self.state.metrics().error(code);
+        let mut message = message;
+        if message.len() > MAX_ERROR_TEXT {
+            let mut end = MAX_ERROR_TEXT;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        let err = ServerMsg::Error {
+            code,
+            message,
+            swarm: swarm.map(str::to_owned),
+        };
+        if !self.send(ws, &err).await {
+            return Flow::Close;
+        }
+        let budget = self.state.config().error_budget as f32;
+        if !self
+            .budget
+            .take(self.state.now_ms(), ERROR_REFILL_PER_S, budget)
+        {
+            self.state.metrics().reject(Reject::Abuse);
+            tracing::info!(peer = self.id, "closing connection: too many errors");
+            self.close_with(ws, close_code::POLICY, "too many errors")
+                .await;
+            return Flow::Close;
+        }
+        Flow::Continue
+    }
+
+    /// The outbox has messages, or the server asked this connection to close.
+    async fn on_wake(&mut self, ws: &mut WebSocket) -> Flow {
+        if let Some(reason) = self.conn.close_reason() {
+            match reason {
+                CloseReason::Shutdown => {
+                    let msg = self.state.next_reconnect();
+                    if self.send(ws, &msg).await {
+                        self.close_with(ws, close_code::RESTART, "server restarting")
+                            .await;
+                    }
+                }
+                CloseReason::Idle => {
+                    self.state.metrics().reject(Reject::Idle);
+                    self.close_with(ws, close_code::AWAY, "idle timeout").await;
+                }
+                CloseReason::Slow => {
+                    self.state.metrics().reject(Reject::SlowConsumer);
+                    self.close_with(ws, close_code::POLICY, "too slow to read its messages")
+                        .await;
+                }
+            }
+            return Flow::Close;
+        }
+        while let Some(text) = self.conn.pop() {
+            if !self.send_text(ws, text).await {
+                return Flow::Close;
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn on_frame(
+        &mut self,
+        ws: &mut WebSocket,
+        frame: Option<Result<Message, axum::Error>>,
+    ) -> Flow {
+        let msg = match frame {
+            None => return Flow::Close,
+            Some(Err(e)) => {
+                let inner = e.into_inner();
+                let capacity = matches!(
+                    inner.downcast_ref::<tokio_tungstenite::tungstenite::Error>(),
+                    Some(tokio_tungstenite::tungstenite::Error::Capacity(_))
+                );
+                if capacity {
+                    // The frame was not read: the stream cannot be resynchronised, close it.
+                    self.state.metrics().reject(Reject::Oversized);
+                    let max = self.state.config().max_message_bytes;
+                    let code = ErrorCode::TooLarge;
+                    self.state.metrics().error(code);
+                    let err = ServerMsg::error(code, format!("frame over {} bytes", 2 * max));
+                    if self.send(ws, &err).await {
+                        self.close_with(ws, close_code::SIZE, "message too large")
+                            .await;
+                    }
+                }
+                return Flow::Close;
+            }
+            Some(Ok(m)) => m,
+        };
+        let now = self.state.now_ms();
+        self.conn.touch(now);
+        let (text, binary) = match msg {
+            Message::Text(t) => (t, false),
+            Message::Binary(_) => (Default::default(), true),
+            // tungstenite answers pings itself; either way the client is alive.
+            Message::Ping(_) | Message::Pong(_) => return Flow::Continue,
+            Message::Close(_) => return Flow::Close,
+        };
+        let cfg = self.state.config();
+        if !self.rate.take(now, cfg.rate_per_s, cfg.rate_burst) {
+            let m = "message rate limit exceeded".to_owned();
+            return self.fail(ws, ErrorCode::RateLimited, m, None).await;
+        }
+        if binary {
+            self.state.metrics().binary_frames.fetch_add(1, Relaxed);
+            let m = "binary frames are not part of the protocol".to_owned();
+            return self.fail(ws, ErrorCode::BinaryFrame, m, None).await;
+        }
+        match ClientMsg::from_json(text.as_str(), cfg.max_message_bytes) {
+            Ok(msg) => {
+                self.state.metrics().messages_in[kind_index(msg.kind())].fetch_add(1, Relaxed);
+                self.on_message(ws, msg).await
+            }
+            Err(e) => {
+                self.state.metrics().messages_in[kind_index("other")].fetch_add(1, Relaxed);
+                self.fail(ws, e.code(), e.to_string(), None).await
+            }
+        }
+    }
+
+    fn position(&self, swarm: &str) -> Option<usize> {
+        self.swarms.iter().position(|m| &*m.swarm == swarm)
+    }
+
+    async fn not_in_swarm(&mut self, ws: &mut WebSocket, swarm: &str) -> Flow {
+        let m = "join the swarm first".to_owned();
+        self.fail(ws, ErrorCode::NotInSwarm, m, Some(swarm)).await
+    }
+
+    async fn on_message(&mut self, ws: &mut WebSocket, msg: ClientMsg) -> Flow {
+        match msg {
+            ClientMsg::Join { swarm, token } => self.on_join(ws, swarm, token).await,
+            ClientMsg::WantPeers { swarm } => {
+                if self.position(&swarm).is_none() {
+                    return self.not_in_swarm(ws, &swarm).await;
+                }
+                let peers = self.state.introduce(&swarm, self.id);
+                self.send_or_close(ws, &ServerMsg::Peers { swarm, peers })
+                    .await
+            }
+            ClientMsg::Leave { swarm } => {
+                let Some(i) = self.position(&swarm) else {
+                    return self.not_in_swarm(ws, &swarm).await;
+                };
+                let m = self.swarms.swap_remove(i);
+                self.state
+                    .leave(&m.swarm, self.id, m.last.map_or(0, |l| l.peers));
+                Flow::Continue
+            }
+            ClientMsg::Signal { swarm, to, data } => {
+                if self.position(&swarm).is_none() {
+                    return self.not_in_swarm(ws, &swarm).await;
+                }
+                match self.state.relay(swarm, self.id, to, data) {
+                    Ok(()) => Flow::Continue,
+                    Err(()) => {
+                        let m = format!("peer {to} is not in this swarm");
+                        // The swarm id was moved into the relay; the peer id says enough.
+                        self.fail(ws, ErrorCode::UnknownPeer, m, None).await
+                    }
+                }
+            }
+            ClientMsg::Stats { swarm, stats } => {
+                let Some(i) = self.position(&swarm) else {
+                    return self.not_in_swarm(ws, &swarm).await;
+                };
+                let m = &mut self.swarms[i];
+                let (delta, peers_delta) = stats_delta(m.last.as_deref(), &stats);
+                m.last = Some(Box::new(stats));
+                self.state.add_stats(&swarm, &delta, peers_delta);
+                Flow::Continue
+            }
+            ClientMsg::Ping => self.send_or_close(ws, &ServerMsg::Pong).await,
+        }
+    }
+
+    async fn send_or_close(&mut self, ws: &mut WebSocket, msg: &ServerMsg) -> Flow {
+        if self.send(ws, msg).await {
+            Flow::Continue
+        } else {
+            Flow::Close
+        }
+    }
+
+    async fn on_join(&mut self, ws: &mut WebSocket, swarm: String, token: Option<String>) -> Flow {
+        if !valid_swarm(&swarm) {
+            let m =
+                format!("swarm ids are 1..={MAX_SWARM_ID_LEN} bytes without control characters");
+            return self.fail(ws, ErrorCode::BadSwarm, m, None).await;
+        }
+        if let Some(secret) = &self.state.config().token_secret {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let checked = match token.as_deref() {
+                None => Err("a token is required to join".to_owned()),
+                Some(t) => crate::token::verify(secret.as_bytes(), t, &swarm, now)
+                    .map_err(|e| e.to_string()),
+            };
+            if let Err(m) = checked {
+                return self
+                    .fail(ws, ErrorCode::Unauthorized, m, Some(&swarm))
+                    .await;
+            }
+        }
+        let already = self.position(&swarm).is_some();
+        if !already && self.swarms.len() >= self.state.config().max_swarms_per_conn {
+            let m = format!(
+                "at most {} swarms per connection",
+                self.state.config().max_swarms_per_conn
+            );
+            return self
+                .fail(ws, ErrorCode::TooManySwarms, m, Some(&swarm))
+                .await;
+        }
+        let reply = self.state.join(&swarm, self.id);
+        if !already {
+            self.swarms.push(Membership {
+                swarm: swarm.into_boxed_str(),
+                last: None,
+            });
+        }
+        self.send_or_close(ws, &reply).await
+    }
+
+    /// Leaves every swarm (telling the partners) and forgets the connection.
+    fn cleanup(&mut self) {
+        for m in std::mem::take(&mut self.swarms) {
+            self.state
+                .leave(&m.swarm, self.id, m.last.map_or(0, |l| l.peers));
+        }
+        self.state.unregister(self.id);
+    }
+}
+
+fn valid_swarm(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_SWARM_ID_LEN && !s.chars().any(char::is_control)
+}
+
+/// Turns a cumulative report into a delta against the previous one. A counter that went down
+/// means the viewer restarted its count: the new value is the delta.
+fn stats_delta(prev: Option<&StatsReport>, now: &StatsReport) -> (StatsReport, i64) {
+    let p = prev.cloned().unwrap_or_default();
+    let d64 = |new: u64, old: u64| if new >= old { new - old } else { new };
+    let d32 = |new: u32, old: u32| if new >= old { new - old } else { new };
+    let delta = StatsReport {
+        http_bytes: d64(now.http_bytes, p.http_bytes),
+        p2p_bytes: d64(now.p2p_bytes, p.p2p_bytes),
+        uploaded_bytes: d64(now.uploaded_bytes, p.uploaded_bytes),
+        stalls: d32(now.stalls, p.stalls),
+        peers: now.peers,
+        integrity_failures: d32(now.integrity_failures, p.integrity_failures),
+    };
+    (delta, i64::from(now.peers) - i64::from(p.peers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_refills_and_caps() {
+        let mut b = Bucket::full(2.0, 0);
+        assert!(b.take(0, 1.0, 2.0));
+        assert!(b.take(0, 1.0, 2.0));
+        assert!(!b.take(0, 1.0, 2.0));
+        assert!(!b.take(500, 1.0, 2.0));
+        assert!(b.take(1000, 1.0, 2.0));
+        // Long idle: capped at the bucket size.
+        assert!(b.take(100_000, 1.0, 2.0));
+        assert!(b.take(100_000, 1.0, 2.0));
+        assert!(!b.take(100_000, 1.0, 2.0));
+    }
+
+    #[test]
+    fn deltas_handle_resets() {
+        let a = StatsReport {
+            http_bytes: 10,
+            p2p_bytes: 30,
+            peers: 2,
+            ..Default::default()
+        };
+        let (d, pd) = stats_delta(None, &a);
+        assert_eq!((d.http_bytes, d.p2p_bytes, pd), (10, 30, 2));
+        let b = StatsReport {
+            http_bytes: 15,
+            p2p_bytes: 5,
+            peers: 1,
+            ..Default::default()
+        };
+        let (d, pd) = stats_delta(Some(&a), &b);
+        assert_eq!((d.http_bytes, d.p2p_bytes, pd), (5, 5, -1));
+    }
+
+    #[test]
+    fn swarm_ids_are_checked() {
+        assert!(valid_swarm("http://a/b.m3u8|720p"));
+        assert!(!valid_swarm(""));
+        assert!(!valid_swarm("a\nb"));
+        assert!(!valid_swarm(&"x".repeat(MAX_SWARM_ID_LEN + 1)));
+    }
+}

@@ -1,0 +1,622 @@
+//! Shared server state: live connections (their outboxes), the swarm registry (sharded by swarm
+//! id), per-swarm traffic stats, admission counters and metrics.
+//!
+//! Locking: every lock is a short, synchronous critical section (never held across `.await`).
+//! Connections are sharded by peer id and swarms by a hash of their id, so the two cores rarely
+//! contend. A relay takes the sender's swarm-shard lock (membership check) and then the
+//! receiver's connection-shard and outbox locks, one after the other, never nested.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::Utf8Bytes;
+use protocol::PeerId;
+use protocol::signaling::{ServerMsg, SignalData, StatsReport};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::metrics::{Metrics, Reject};
+use crate::registry::{Notices, Registry, RegistryConfig};
+
+const CONN_SHARDS: usize = 16;
+const SWARM_SHARDS: usize = 16;
+/// Swarms listed individually by `/api/swarms` (the largest ones); totals cover all.
+pub const API_TOP_SWARMS: usize = 100;
+
+/// Locks a mutex; a panic elsewhere while holding it must not take the server down, and our
+/// critical sections leave the data consistent at every step, so a poisoned lock is still usable.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// 64 random bits from the OS (std keys its hash maps randomly), without pulling in `getrandom`
+/// (the workspace builds `rand` without it).
+fn os_random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+/// Why the server wants a connection's task to close it (set from outside the task).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum CloseReason {
+    Shutdown = 1,
+    Idle = 2,
+    Slow = 3,
+}
+
+/// How much a message matters if the receiver's outbox is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// A relayed handshake: dropped (and counted) when the outbox is full; the viewers retry.
+    Relay,
+    /// Membership/slot notices: losing one leaves the viewer with a wrong view of the swarm, so a
+    /// full outbox closes that viewer instead (it reconnects and rejoins with a fresh view).
+    Control,
+}
+
+/// Messages waiting for one connection. Allocated lazily (an idle connection's `VecDeque` holds
+/// no buffer) and bounded by `outbox_msgs` and `outbox_bytes`.
+#[derive(Debug, Default)]
+struct Outbox {
+    msgs: VecDeque<Utf8Bytes>,
+    bytes: usize,
+}
+
+/// The part of a connection that other connections touch. Kept small: it exists once per
+/// connection (about 120 bytes).
+#[derive(Debug)]
+pub(crate) struct Conn {
+    outbox: Mutex<Outbox>,
+    pub(crate) notify: Notify,
+    last_seen_ms: AtomicU64,
+    close: AtomicU8,
+}
+
+impl Conn {
+    fn new(now_ms: u64) -> Self {
+        Conn {
+            outbox: Mutex::new(Outbox::default()),
+            notify: Notify::new(),
+            last_seen_ms: AtomicU64::new(now_ms),
+            close: AtomicU8::new(0),
+        }
+    }
+
+    pub(crate) fn touch(&self, now_ms: u64) {
+        self.last_seen_ms.store(now_ms, Relaxed);
+    }
+
+    /// Asks the connection's task to close (the first reason wins).
+    pub(crate) fn close(&self, reason: CloseReason) {
+        if self
+            .close
+            .compare_exchange(0, reason as u8, Relaxed, Relaxed)
+            .is_ok()
+        {
+            self.notify.notify_one();
+        }
+    }
+
+    pub(crate) fn close_reason(&self) -> Option<CloseReason> {
+        match self.close.load(Relaxed) {
+            1 => Some(CloseReason::Shutdown),
+            2 => Some(CloseReason::Idle),
+            3 => Some(CloseReason::Slow),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn pop(&self) -> Option<Utf8Bytes> {
+        let mut o = lock(&self.outbox);
+        let m = o.msgs.pop_front()?;
+        o.bytes -= m.as_str().len();
+        if o.msgs.is_empty() && o.msgs.capacity() > 8 {
+            // A burst grew the queue: give the memory back once it drained.
+            o.msgs = VecDeque::new();
+        }
+        Some(m)
+    }
+}
+
+/// Traffic totals of one swarm, summed from its viewers' `stats` deltas.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct SwarmStats {
+    pub http_bytes: u64,
+    pub p2p_bytes: u64,
+    pub uploaded_bytes: u64,
+    pub stalls: u64,
+    pub integrity_failures: u64,
+    /// Sum of the latest `peers` each current member reported.
+    pub peer_links: i64,
+}
+
+struct SwarmShard {
+    reg: Registry,
+    rng: SmallRng,
+    /// Only for swarms that exist in `reg` (removed with the swarm's last member).
+    stats: HashMap<String, SwarmStats>,
+}
+
+/// Holds one admission slot (total and per-IP counters) until dropped.
+#[derive(Debug)]
+pub struct ConnGuard {
+    state: AppState,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let inner = &self.state.0;
+        inner.open.fetch_sub(1, Relaxed);
+        if let Some(ip) = self.ip {
+            let mut m = lock(&inner.per_ip);
+            if let Some(c) = m.get_mut(&ip) {
+                *c = c.saturating_sub(1);
+                if *c == 0 {
+                    m.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+type ConnShard = Mutex<HashMap<PeerId, Arc<Conn>>>;
+
+pub struct Inner {
+    pub(crate) cfg: Config,
+    pub(crate) metrics: Metrics,
+    started: Instant,
+    next_id: AtomicU64,
+    conns: Box<[ConnShard]>,
+    /// Admitted connections (including those still in the WebSocket handshake).
+    open: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, u32>>,
+    swarms: Box<[Mutex<SwarmShard>]>,
+    shutting_down: AtomicBool,
+}
+
+/// Cheap to clone; shared by the router, the connection tasks and the sweeper.
+#[derive(Clone)]
+pub struct AppState(pub(crate) Arc<Inner>);
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("open", &self.open_connections())
+            .finish()
+    }
+}
+
+/// One swarm as shown by `/api/swarms`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SwarmView {
+    pub swarm: String,
+    pub peers: usize,
+    #[serde(flatten)]
+    pub stats: SwarmStats,
+    pub offload: f64,
+}
+
+/// `/api/swarms`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Overview {
+    pub connections: usize,
+    pub swarms: usize,
+    pub members: usize,
+    pub relays: u64,
+    pub relays_dropped: u64,
+    pub http_bytes: u64,
+    pub p2p_bytes: u64,
+    pub offload: f64,
+    /// The largest swarms (at most [`API_TOP_SWARMS`]).
+    pub top: Vec<SwarmView>,
+}
+
+impl AppState {
+    pub fn new(cfg: Config) -> Self {
+        let mut seed = SmallRng::seed_from_u64(os_random_u64());
+        let reg_cfg = RegistryConfig {
+            intro_peers: cfg.intro_peers,
+            max_slots: cfg.max_slots,
+            ..RegistryConfig::default()
+        };
+        let swarms = (0..SWARM_SHARDS)
+            .map(|_| {
+                Mutex::new(SwarmShard {
+                    reg: Registry::new(reg_cfg.clone()),
+                    rng: SmallRng::seed_from_u64(seed.r#gen()),
+                    stats: HashMap::new(),
+                })
+            })
+            .collect();
+        // Ids start at a random point so they do not reveal how many viewers came before; 2^40
+        // leaves room for 2^53 - 2^40 connections before reaching JavaScript's exact range.
+        let first_id = seed.gen_range(1..(1u64 << 40));
+        AppState(Arc::new(Inner {
+            cfg,
+            metrics: Metrics::default(),
+            started: Instant::now(),
+            next_id: AtomicU64::new(first_id),
+            conns: (0..CONN_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            open: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            swarms,
+            shutting_down: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.0.cfg
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.0.started.elapsed().as_millis() as u64
+    }
+
+    /// Connections admitted and not yet closed.
+    pub fn open_connections(&self) -> usize {
+        self.0.open.load(Relaxed)
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.0.shutting_down.load(Relaxed)
+    }
+
+    /// Reserves a connection slot for a client at `ip`.
+    pub(crate) fn admit(&self, ip: Option<IpAddr>) -> Result<ConnGuard, Reject> {
+        let inner = &self.0;
+        if inner.open.fetch_add(1, Relaxed) >= inner.cfg.max_connections {
+            inner.open.fetch_sub(1, Relaxed);
+            return Err(Reject::ServerFull);
+        }
+        if let Some(ip) = ip {
+            let mut m = lock(&inner.per_ip);
+            let c = m.entry(ip).or_insert(0);
+            if *c >= inner.cfg.max_conns_per_ip {
+                drop(m);
+                inner.open.fetch_sub(1, Relaxed);
+                return Err(Reject::PerIp);
+            }
+            *c += 1;
+        }
+        Ok(ConnGuard {
+            state: self.clone(),
+            ip,
+        })
+    }
+
+    fn conn_shard(&self, id: PeerId) -> &ConnShard {
+        &self.0.conns[(id % CONN_SHARDS as u64) as usize]
+    }
+
+    fn swarm_shard(&self, swarm: &str) -> &Mutex<SwarmShard> {
+        // FNV-1a: fast and stable; only spreads swarms over the shards.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in swarm.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        &self.0.swarms[(h % SWARM_SHARDS as u64) as usize]
+    }
+
+    /// Creates the shared half of a new connection.
+    pub(crate) fn register(&self) -> (PeerId, Arc<Conn>) {
+        let id = self.0.next_id.fetch_add(1, Relaxed);
+        let conn = Arc::new(Conn::new(self.now_ms()));
+        lock(self.conn_shard(id)).insert(id, conn.clone());
+        self.0.metrics.connections_total.fetch_add(1, Relaxed);
+        if self.is_shutting_down() {
+            conn.close(CloseReason::Shutdown);
+        }
+        (id, conn)
+    }
+
+    pub(crate) fn unregister(&self, id: PeerId) {
+        lock(self.conn_shard(id)).remove(&id);
+    }
+
+    /// Queues `text` for `to`. Returns false if it was dropped (full outbox or gone peer).
+    pub(crate) fn deliver(&self, to: PeerId, text: String, class: Class) -> bool {
+        let Some(conn) = lock(self.conn_shard(to)).get(&to).cloned() else {
+            return false;
+        };
+        let cfg = &self.0.cfg;
+        {
+            let mut o = lock(&conn.outbox);
+            if o.msgs.len() >= cfg.outbox_msgs || o.bytes + text.len() > cfg.outbox_bytes {
+                drop(o);
+                match class {
+                    Class::Relay => {
+                        self.0.metrics.relays_dropped.fetch_add(1, Relaxed);
+                    }
+                    Class::Control => conn.close(CloseReason::Slow),
+                }
+                return false;
+            }
+            o.bytes += text.len();
+            o.msgs.push_back(Utf8Bytes::from(text));
+        }
+        conn.notify.notify_one();
+        true
+    }
+
+    pub(crate) fn deliver_notices(&self, notices: Notices) {
+        for (to, msg) in notices {
+            self.deliver(to, msg.to_json(), Class::Control);
+        }
+    }
+
+    /// Registry join; returns the `joined` reply (notices are delivered here).
+    pub(crate) fn join(&self, swarm: &str, peer: PeerId) -> ServerMsg {
+        let joined = {
+            let mut sh = lock(self.swarm_shard(swarm));
+            let SwarmShard { reg, rng, .. } = &mut *sh;
+            reg.join(swarm, peer, rng)
+        };
+        self.deliver_notices(joined.notices);
+        joined.reply
+    }
+
+    pub(crate) fn introduce(&self, swarm: &str, peer: PeerId) -> Vec<PeerId> {
+        let mut sh = lock(self.swarm_shard(swarm));
+        let SwarmShard { reg, rng, .. } = &mut *sh;
+        reg.introduce(swarm, peer, rng)
+    }
+
+    /// Registry leave; `last_peers` is the member's latest reported `peers` (taken back out of
+    /// the swarm's link sum).
+    pub(crate) fn leave(&self, swarm: &str, peer: PeerId, last_peers: u32) {
+        let notices = {
+            let mut sh = lock(self.swarm_shard(swarm));
+            let notices = sh.reg.leave(swarm, peer);
+            if sh.reg.member_count(swarm) == 0 {
+                sh.stats.remove(swarm);
+            } else if let Some(s) = sh.stats.get_mut(swarm) {
+                s.peer_links -= i64::from(last_peers);
+            }
+            notices
+        };
+        self.deliver_notices(notices);
+    }
+
+    /// Relays a handshake from `from` to `to`, both members of `swarm`. `Err(())`: `to` is not a
+    /// member (left, or never was).
+    pub(crate) fn relay(
+        &self,
+        swarm: String,
+        from: PeerId,
+        to: PeerId,
+        data: SignalData,
+    ) -> Result<(), ()> {
+        if to == from || !lock(self.swarm_shard(&swarm)).reg.is_member(&swarm, to) {
+            return Err(());
+        }
+        let text = ServerMsg::Signal { swarm, from, data }.to_json();
+        if self.deliver(to, text, Class::Relay) {
+            self.0.metrics.relays.fetch_add(1, Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Adds one viewer's stats delta to its swarm and to the global counters.
+    pub(crate) fn add_stats(&self, swarm: &str, d: &StatsReport, peers_delta: i64) {
+        let m = &self.0.metrics;
+        m.http_bytes.fetch_add(d.http_bytes, Relaxed);
+        m.p2p_bytes.fetch_add(d.p2p_bytes, Relaxed);
+        m.uploaded_bytes.fetch_add(d.uploaded_bytes, Relaxed);
+        m.stalls.fetch_add(u64::from(d.stalls), Relaxed);
+        m.integrity_failures
+            .fetch_add(u64::from(d.integrity_failures), Relaxed);
+        let mut sh = lock(self.swarm_shard(swarm));
+        if sh.reg.member_count(swarm) == 0 {
+            return;
+        }
+        let s = sh.stats.entry(swarm.to_owned()).or_default();
+        s.http_bytes = s.http_bytes.saturating_add(d.http_bytes);
+        s.p2p_bytes = s.p2p_bytes.saturating_add(d.p2p_bytes);
+        s.uploaded_bytes = s.uploaded_bytes.saturating_add(d.uploaded_bytes);
+        s.stalls = s.stalls.saturating_add(u64::from(d.stalls));
+        s.integrity_failures = s
+            .integrity_failures
+            .saturating_add(u64::from(d.integrity_failures));
+        s.peer_links += peers_delta;
+    }
+
+    /// Stats of one swarm (None if it has no members).
+    pub fn swarm_stats(&self, swarm: &str) -> Option<(usize, SwarmStats)> {
+        let sh = lock(self.swarm_shard(swarm));
+        let n = sh.reg.member_count(swarm);
+        (n > 0).then(|| (n, sh.stats.get(swarm).cloned().unwrap_or_default()))
+    }
+
+    /// (swarms, memberships) over all shards.
+    pub fn swarm_totals(&self) -> (usize, usize) {
+        self.0.swarms.iter().fold((0, 0), |(s, m), sh| {
+            let sh = lock(sh);
+            (
+                s + sh.reg.swarm_count(),
+                m + sh.reg.swarms().map(|(_, n)| n).sum::<usize>(),
+            )
+        })
+    }
+
+    pub fn overview(&self) -> Overview {
+        let mut top: Vec<SwarmView> = Vec::new();
+        let (mut swarms, mut members) = (0, 0);
+        for sh in self.0.swarms.iter() {
+            let sh = lock(sh);
+            swarms += sh.reg.swarm_count();
+            let mut sizes: Vec<(usize, &str)> = sh.reg.swarms().map(|(k, n)| (n, k)).collect();
+            members += sizes.iter().map(|(n, _)| n).sum::<usize>();
+            // Only this shard's largest swarms can be in the global top: bounded copying.
+            sizes.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+            sizes.truncate(API_TOP_SWARMS);
+            for (n, k) in sizes {
+                let stats = sh.stats.get(k).cloned().unwrap_or_default();
+                let offload = crate::metrics::offload(stats.p2p_bytes, stats.http_bytes);
+                top.push(SwarmView {
+                    swarm: k.to_owned(),
+                    peers: n,
+                    stats,
+                    offload,
+                });
+            }
+        }
+        top.sort_unstable_by(|a, b| b.peers.cmp(&a.peers).then(a.swarm.cmp(&b.swarm)));
+        top.truncate(API_TOP_SWARMS);
+        let m = &self.0.metrics;
+        let (http, p2p) = (m.http_bytes.load(Relaxed), m.p2p_bytes.load(Relaxed));
+        Overview {
+            connections: self.open_connections(),
+            swarms,
+            members,
+            relays: m.relays.load(Relaxed),
+            relays_dropped: m.relays_dropped.load(Relaxed),
+            http_bytes: http,
+            p2p_bytes: p2p,
+            offload: crate::metrics::offload(p2p, http),
+            top,
+        }
+    }
+
+    /// Asks every connection that sent nothing for the idle timeout to close.
+    pub fn sweep_idle(&self) -> usize {
+        let now = self.now_ms();
+        let idle = self.0.cfg.idle_timeout().as_millis() as u64;
+        let mut n = 0;
+        for shard in self.0.conns.iter() {
+            for conn in lock(shard).values() {
+                if now.saturating_sub(conn.last_seen_ms.load(Relaxed)) > idle {
+                    conn.close(CloseReason::Idle);
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Runs [`Self::sweep_idle`] a few times per heartbeat, forever. One timer for all
+    /// connections instead of one per connection.
+    pub async fn run_sweeper(self) {
+        let period = Duration::from_millis(u64::from(self.0.cfg.heartbeat_ms / 4).max(25));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.sweep_idle();
+        }
+    }
+
+    /// Stops admitting connections and asks every connection to send `reconnect` and close.
+    pub fn begin_shutdown(&self) {
+        self.0.shutting_down.store(true, Relaxed);
+        for shard in self.0.conns.iter() {
+            for conn in lock(shard).values() {
+                conn.close(CloseReason::Shutdown);
+            }
+        }
+    }
+
+    /// Waits until every connection closed, or `grace` passed.
+    pub async fn drained(&self, grace: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.open_connections() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    /// The `after_ms` told to one client on shutdown.
+    pub(crate) fn reconnect_after_ms(&self) -> u32 {
+        let c = &self.0.cfg;
+        let mut rng = SmallRng::seed_from_u64(os_random_u64());
+        c.reconnect_min_ms
+            .saturating_add(rng.gen_range(0..=c.reconnect_jitter_ms))
+    }
+
+    pub(crate) fn next_reconnect(&self) -> ServerMsg {
+        ServerMsg::Reconnect {
+            after_ms: self.reconnect_after_ms(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_outbox_drops_relays_and_closes_on_notices() {
+        let cfg = Config {
+            outbox_msgs: 2,
+            outbox_bytes: 64 * 1024,
+            ..Config::default()
+        };
+        let state = AppState::new(cfg);
+        let (id, conn) = state.register();
+        assert!(state.deliver(id, "a".into(), Class::Relay));
+        assert!(state.deliver(id, "b".into(), Class::Relay));
+        assert!(!state.deliver(id, "c".into(), Class::Relay));
+        assert_eq!(state.metrics().relays_dropped.load(Relaxed), 1);
+        assert_eq!(conn.close_reason(), None);
+        assert!(!state.deliver(id, "notice".into(), Class::Control));
+        assert_eq!(conn.close_reason(), Some(CloseReason::Slow));
+        assert_eq!(
+            conn.pop().map(|m| m.as_str().to_owned()).as_deref(),
+            Some("a")
+        );
+        // Byte cap too.
+        let big = "x".repeat(64 * 1024);
+        let (id2, _c2) = state.register();
+        assert!(state.deliver(id2, big.clone(), Class::Relay));
+        assert!(!state.deliver(id2, "y".into(), Class::Relay));
+        // Gone peers: dropped silently.
+        state.unregister(id2);
+        assert!(!state.deliver(id2, "z".into(), Class::Relay));
+    }
+
+    #[test]
+    fn admission_counts_total_and_per_ip() {
+        let cfg = Config {
+            max_connections: 3,
+            max_conns_per_ip: 2,
+            ..Config::default()
+        };
+        let state = AppState::new(cfg);
+        let ip: IpAddr = [10, 0, 0, 1].into();
+        let a = state.admit(Some(ip));
+        let b = state.admit(Some(ip));
+        assert!(a.is_ok() && b.is_ok());
+        assert_eq!(state.admit(Some(ip)).err(), Some(Reject::PerIp));
+        let c = state.admit(Some([10, 0, 0, 2].into()));
+        assert!(c.is_ok());
+        assert_eq!(state.admit(None).err(), Some(Reject::ServerFull));
+        drop(a);
+        assert_eq!(state.open_connections(), 2);
+        assert!(state.admit(Some(ip)).is_ok());
+        drop((b, c));
+        assert_eq!(state.open_connections(), 0);
+        assert!(lock(&state.0.per_ip).is_empty());
+    }
+}
