@@ -70,12 +70,16 @@ impl HaveEntry {
     pub fn complete(seq: u64, chunk_count: u16) -> Self {
         let n = chunk_count as usize;
         let mut bm = vec![0xffu8; n.div_ceil(8)];
-        if n % 8 != 0
+        if !n.is_multiple_of(8)
             && let Some(last) = bm.last_mut()
         {
             *last = (1u8 << (n % 8)) - 1;
         }
-        HaveEntry { seq, chunk_count, bitmap: Bytes::from(bm) }
+        HaveEntry {
+            seq,
+            chunk_count,
+            bitmap: Bytes::from(bm),
+        }
     }
 
     /// Builds an entry from a predicate over chunk indices.
@@ -87,12 +91,19 @@ impl HaveEntry {
                 bm[i / 8] |= 1 << (i % 8);
             }
         }
-        HaveEntry { seq, chunk_count, bitmap: Bytes::from(bm) }
+        HaveEntry {
+            seq,
+            chunk_count,
+            bitmap: Bytes::from(bm),
+        }
     }
 
     pub fn has(&self, index: usize) -> bool {
         index < self.chunk_count as usize
-            && self.bitmap.get(index / 8).is_some_and(|b| b & (1 << (index % 8)) != 0)
+            && self
+                .bitmap
+                .get(index / 8)
+                .is_some_and(|b| b & (1 << (index % 8)) != 0)
     }
 
     pub fn is_complete(&self) -> bool {
@@ -111,9 +122,19 @@ pub enum Frame {
     /// Segments no longer held (evicted from the store).
     Drop { seqs: Vec<u64> },
     /// Ask for chunks `first .. first + count` of segment `seq`.
-    Request { req_id: u32, seq: u64, first: u16, count: u16 },
+    Request {
+        req_id: u32,
+        seq: u64,
+        first: u16,
+        count: u16,
+    },
     /// One chunk answering `req_id`.
-    Chunk { req_id: u32, seq: u64, index: u16, data: Bytes },
+    Chunk {
+        req_id: u32,
+        seq: u64,
+        index: u16,
+        data: Bytes,
+    },
     /// The requester no longer wants `req_id`; chunks already sent may still arrive.
     Cancel { req_id: u32 },
     /// `req_id` will not be served (the rest of it, if some chunks were sent).
@@ -140,8 +161,24 @@ pub enum DecodeError {
     BadUtf8,
 }
 
+/// Longest prefix of `s` that is at most `max` bytes and ends on a char boundary.
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 fn need(buf: &Bytes, n: usize, what: &'static str) -> Result<(), DecodeError> {
-    if buf.remaining() < n { Err(DecodeError::Truncated(what)) } else { Ok(()) }
+    if buf.remaining() < n {
+        Err(DecodeError::Truncated(what))
+    } else {
+        Ok(())
+    }
 }
 
 impl Frame {
@@ -158,18 +195,24 @@ impl Frame {
         }
     }
 
-    /// Encodes the frame. Callers keep within the limits (`MAX_*`); `encode` does not check them,
-    /// `decode` does.
+    /// Encodes the frame. Callers keep within the limits (`MAX_*`, [`MAX_FRAME_LEN`], bitmaps of
+    /// `ceil(chunk_count / 8)` bytes with zero padding bits); `encode` does not check them,
+    /// `decode` does. The one exception: a `Hello` swarm id over [`MAX_SWARM_LEN`] bytes is cut
+    /// to the longest prefix that fits and ends on a char boundary.
     pub fn encode(&self) -> Bytes {
         let mut b = BytesMut::with_capacity(32);
         b.put_u8(FRAME_VERSION);
         match self {
-            Frame::Hello { swarm, max_inflight } => {
+            Frame::Hello {
+                swarm,
+                max_inflight,
+            } => {
                 b.put_u8(T_HELLO);
-                let s = swarm.as_bytes();
-                let n = s.len().min(MAX_SWARM_LEN);
-                b.put_u8(n as u8);
-                b.put_slice(&s[..n]);
+                // Over-long ids are cut at a char boundary: cutting inside a UTF-8 sequence would
+                // produce a frame that `decode` rejects as `BadUtf8`.
+                let s = truncate_utf8(swarm, MAX_SWARM_LEN).as_bytes();
+                b.put_u8(s.len() as u8);
+                b.put_slice(s);
                 b.put_u16(*max_inflight);
             }
             Frame::Have { entries } => {
@@ -188,14 +231,24 @@ impl Frame {
                     b.put_u64(*s);
                 }
             }
-            Frame::Request { req_id, seq, first, count } => {
+            Frame::Request {
+                req_id,
+                seq,
+                first,
+                count,
+            } => {
                 b.put_u8(T_REQUEST);
                 b.put_u32(*req_id);
                 b.put_u64(*seq);
                 b.put_u16(*first);
                 b.put_u16(*count);
             }
-            Frame::Chunk { req_id, seq, index, data } => {
+            Frame::Chunk {
+                req_id,
+                seq,
+                index,
+                data,
+            } => {
                 b.reserve(data.len() + 16);
                 b.put_u8(T_CHUNK);
                 b.put_u32(*req_id);
@@ -241,9 +294,14 @@ impl Frame {
                 let n = buf.get_u8() as usize;
                 need(&buf, n + 2, "swarm")?;
                 let s = buf.split_to(n);
-                let swarm = std::str::from_utf8(&s).map_err(|_| DecodeError::BadUtf8)?.to_owned();
+                let swarm = std::str::from_utf8(&s)
+                    .map_err(|_| DecodeError::BadUtf8)?
+                    .to_owned();
                 let max_inflight = buf.get_u16();
-                Frame::Hello { swarm, max_inflight }
+                Frame::Hello {
+                    swarm,
+                    max_inflight,
+                }
             }
             T_HAVE => {
                 need(&buf, 2, "have count")?;
@@ -266,7 +324,11 @@ impl Frame {
                     if rem != 0 && bitmap.last().is_some_and(|b| b >> rem != 0) {
                         return Err(DecodeError::BadValue("bitmap padding", seq));
                     }
-                    entries.push(HaveEntry { seq, chunk_count, bitmap });
+                    entries.push(HaveEntry {
+                        seq,
+                        chunk_count,
+                        bitmap,
+                    });
                 }
                 Frame::Have { entries }
             }
@@ -289,7 +351,12 @@ impl Frame {
                 if count == 0 || first as u32 + count as u32 > MAX_CHUNKS as u32 {
                     return Err(DecodeError::BadValue("request range", count as u64));
                 }
-                Frame::Request { req_id, seq, first, count }
+                Frame::Request {
+                    req_id,
+                    seq,
+                    first,
+                    count,
+                }
             }
             T_CHUNK => {
                 need(&buf, 14, "chunk header")?;
@@ -300,11 +367,18 @@ impl Frame {
                     return Err(DecodeError::BadValue("chunk index", index as u64));
                 }
                 let data = buf.split_to(buf.len());
-                Frame::Chunk { req_id, seq, index, data }
+                Frame::Chunk {
+                    req_id,
+                    seq,
+                    index,
+                    data,
+                }
             }
             T_CANCEL => {
                 need(&buf, 4, "cancel")?;
-                Frame::Cancel { req_id: buf.get_u32() }
+                Frame::Cancel {
+                    req_id: buf.get_u32(),
+                }
             }
             T_ABSENT => {
                 need(&buf, 5, "absent")?;
@@ -336,7 +410,12 @@ mod tests {
 
     #[test]
     fn request_fixture() {
-        let f = Frame::Request { req_id: 0x01020304, seq: 5, first: 1, count: 2 };
+        let f = Frame::Request {
+            req_id: 0x01020304,
+            seq: 5,
+            first: 1,
+            count: 2,
+        };
         let bytes = f.encode();
         assert_eq!(
             &bytes[..],
@@ -350,7 +429,10 @@ mod tests {
         assert_eq!(Frame::decode(&[]), Err(DecodeError::Empty));
         assert_eq!(Frame::decode(&[2, 1]), Err(DecodeError::Version(2)));
         assert_eq!(Frame::decode(&[1, 99]), Err(DecodeError::UnknownType(99)));
-        assert!(matches!(Frame::decode(&[1, 4, 0]), Err(DecodeError::Truncated(_))));
+        assert!(matches!(
+            Frame::decode(&[1, 4, 0]),
+            Err(DecodeError::Truncated(_))
+        ));
         let mut long = Frame::Cancel { req_id: 1 }.encode().to_vec();
         long.push(0);
         assert_eq!(Frame::decode(&long), Err(DecodeError::Trailing(1)));

@@ -12,6 +12,10 @@ pub mod frame;
 pub mod manifest;
 pub mod signaling;
 
+/// Fuzz entry points (used by `protocol/fuzz` and the corpus replay test); not a stable API.
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use frame::{AbsentReason, DecodeError, Frame, HaveEntry};
 pub use manifest::{CHUNK_SIZE, Manifest, ManifestError, SegmentManifest};
 

@@ -34,9 +34,12 @@ pub fn chunk_count(len: u64) -> usize {
 }
 
 /// Byte range `[start, end)` of chunk `index` in a segment of `len` bytes.
+///
+/// An index past the last chunk gives the empty range `(len, len)`, never `start > end`: callers
+/// compute `end - start` and index buffers with it, and `index` may come from a peer.
 pub fn chunk_range(len: u64, index: usize) -> (u64, u64) {
-    let start = (index as u64) * CHUNK_SIZE as u64;
-    let end = (start + CHUNK_SIZE as u64).min(len);
+    let start = (index as u64).saturating_mul(CHUNK_SIZE as u64).min(len);
+    let end = start.saturating_add(CHUNK_SIZE as u64).min(len);
     (start, end)
 }
 
@@ -55,7 +58,15 @@ pub enum ManifestError {
     #[error("segment {seq}: bad hash encoding")]
     BadHash { seq: u64 },
     #[error("segment {seq}: {got} chunk hashes, expected {expected}")]
-    ChunkCount { seq: u64, got: usize, expected: usize },
+    ChunkCount {
+        seq: u64,
+        got: usize,
+        expected: usize,
+    },
+    /// Two entries for the same media sequence number: segments are looked up by `seq`, so
+    /// receivers could otherwise disagree on which hashes apply.
+    #[error("segment {seq} listed twice")]
+    DuplicateSeq { seq: u64 },
 }
 
 /// Integrity data of one segment.
@@ -163,6 +174,10 @@ impl Manifest {
     }
 
     /// Decodes and validates a JSON sidecar. Never panics on hostile input.
+    ///
+    /// Checks: `v` and `chunk_size`, at most [`MAX_SEGMENTS`] segments, unique `seq`, `len` at
+    /// most [`MAX_SEGMENT_LEN`], `sha256` 64 hex digits, `chunks` canonical padded base64 of
+    /// exactly `ceil(len / CHUNK_SIZE)` hashes.
     pub fn from_json(text: &str) -> Result<Self, ManifestError> {
         let json: ManifestJson =
             serde_json::from_str(text).map_err(|e| ManifestError::Json(e.to_string()))?;
@@ -177,13 +192,18 @@ impl Manifest {
         }
         let b64 = base64::engine::general_purpose::STANDARD;
         let mut segments = Vec::with_capacity(json.segments.len());
+        let mut seen = std::collections::HashSet::with_capacity(json.segments.len());
         for s in json.segments {
             let seq = s.seq;
+            if !seen.insert(seq) {
+                return Err(ManifestError::DuplicateSeq { seq });
+            }
             if s.len > MAX_SEGMENT_LEN {
                 return Err(ManifestError::TooLong { seq, len: s.len });
             }
             let mut sha = [0u8; 32];
-            hex::decode_to_slice(&s.sha256, &mut sha).map_err(|_| ManifestError::BadHash { seq })?;
+            hex::decode_to_slice(&s.sha256, &mut sha)
+                .map_err(|_| ManifestError::BadHash { seq })?;
             let raw = b64
                 .decode(s.chunks.as_bytes())
                 .map_err(|_| ManifestError::BadHash { seq })?;
@@ -203,7 +223,13 @@ impl Manifest {
                     h
                 })
                 .collect();
-            segments.push(SegmentManifest { seq, uri: s.uri, len: s.len, sha256: sha, chunks });
+            segments.push(SegmentManifest {
+                seq,
+                uri: s.uri,
+                len: s.len,
+                sha256: sha,
+                chunks,
+            });
         }
         Ok(Manifest { segments })
     }
@@ -230,16 +256,23 @@ mod tests {
     fn json_round_trip() {
         let a = SegmentManifest::compute(1, "a.ts", &[1u8; 20_000]);
         let b = SegmentManifest::compute(2, "b.ts", &[]);
-        let m = Manifest { segments: vec![a, b] };
+        let m = Manifest {
+            segments: vec![a, b],
+        };
         let back = Manifest::from_json(&m.to_json()).expect("round trip");
         assert_eq!(back, m);
     }
 
     #[test]
     fn json_rejects_wrong_chunk_count() {
-        let m = Manifest { segments: vec![SegmentManifest::compute(1, "a.ts", &[1u8; 20_000])] };
+        let m = Manifest {
+            segments: vec![SegmentManifest::compute(1, "a.ts", &[1u8; 20_000])],
+        };
         let text = m.to_json().replace("\"len\":20000", "\"len\":40000");
-        assert!(matches!(Manifest::from_json(&text), Err(ManifestError::ChunkCount { .. })));
+        assert!(matches!(
+            Manifest::from_json(&text),
+            Err(ManifestError::ChunkCount { .. })
+        ));
         assert!(Manifest::from_json("{").is_err());
         assert!(Manifest::from_json("[]").is_err());
     }

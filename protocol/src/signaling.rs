@@ -11,15 +11,21 @@ use crate::PeerId;
 pub const SIGNALING_VERSION: u8 = 1;
 /// Default largest signaling message (bytes of JSON) a server accepts.
 pub const MAX_SIGNAL_LEN: usize = 64 * 1024;
-/// Longest swarm id.
-pub const MAX_SWARM_ID_LEN: usize = 256;
+/// Longest swarm id, in bytes. Equal to [`crate::frame::MAX_SWARM_LEN`] so that every swarm id
+/// fits in a data-channel `Hello` frame (whose length prefix is one byte) without being cut: a
+/// cut id would not match the receiver's and every connection in that swarm would fail.
+pub const MAX_SWARM_ID_LEN: usize = crate::frame::MAX_SWARM_LEN;
 
 /// WebRTC handshake payloads relayed verbatim between two members of a swarm.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SignalData {
-    Offer { sdp: String },
-    Answer { sdp: String },
+    Offer {
+        sdp: String,
+    },
+    Answer {
+        sdp: String,
+    },
     Candidate {
         candidate: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -53,11 +59,22 @@ pub enum ClientMsg {
         token: Option<String>,
     },
     /// Ask for more members to connect to (after peers left or refused).
-    WantPeers { swarm: String },
-    Leave { swarm: String },
+    WantPeers {
+        swarm: String,
+    },
+    Leave {
+        swarm: String,
+    },
     /// Relay `data` to member `to` of `swarm`.
-    Signal { swarm: String, to: PeerId, data: SignalData },
-    Stats { swarm: String, stats: StatsReport },
+    Signal {
+        swarm: String,
+        to: PeerId,
+        data: SignalData,
+    },
+    Stats {
+        swarm: String,
+        stats: StatsReport,
+    },
     Ping,
 }
 
@@ -105,19 +122,41 @@ impl ErrorCode {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMsg {
     /// First message on a connection: the viewer's id and how often to ping.
-    Welcome { peer_id: PeerId, heartbeat_ms: u32 },
+    Welcome {
+        peer_id: PeerId,
+        heartbeat_ms: u32,
+    },
     /// Answer to `join`: members to connect to, and this viewer's seeding slot.
     ///
     /// Slots coordinate the live edge: the member whose `slot == seq % slots` fetches segment
     /// `seq` from the origin first; everybody else waits for it to show up on peers.
-    Joined { swarm: String, peers: Vec<PeerId>, slot: u32, slots: u32 },
+    Joined {
+        swarm: String,
+        peers: Vec<PeerId>,
+        slot: u32,
+        slots: u32,
+    },
     /// More members to connect to (answer to `want_peers`).
-    Peers { swarm: String, peers: Vec<PeerId> },
+    Peers {
+        swarm: String,
+        peers: Vec<PeerId>,
+    },
     /// This viewer's slot or the slot count changed.
-    Slot { swarm: String, slot: u32, slots: u32 },
+    Slot {
+        swarm: String,
+        slot: u32,
+        slots: u32,
+    },
     /// Relayed handshake from member `from`.
-    Signal { swarm: String, from: PeerId, data: SignalData },
-    PeerLeft { swarm: String, peer: PeerId },
+    Signal {
+        swarm: String,
+        from: PeerId,
+        data: SignalData,
+    },
+    PeerLeft {
+        swarm: String,
+        peer: PeerId,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -126,7 +165,9 @@ pub enum ServerMsg {
     },
     Pong,
     /// The server is going away: reconnect after this many milliseconds (already jittered).
-    Reconnect { after_ms: u32 },
+    Reconnect {
+        after_ms: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -160,16 +201,25 @@ struct Out<'a, T> {
 
 fn to_json<T: Serialize>(msg: &T) -> String {
     // Our message types are plain data: serialization cannot fail.
-    serde_json::to_string(&Out { v: SIGNALING_VERSION, msg }).unwrap_or_default()
+    serde_json::to_string(&Out {
+        v: SIGNALING_VERSION,
+        msg,
+    })
+    .unwrap_or_default()
 }
 
-fn from_json<T: for<'de> Deserialize<'de>>(text: &str, max_len: usize) -> Result<T, SignalingError> {
+fn from_json<T: for<'de> Deserialize<'de>>(
+    text: &str,
+    max_len: usize,
+) -> Result<T, SignalingError> {
     if text.len() > max_len {
         return Err(SignalingError::TooLarge(text.len()));
     }
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| SignalingError::Bad(e.to_string()))?;
-    let obj = value.as_object().ok_or_else(|| SignalingError::Bad("not an object".into()))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| SignalingError::Bad("not an object".into()))?;
     match obj.get("v").and_then(|v| v.as_u64()) {
         None => return Err(SignalingError::NoVersion),
         Some(v) if v != SIGNALING_VERSION as u64 => return Err(SignalingError::Version(v)),
@@ -202,11 +252,43 @@ impl ServerMsg {
     pub fn to_json(&self) -> String {
         to_json(self)
     }
+    /// Parses untrusted text; `max_len` bounds the work done on it.
+    ///
+    /// Besides the JSON shape, it checks the slot fields of `joined` and `slot`: `slots >= 1` and
+    /// `slot < slots`. A client computes `seq % slots`, so a zero slot count must never get
+    /// past the decoder.
     pub fn from_json(text: &str, max_len: usize) -> Result<Self, SignalingError> {
-        from_json(text, max_len)
+        let msg: ServerMsg = from_json(text, max_len)?;
+        match &msg {
+            ServerMsg::Joined { slot, slots, .. } | ServerMsg::Slot { slot, slots, .. }
+                if *slots == 0 || slot >= slots =>
+            {
+                Err(SignalingError::Bad(format!(
+                    "slot {slot} out of range for {slots} slots"
+                )))
+            }
+            _ => Ok(msg),
+        }
+    }
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerMsg::Welcome { .. } => "welcome",
+            ServerMsg::Joined { .. } => "joined",
+            ServerMsg::Peers { .. } => "peers",
+            ServerMsg::Slot { .. } => "slot",
+            ServerMsg::Signal { .. } => "signal",
+            ServerMsg::PeerLeft { .. } => "peer_left",
+            ServerMsg::Error { .. } => "error",
+            ServerMsg::Pong => "pong",
+            ServerMsg::Reconnect { .. } => "reconnect",
+        }
     }
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
-        ServerMsg::Error { code, message: message.into(), swarm: None }
+        ServerMsg::Error {
+            code,
+            message: message.into(),
+            swarm: None,
+        }
     }
 }
 
@@ -216,7 +298,10 @@ pub fn swarm_id(stream_url: &str, rendition: &str) -> String {
     let mut id = format!("{base}|{rendition}");
     if id.len() > MAX_SWARM_ID_LEN {
         // Keep ids bounded: long URLs are replaced by their hash.
-        id = format!("sha256:{}", hex::encode(crate::manifest::sha256(id.as_bytes())));
+        id = format!(
+            "sha256:{}",
+            hex::encode(crate::manifest::sha256(id.as_bytes()))
+        );
     }
     id
 }
@@ -227,7 +312,10 @@ mod tests {
 
     #[test]
     fn join_fixture() {
-        let m = ClientMsg::Join { swarm: "s".into(), token: None };
+        let m = ClientMsg::Join {
+            swarm: "s".into(),
+            token: None,
+        };
         assert_eq!(m.to_json(), r#"{"v":1,"type":"join","swarm":"s"}"#);
         assert_eq!(ClientMsg::from_json(&m.to_json(), MAX_SIGNAL_LEN), Ok(m));
     }
@@ -239,7 +327,8 @@ mod tests {
             from: 9,
             data: SignalData::Answer { sdp: "x".into() },
         };
-        let text = r#"{"v":1,"type":"signal","swarm":"s","from":9,"data":{"kind":"answer","sdp":"x"}}"#;
+        let text =
+            r#"{"v":1,"type":"signal","swarm":"s","from":9,"data":{"kind":"answer","sdp":"x"}}"#;
         assert_eq!(m.to_json(), text);
         assert_eq!(ServerMsg::from_json(text, MAX_SIGNAL_LEN), Ok(m));
     }
@@ -258,13 +347,19 @@ mod tests {
             ClientMsg::from_json(r#"{"v":1,"type":"nope"}"#, 100),
             Err(SignalingError::Bad(_))
         ));
-        assert_eq!(ClientMsg::from_json("[1,2,3,4]", 3), Err(SignalingError::TooLarge(9)));
+        assert_eq!(
+            ClientMsg::from_json("[1,2,3,4]", 3),
+            Err(SignalingError::TooLarge(9))
+        );
         assert!(ClientMsg::from_json("\u{0}", 100).is_err());
     }
 
     #[test]
     fn swarm_ids() {
-        assert_eq!(swarm_id("http://a/b.m3u8?t=1", "720p"), "http://a/b.m3u8|720p");
+        assert_eq!(
+            swarm_id("http://a/b.m3u8?t=1", "720p"),
+            "http://a/b.m3u8|720p"
+        );
         let long = "x".repeat(400);
         assert!(swarm_id(&long, "r").starts_with("sha256:"));
     }

@@ -1,0 +1,4 @@
+#![no_main]
+//! The logic lives in `protocol::fuzzing::fuzz_signaling`, shared with `tests/fuzz_corpus.rs`.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| protocol::fuzzing::fuzz_signaling(data));
