@@ -26,7 +26,11 @@ pub const HASH_CACHE_ENTRIES: usize = protocol::manifest::MAX_SEGMENTS;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum BlobKey {
     /// A file, by canonical path and (length, mtime) so an edited file is a new key.
-    File { path: PathBuf, len: u64, mtime_ns: u128 },
+    File {
+        path: PathBuf,
+        len: u64,
+        mtime_ns: u128,
+    },
     /// A synthetic segment: stream name and media sequence number.
     Synthetic { stream: Arc<str>, seq: u64 },
 }
@@ -39,7 +43,11 @@ impl BlobKey {
             .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        BlobKey::File { path, len: meta.len(), mtime_ns }
+        BlobKey::File {
+            path,
+            len: meta.len(),
+            mtime_ns,
+        }
     }
 
     /// Strong validator for HTTP: cheap to compute, changes when the bytes can have changed.
@@ -62,7 +70,11 @@ pub struct SegHash {
 impl SegHash {
     pub fn of(data: &[u8]) -> Self {
         let m = SegmentManifest::compute(0, "", data);
-        SegHash { len: m.len, sha256: m.sha256, chunks: m.chunks }
+        SegHash {
+            len: m.len,
+            sha256: m.sha256,
+            chunks: m.chunks,
+        }
     }
 
     pub fn manifest(&self, seq: u64, uri: impl Into<String>) -> SegmentManifest {
@@ -89,7 +101,13 @@ pub struct BlobCache {
 
 impl BlobCache {
     pub fn new(cap_bytes: usize) -> Self {
-        BlobCache { inner: Mutex::new(Weighted { lru: LruCache::unbounded(), weight: 0 }), cap_bytes }
+        BlobCache {
+            inner: Mutex::new(Weighted {
+                lru: LruCache::unbounded(),
+                weight: 0,
+            }),
+            cap_bytes,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Weighted<BlobKey, Bytes>> {
@@ -133,7 +151,9 @@ pub struct HashCache {
 impl HashCache {
     pub fn new(entries: usize) -> Self {
         let cap = NonZeroUsize::new(entries).unwrap_or(NonZeroUsize::MIN);
-        HashCache { inner: Mutex::new(LruCache::new(cap)) }
+        HashCache {
+            inner: Mutex::new(LruCache::new(cap)),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<BlobKey, Arc<SegHash>>> {
@@ -162,7 +182,10 @@ mod tests {
     use super::*;
 
     fn key(seq: u64) -> BlobKey {
-        BlobKey::Synthetic { stream: Arc::from("s"), seq }
+        BlobKey::Synthetic {
+            stream: Arc::from("s"),
+            seq,
+        }
     }
 
     #[test]

@@ -38,7 +38,10 @@ pub enum OriginError {
 
 impl OriginError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        OriginError::Io { path: path.into(), source }
+        OriginError::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub fn status(&self) -> StatusCode {

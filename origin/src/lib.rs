@@ -117,7 +117,12 @@ async fn account(State(st): State<AppState>, req: Request, next: Next) -> Respon
 }
 
 /// Builds the response and tags it for accounting (error bodies of a known stream count too).
-fn finish(method: &Method, headers: &HeaderMap, acct: Acct, res: Result<Content, OriginError>) -> Response {
+fn finish(
+    method: &Method,
+    headers: &HeaderMap,
+    acct: Acct,
+    res: Result<Content, OriginError>,
+) -> Response {
     let mut r = match res {
         Ok(c) => respond(method, headers, c),
         Err(e) => e.into_response(),
@@ -131,7 +136,11 @@ async fn index(State(st): State<AppState>) -> String {
         "P2P CDN origin\nlive streams: {:?}\nsynthetic streams: {:?}\nmedia folder: {}\n\n{URL_LAYOUT}\n",
         st.live_names(),
         st.synthetic_names(),
-        if st.media_root().is_some() { "yes" } else { "none" }
+        if st.media_root().is_some() {
+            "yes"
+        } else {
+            "none"
+        }
     )
 }
 
@@ -160,7 +169,12 @@ async fn stats_reset(State(st): State<AppState>) -> Json<stats::Snapshot> {
 
 fn text_content(body: String, content_type: &'static str) -> Content {
     let bytes = Bytes::from(body);
-    Content { etag: etag_of(&bytes), bytes, content_type, cache_control: CACHE_PLAYLIST }
+    Content {
+        etag: etag_of(&bytes),
+        bytes,
+        content_type,
+        cache_control: CACHE_PLAYLIST,
+    }
 }
 
 fn manifest_content(m: &Manifest) -> Content {
@@ -172,7 +186,12 @@ async fn static_file(st: &AppState, base: &Path, rel: &str) -> Result<Content, O
     let path = paths::resolve(base, rel).await?;
     let (key, bytes) = st.file_bytes(&path).await?;
     let (content_type, kind) = classify(rel);
-    Ok(Content { bytes, etag: key.etag(), content_type, cache_control: serve::cache_for(kind) })
+    Ok(Content {
+        bytes,
+        etag: key.etag(),
+        content_type,
+        cache_control: serve::cache_for(kind),
+    })
 }
 
 // ---------------------------------------------------------------- VOD
@@ -187,16 +206,25 @@ async fn vod(
         Ok(d) => d,
         Err(e) => return e.into_response(),
     };
-    let acct = Acct { stream: Arc::from(format!("vod/{stream}")), kind: classify(&rel).1 };
+    let acct = Acct {
+        stream: Arc::from(format!("vod/{stream}")),
+        kind: classify(&rel).1,
+    };
     let res = vod_content(&st, &dir, &rel).await;
     finish(&method, &headers, acct, res)
 }
 
 async fn vod_stream_dir(st: &AppState, stream: &str) -> Result<std::path::PathBuf, OriginError> {
-    let root = st.media_root().ok_or_else(|| OriginError::NotFound("no media folder configured".into()))?;
+    let root = st
+        .media_root()
+        .ok_or_else(|| OriginError::NotFound("no media folder configured".into()))?;
     paths::check_component(stream)?;
     let dir = paths::resolve(root, stream).await?;
-    if !tokio::fs::metadata(&dir).await.map(|m| m.is_dir()).unwrap_or(false) {
+    if !tokio::fs::metadata(&dir)
+        .await
+        .map(|m| m.is_dir())
+        .unwrap_or(false)
+    {
         return Err(OriginError::NotFound(format!("stream {stream:?}")));
     }
     Ok(dir)
@@ -215,20 +243,32 @@ async fn vod_content(st: &AppState, dir: &Path, rel: &str) -> Result<Content, Or
 }
 
 /// The sidecar of a VOD media playlist: every segment, seq = EXT-X-MEDIA-SEQUENCE + index.
-async fn vod_manifest(st: &AppState, dir: &Path, pl_rel: &str, pl_path: &Path) -> Result<Manifest, OriginError> {
+async fn vod_manifest(
+    st: &AppState,
+    dir: &Path,
+    pl_rel: &str,
+    pl_path: &Path,
+) -> Result<Manifest, OriginError> {
     let (_, text) = st.file_bytes(pl_path).await?;
     let src = match playlist::parse(Path::new(pl_rel), &text)? {
         Parsed::Master => {
-            return Err(OriginError::NotFound("a master playlist has no sidecar; use a media playlist's".into()));
+            return Err(OriginError::NotFound(
+                "a master playlist has no sidecar; use a media playlist's".into(),
+            ));
         }
         Parsed::Media(m) => m,
     };
     let (pdir, _) = paths::split_dir(pl_rel);
-    let bad = |reason: String| OriginError::BadPlaylist { path: pl_rel.into(), reason };
+    let bad = |reason: String| OriginError::BadPlaylist {
+        path: pl_rel.into(),
+        reason,
+    };
     let mut segments = Vec::with_capacity(src.segments.len());
     for (i, s) in src.segments.iter().enumerate() {
         let srel = paths::join_playlist_uri(pdir, &s.uri).map_err(bad)?;
-        let path = paths::resolve(dir, &srel).await.map_err(|e| bad(format!("segment {:?}: {e}", s.uri)))?;
+        let path = paths::resolve(dir, &srel)
+            .await
+            .map_err(|e| bad(format!("segment {:?}: {e}", s.uri)))?;
         let h = st.file_hash(&path).await?;
         segments.push(h.manifest(src.media_sequence + i as u64, s.uri.clone()));
     }
@@ -246,17 +286,28 @@ async fn live(
     let Some(ls) = st.live(&stream).cloned() else {
         return OriginError::NotFound(format!("live stream {stream:?}")).into_response();
     };
-    let acct = Acct { stream: ls.label.clone(), kind: classify(&rel).1 };
+    let acct = Acct {
+        stream: ls.label.clone(),
+        kind: classify(&rel).1,
+    };
     let res = live_content(&st, &ls, &rel).await;
     finish(&method, &headers, acct, res)
 }
 
-async fn live_content(st: &AppState, ls: &state::LiveStream, rel: &str) -> Result<Content, OriginError> {
+async fn live_content(
+    st: &AppState,
+    ls: &state::LiveStream,
+    rel: &str,
+) -> Result<Content, OriginError> {
     paths::check_rel(rel)?;
     let now = st.now();
     if let Some(pl) = ls.playlists.get(rel) {
         let w = playlist::window_at(&pl.timeline, ls.epoch, now, st.window());
-        let r = LiveRender { target_duration: pl.target_duration, map_uri: pl.map_uri.as_deref(), loops: true };
+        let r = LiveRender {
+            target_duration: pl.target_duration,
+            map_uri: pl.map_uri.as_deref(),
+            loops: true,
+        };
         let text = playlist::render_live(&r, &pl.timeline, ls.epoch, w, |k| pl.segment_uri(k));
         return Ok(text_content(text, "application/vnd.apple.mpegurl"));
     }
@@ -280,7 +331,9 @@ async fn live_content(st: &AppState, ls: &state::LiveStream, rel: &str) -> Resul
             return Err(OriginError::NotFound(rel.to_string()));
         }
         if seq >= playlist::window_at(&pl.timeline, ls.epoch, now, st.window()).end {
-            return Err(OriginError::NotFound(format!("segment {seq} is not published yet")));
+            return Err(OriginError::NotFound(format!(
+                "segment {seq} is not published yet"
+            )));
         }
         let (key, bytes) = st.file_bytes(path).await?;
         return Ok(Content {
@@ -305,7 +358,10 @@ async fn synthetic(
     let Some(s) = st.synthetic(&name).cloned() else {
         return OriginError::NotFound(format!("synthetic stream {name:?}")).into_response();
     };
-    let acct = Acct { stream: s.label.clone(), kind: classify(&rel).1 };
+    let acct = Acct {
+        stream: s.label.clone(),
+        kind: classify(&rel).1,
+    };
     let res = synthetic_content(&st, &s, &rel).await;
     finish(&method, &headers, acct, res)
 }
@@ -319,7 +375,11 @@ async fn synthetic_content(
     let uri = |k: u64| playlist::live_segment_name("index", k, "bin");
     match rel {
         "index.m3u8" => {
-            let r = LiveRender { target_duration: 0, map_uri: None, loops: false };
+            let r = LiveRender {
+                target_duration: 0,
+                map_uri: None,
+                loops: false,
+            };
             Ok(text_content(
                 playlist::render_live(&r, &s.timeline, s.epoch, w, uri),
                 "application/vnd.apple.mpegurl",
@@ -335,7 +395,9 @@ async fn synthetic_content(
         _ => match playlist::parse_live_segment_name(rel) {
             Some((stem, seq, "bin")) if stem == "index" => {
                 if seq >= w.end {
-                    return Err(OriginError::NotFound(format!("segment {seq} is not published yet")));
+                    return Err(OriginError::NotFound(format!(
+                        "segment {seq} is not published yet"
+                    )));
                 }
                 let bytes = st.synthetic_bytes(s, seq).await?;
                 Ok(Content {
@@ -375,7 +437,9 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Starts an origin on `127.0.0.1:0` in the current runtime: for other crates' tests.
@@ -384,12 +448,21 @@ pub async fn spawn(config: Config) -> Result<(SocketAddr, OriginHandle), OriginE
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| OriginError::io("127.0.0.1:0", e))?;
-    let addr = listener.local_addr().map_err(|e| OriginError::io("127.0.0.1:0", e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| OriginError::io("127.0.0.1:0", e))?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(serve(listener, state.clone(), async move {
         let _ = rx.await;
     }));
-    Ok((addr, OriginHandle { shutdown: Some(tx), task, state }))
+    Ok((
+        addr,
+        OriginHandle {
+            shutdown: Some(tx),
+            task,
+            state,
+        },
+    ))
 }
 
 // ---------------------------------------------------------------- `origin hash`
@@ -398,7 +471,8 @@ pub async fn spawn(config: Config) -> Result<(SocketAddr, OriginHandle), OriginE
 /// same sidecar the origin serves for `/vod/...` — so a static server can serve them. Returns
 /// the files written. Master playlists are skipped.
 pub fn write_sidecars(dir: &Path) -> Result<Vec<std::path::PathBuf>, OriginError> {
-    let root = std::fs::canonicalize(dir).map_err(|_| OriginError::MissingFolder(dir.to_path_buf()))?;
+    let root =
+        std::fs::canonicalize(dir).map_err(|_| OriginError::MissingFolder(dir.to_path_buf()))?;
     if !root.is_dir() {
         return Err(OriginError::MissingFolder(dir.to_path_buf()));
     }
@@ -415,19 +489,30 @@ pub fn write_sidecars(dir: &Path) -> Result<Vec<std::path::PathBuf>, OriginError
             Parsed::Media(m) => m,
         };
         // Segment URIs resolve relative to the playlist and may not leave the folder given.
-        let rel = p.strip_prefix(&root).map_err(|e| OriginError::Internal(e.to_string()))?;
+        let rel = p
+            .strip_prefix(&root)
+            .map_err(|e| OriginError::Internal(e.to_string()))?;
         let rel = rel.to_string_lossy().replace('\\', "/");
         let (pdir, _) = paths::split_dir(&rel);
-        let bad = |reason: String| OriginError::BadPlaylist { path: p.to_path_buf(), reason };
+        let bad = |reason: String| OriginError::BadPlaylist {
+            path: p.to_path_buf(),
+            reason,
+        };
         let mut segments = Vec::with_capacity(src.segments.len());
         for (i, s) in src.segments.iter().enumerate() {
             let srel = paths::join_playlist_uri(pdir, &s.uri).map_err(bad)?;
-            let sp = paths::resolve_blocking(&root, &srel).map_err(|e| bad(format!("segment {:?}: {e}", s.uri)))?;
+            let sp = paths::resolve_blocking(&root, &srel)
+                .map_err(|e| bad(format!("segment {:?}: {e}", s.uri)))?;
             let data = std::fs::read(&sp).map_err(|e| OriginError::io(&sp, e))?;
-            segments.push(protocol::SegmentManifest::compute(src.media_sequence + i as u64, s.uri.clone(), &data));
+            segments.push(protocol::SegmentManifest::compute(
+                src.media_sequence + i as u64,
+                s.uri.clone(),
+                &data,
+            ));
         }
         let out = p.with_extension("integrity.json");
-        std::fs::write(&out, Manifest { segments }.to_json()).map_err(|e| OriginError::io(&out, e))?;
+        std::fs::write(&out, Manifest { segments }.to_json())
+            .map_err(|e| OriginError::io(&out, e))?;
         written.push(out);
     }
     Ok(written)

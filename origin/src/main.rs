@@ -51,7 +51,11 @@ struct ServeArgs {
     synthetic: Vec<SyntheticSpec>,
     /// CORS origin allowed to fetch (e.g. http://localhost:3000, or * for any); repeat or
     /// comma-separate. None: no CORS headers.
-    #[arg(long = "allow-origin", env = "ORIGIN_ALLOW_ORIGIN", value_delimiter = ',')]
+    #[arg(
+        long = "allow-origin",
+        env = "ORIGIN_ALLOW_ORIGIN",
+        value_delimiter = ','
+    )]
     allow_origin: Vec<String>,
     /// Segments listed in a live playlist.
     #[arg(long, env = "ORIGIN_WINDOW", default_value_t = 6)]
@@ -64,12 +68,15 @@ struct ServeArgs {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     match cli.cmd {
         Some(Cmd::Hash { dir }) => {
-            let written = origin::write_sidecars(&dir).with_context(|| format!("hashing {}", dir.display()))?;
+            let written = origin::write_sidecars(&dir)
+                .with_context(|| format!("hashing {}", dir.display()))?;
             for p in &written {
                 println!("{}", p.display());
             }
@@ -99,7 +106,9 @@ async fn serve(a: ServeArgs) -> Result<()> {
     // One plain stdout line that scripts (cargo xtask bench origin) wait for and parse.
     println!("origin listening on http://{addr}");
     tracing::info!(%addr, live = ?state.live_names(), synthetic = ?state.synthetic_names(), "origin started");
-    origin::serve(listener, state, shutdown_signal()).await.context("serving")?;
+    origin::serve(listener, state, shutdown_signal())
+        .await
+        .context("serving")?;
     tracing::info!("origin stopped");
     Ok(())
 }

@@ -11,12 +11,7 @@ use crate::error::OriginError;
 
 /// Checks one path component (a stream name or a file name).
 pub fn check_component(c: &str) -> Result<(), OriginError> {
-    if c.is_empty()
-        || c == "."
-        || c == ".."
-        || c.contains(['\\', '\0', '/'])
-        || c.len() > 255
-    {
+    if c.is_empty() || c == "." || c == ".." || c.contains(['\\', '\0', '/']) || c.len() > 255 {
         return Err(OriginError::BadPath(format!("{c:?}")));
     }
     Ok(())
@@ -49,7 +44,8 @@ pub async fn resolve(base: &Path, rel: &str) -> Result<PathBuf, OriginError> {
 /// Blocking twin of [`resolve`] for startup and the `hash` subcommand.
 pub fn resolve_blocking(base: &Path, rel: &str) -> Result<PathBuf, OriginError> {
     check_rel(rel)?;
-    let canon = std::fs::canonicalize(base.join(rel)).map_err(|e| OriginError::io(base.join(rel), e))?;
+    let canon =
+        std::fs::canonicalize(base.join(rel)).map_err(|e| OriginError::io(base.join(rel), e))?;
     if !canon.starts_with(base) {
         return Err(OriginError::Forbidden);
     }
@@ -95,15 +91,31 @@ mod tests {
     fn lexical_checks() {
         assert!(check_rel("index.m3u8").is_ok());
         assert!(check_rel("v0/seg_001.ts").is_ok());
-        for bad in ["", "../x", "a/../../x", "/etc/passwd", "a//b", "./a", "a\\..\\b", "a\0b", ".."] {
+        for bad in [
+            "",
+            "../x",
+            "a/../../x",
+            "/etc/passwd",
+            "a//b",
+            "./a",
+            "a\\..\\b",
+            "a\0b",
+            "..",
+        ] {
             assert!(check_rel(bad).is_err(), "{bad:?} accepted");
         }
     }
 
     #[test]
     fn playlist_uris() {
-        assert_eq!(join_playlist_uri("v0/", "seg.ts").as_deref(), Ok("v0/seg.ts"));
-        assert_eq!(join_playlist_uri("v0/", "../seg.ts").as_deref(), Ok("seg.ts"));
+        assert_eq!(
+            join_playlist_uri("v0/", "seg.ts").as_deref(),
+            Ok("v0/seg.ts")
+        );
+        assert_eq!(
+            join_playlist_uri("v0/", "../seg.ts").as_deref(),
+            Ok("seg.ts")
+        );
         assert_eq!(join_playlist_uri("", "seg.ts?x=1").as_deref(), Ok("seg.ts"));
         assert!(join_playlist_uri("", "../seg.ts").is_err());
         assert!(join_playlist_uri("", "/abs.ts").is_err());

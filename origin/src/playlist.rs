@@ -33,7 +33,10 @@ pub enum Parsed {
 
 /// Parses playlist text; `path` is only used in error messages.
 pub fn parse(path: &Path, text: &[u8]) -> Result<Parsed, OriginError> {
-    let bad = |reason: String| OriginError::BadPlaylist { path: path.to_path_buf(), reason };
+    let bad = |reason: String| OriginError::BadPlaylist {
+        path: path.to_path_buf(),
+        reason,
+    };
     if !text.starts_with(b"#EXTM3U") && !text.starts_with(b"\xEF\xBB\xBF#EXTM3U") {
         return Err(bad("does not start with #EXTM3U".into()));
     }
@@ -50,7 +53,10 @@ pub fn parse(path: &Path, text: &[u8]) -> Result<Parsed, OriginError> {
     let mut segments = Vec::with_capacity(m.segments.len());
     for s in &m.segments {
         if s.byte_range.is_some() {
-            return Err(bad(format!("segment {:?}: EXT-X-BYTERANGE is not supported", s.uri)));
+            return Err(bad(format!(
+                "segment {:?}: EXT-X-BYTERANGE is not supported",
+                s.uri
+            )));
         }
         if let Some(map) = &s.map {
             if map.byte_range.is_some() {
@@ -104,7 +110,11 @@ impl Timeline {
             t = t.checked_add(*d)?;
             ends.push(t);
         }
-        (t > 0).then_some(Timeline { durs, ends, total: t })
+        (t > 0).then_some(Timeline {
+            durs,
+            ends,
+            total: t,
+        })
     }
 
     pub fn len(&self) -> u64 {
@@ -154,13 +164,17 @@ pub struct Window {
 /// after the origin starts gets a full window rather than an empty playlist.
 pub fn epoch_for(now: SystemTime, tl: &Timeline, window: usize) -> SystemTime {
     let pre = tl.end_ms(window.saturating_sub(1) as u64);
-    now.checked_sub(Duration::from_millis(pre)).unwrap_or(SystemTime::UNIX_EPOCH)
+    now.checked_sub(Duration::from_millis(pre))
+        .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 pub fn window_at(tl: &Timeline, epoch: SystemTime, now: SystemTime, window: usize) -> Window {
     let elapsed = now.duration_since(epoch).unwrap_or_default().as_millis() as u64;
     let end = tl.available(elapsed);
-    Window { first: end.saturating_sub(window as u64), end }
+    Window {
+        first: end.saturating_sub(window as u64),
+        end,
+    }
 }
 
 /// What a live media playlist needs besides the timeline.
@@ -232,7 +246,11 @@ pub fn parse_live_segment_name(file: &str) -> Option<(String, u64, &str)> {
     if seq.to_string() != digits {
         return None;
     }
-    let stem = if prefix.is_empty() { "index".to_string() } else { prefix.strip_suffix('_')?.to_string() };
+    let stem = if prefix.is_empty() {
+        "index".to_string()
+    } else {
+        prefix.strip_suffix('_')?.to_string()
+    };
     Some((stem, seq, ext))
 }
 
@@ -258,9 +276,16 @@ mod tests {
 
     #[test]
     fn segment_names_round_trip() {
-        for (stem, seq, ext) in [("index", 0u64, "m4s"), ("video", 42, "ts"), ("a_b", 7, "m4s")] {
+        for (stem, seq, ext) in [
+            ("index", 0u64, "m4s"),
+            ("video", 42, "ts"),
+            ("a_b", 7, "m4s"),
+        ] {
             let n = live_segment_name(stem, seq, ext);
-            assert_eq!(parse_live_segment_name(&n), Some((stem.to_string(), seq, ext)));
+            assert_eq!(
+                parse_live_segment_name(&n),
+                Some((stem.to_string(), seq, ext))
+            );
         }
         assert_eq!(parse_live_segment_name("seg_007.m4s"), None);
         assert_eq!(parse_live_segment_name("seg_x.m4s"), None);
@@ -271,9 +296,15 @@ mod tests {
     #[test]
     fn parse_errors_are_clear() {
         let p = Path::new("x.m3u8");
-        assert!(matches!(parse(p, b"hello"), Err(OriginError::BadPlaylist { .. })));
+        assert!(matches!(
+            parse(p, b"hello"),
+            Err(OriginError::BadPlaylist { .. })
+        ));
         let br = b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-BYTERANGE:100@0\n#EXTINF:2,\na.ts\n";
-        let e = parse(p, br).err().map(|e| e.to_string()).unwrap_or_default();
+        let e = parse(p, br)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains("BYTERANGE"), "{e}");
     }
 }

@@ -29,7 +29,10 @@ pub struct Content {
 
 /// Content type and accounting kind from a file name.
 pub fn classify(name: &str) -> (&'static str, Kind) {
-    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    let ext = name
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
     match ext.as_str() {
         "m3u8" => ("application/vnd.apple.mpegurl", Kind::Playlist),
         "json" => ("application/json", Kind::Manifest),
@@ -60,7 +63,9 @@ pub fn etag_of(data: &[u8]) -> String {
 }
 
 fn etag_matches(list: &str, etag: &str) -> bool {
-    list.split(',').map(str::trim).any(|t| t == "*" || t == etag || t.strip_prefix("W/") == Some(etag))
+    list.split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t == etag || t.strip_prefix("W/") == Some(etag))
 }
 
 /// Builds the response for `content` under the request's method and headers.
@@ -70,7 +75,9 @@ pub fn respond(method: &Method, headers: &HeaderMap, content: Content) -> Respon
     let mut body = content.bytes;
     let mut content_range = None;
 
-    let inm = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok());
+    let inm = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok());
     if inm.is_some_and(|l| etag_matches(l, &content.etag)) {
         status = StatusCode::NOT_MODIFIED;
         body = Bytes::new();
@@ -105,7 +112,11 @@ pub fn respond(method: &Method, headers: &HeaderMap, content: Content) -> Respon
     }
 
     let body_len = body.len();
-    let body = if *method == Method::HEAD { Bytes::new() } else { body };
+    let body = if *method == Method::HEAD {
+        Bytes::new()
+    } else {
+        body
+    };
     let mut r = Response::new(Body::new(ChunkedBytes(body)));
     *r.status_mut() = status;
     let h = r.headers_mut();

@@ -48,18 +48,33 @@ impl FromStr for SyntheticSpec {
     type Err = OriginError;
 
     fn from_str(s: &str) -> Result<Self, OriginError> {
-        let bad = |reason: &str| OriginError::BadSynthetic { spec: s.to_string(), reason: reason.into() };
+        let bad = |reason: &str| OriginError::BadSynthetic {
+            spec: s.to_string(),
+            reason: reason.into(),
+        };
         let (name, rest) = s.split_once('=').ok_or_else(|| bad("missing '='"))?;
         paths::check_component(name).map_err(|_| bad("bad stream name"))?;
         let (rate, secs) = rest.split_once(':').ok_or_else(|| bad("missing ':'"))?;
-        let rate_kbps: u64 = rate.trim().parse().map_err(|_| bad("rate is not an integer"))?;
-        let secs: f64 = secs.trim().parse().map_err(|_| bad("segment duration is not a number"))?;
+        let rate_kbps: u64 = rate
+            .trim()
+            .parse()
+            .map_err(|_| bad("rate is not an integer"))?;
+        let secs: f64 = secs
+            .trim()
+            .parse()
+            .map_err(|_| bad("segment duration is not a number"))?;
         if !(secs.is_finite() && (0.1..=60.0).contains(&secs)) {
             return Err(bad("segment duration must be within 0.1..=60 s"));
         }
-        let spec = SyntheticSpec { name: name.to_string(), rate_kbps, seg_ms: (secs * 1000.0).round() as u64 };
+        let spec = SyntheticSpec {
+            name: name.to_string(),
+            rate_kbps,
+            seg_ms: (secs * 1000.0).round() as u64,
+        };
         if spec.segment_len() == 0 || spec.segment_len() > protocol::manifest::MAX_SEGMENT_LEN {
-            return Err(bad("segment size (rate × duration) must be within 1 B..=64 MiB"));
+            return Err(bad(
+                "segment size (rate × duration) must be within 1 B..=64 MiB",
+            ));
         }
         Ok(spec)
     }
@@ -136,8 +151,11 @@ impl SyntheticStream {
     /// depend only on the spec and the sequence number, on every machine and every run.
     pub fn generate(&self, seq: u64) -> Bytes {
         let seed = protocol::manifest::sha256(
-            format!("p2p-cdn synthetic\0{}\0{}\0{}\0{seq}", self.name, self.spec.rate_kbps, self.spec.seg_ms)
-                .as_bytes(),
+            format!(
+                "p2p-cdn synthetic\0{}\0{}\0{}\0{seq}",
+                self.name, self.spec.rate_kbps, self.spec.seg_ms
+            )
+            .as_bytes(),
         );
         let mut rng = ChaCha8Rng::from_seed(seed);
         let mut buf = vec![0u8; self.spec.segment_len() as usize];
@@ -179,7 +197,8 @@ impl AppState {
         }
         let media_root = match &config.media_dir {
             Some(d) => {
-                let c = std::fs::canonicalize(d).map_err(|_| OriginError::MissingFolder(d.clone()))?;
+                let c =
+                    std::fs::canonicalize(d).map_err(|_| OriginError::MissingFolder(d.clone()))?;
                 if !c.is_dir() {
                     return Err(OriginError::MissingFolder(d.clone()));
                 }
@@ -190,19 +209,22 @@ impl AppState {
         let now = (config.clock)();
         let mut live = HashMap::new();
         for name in &config.live {
-            let root = media_root.as_deref().ok_or_else(|| OriginError::LiveStream {
-                stream: name.clone(),
-                reason: "--live needs --media-dir".into(),
-            })?;
+            let root = media_root
+                .as_deref()
+                .ok_or_else(|| OriginError::LiveStream {
+                    stream: name.clone(),
+                    reason: "--live needs --media-dir".into(),
+                })?;
             let s = load_live(root, name, now, config.window)?;
             live.insert(name.clone(), Arc::new(s));
         }
         let mut synthetic = HashMap::new();
         for spec in &config.synthetic {
-            let timeline = Timeline::new(vec![spec.seg_ms]).ok_or_else(|| OriginError::BadSynthetic {
-                spec: spec.name.clone(),
-                reason: "zero duration".into(),
-            })?;
+            let timeline =
+                Timeline::new(vec![spec.seg_ms]).ok_or_else(|| OriginError::BadSynthetic {
+                    spec: spec.name.clone(),
+                    reason: "zero duration".into(),
+                })?;
             let s = SyntheticStream {
                 label: Arc::from(format!("synthetic/{}", spec.name)),
                 name: Arc::from(spec.name.as_str()),
@@ -211,7 +233,10 @@ impl AppState {
                 spec: spec.clone(),
             };
             if synthetic.insert(spec.name.clone(), Arc::new(s)).is_some() {
-                return Err(OriginError::BadSynthetic { spec: spec.name.clone(), reason: "name used twice".into() });
+                return Err(OriginError::BadSynthetic {
+                    spec: spec.name.clone(),
+                    reason: "name used twice".into(),
+                });
             }
         }
         Ok(AppState(Arc::new(Inner {
@@ -265,21 +290,32 @@ impl AppState {
 
     /// A file's bytes, through the segment cache.
     pub async fn file_bytes(&self, path: &Path) -> Result<(BlobKey, Bytes), OriginError> {
-        let meta = tokio::fs::metadata(path).await.map_err(|e| OriginError::io(path, e))?;
+        let meta = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| OriginError::io(path, e))?;
         if !meta.is_file() {
             return Err(OriginError::NotFound("not a file".into()));
         }
         if meta.len() > MAX_FILE_LEN {
-            return Err(OriginError::Internal(format!("{} is over {MAX_FILE_LEN} bytes", path.display())));
+            return Err(OriginError::Internal(format!(
+                "{} is over {MAX_FILE_LEN} bytes",
+                path.display()
+            )));
         }
         let key = BlobKey::file(path.to_path_buf(), &meta);
         if let Some(b) = self.0.blobs.get(&key) {
             return Ok((key, b));
         }
-        let data = Bytes::from(tokio::fs::read(path).await.map_err(|e| OriginError::io(path, e))?);
+        let data = Bytes::from(
+            tokio::fs::read(path)
+                .await
+                .map_err(|e| OriginError::io(path, e))?,
+        );
         if data.len() as u64 != meta.len() {
             // Changed between stat and read: serve what we read, don't cache under a stale key.
-            let meta = tokio::fs::metadata(path).await.map_err(|e| OriginError::io(path, e))?;
+            let meta = tokio::fs::metadata(path)
+                .await
+                .map_err(|e| OriginError::io(path, e))?;
             return Ok((BlobKey::file(path.to_path_buf(), &meta), data));
         }
         self.0.blobs.insert(key.clone(), data.clone());
@@ -289,9 +325,14 @@ impl AppState {
     /// A file's integrity data, hashed once while it stays in the hash cache. Hashing a file
     /// does not put its bytes in the segment cache (a long VOD's sidecar would flush it).
     pub async fn file_hash(&self, path: &Path) -> Result<Arc<SegHash>, OriginError> {
-        let meta = tokio::fs::metadata(path).await.map_err(|e| OriginError::io(path, e))?;
+        let meta = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| OriginError::io(path, e))?;
         if !meta.is_file() || meta.len() > MAX_FILE_LEN {
-            return Err(OriginError::NotFound(format!("{}: not a servable file", path.display())));
+            return Err(OriginError::NotFound(format!(
+                "{}: not a servable file",
+                path.display()
+            )));
         }
         let key = BlobKey::file(path.to_path_buf(), &meta);
         if let Some(h) = self.0.hashes.get(&key) {
@@ -299,12 +340,18 @@ impl AppState {
         }
         let data = match self.0.blobs.get(&key) {
             Some(b) => b,
-            None => Bytes::from(tokio::fs::read(path).await.map_err(|e| OriginError::io(path, e))?),
+            None => Bytes::from(
+                tokio::fs::read(path)
+                    .await
+                    .map_err(|e| OriginError::io(path, e))?,
+            ),
         };
         let key = if data.len() as u64 == meta.len() {
             key
         } else {
-            let meta = tokio::fs::metadata(path).await.map_err(|e| OriginError::io(path, e))?;
+            let meta = tokio::fs::metadata(path)
+                .await
+                .map_err(|e| OriginError::io(path, e))?;
             BlobKey::file(path.to_path_buf(), &meta)
         };
         let h = Arc::new(hash_blocking(data).await?);
@@ -312,8 +359,15 @@ impl AppState {
         Ok(h)
     }
 
-    pub async fn synthetic_bytes(&self, s: &Arc<SyntheticStream>, seq: u64) -> Result<Bytes, OriginError> {
-        let key = BlobKey::Synthetic { stream: s.name.clone(), seq };
+    pub async fn synthetic_bytes(
+        &self,
+        s: &Arc<SyntheticStream>,
+        seq: u64,
+    ) -> Result<Bytes, OriginError> {
+        let key = BlobKey::Synthetic {
+            stream: s.name.clone(),
+            seq,
+        };
         if let Some(b) = self.0.blobs.get(&key) {
             return Ok(b);
         }
@@ -325,8 +379,15 @@ impl AppState {
         Ok(data)
     }
 
-    pub async fn synthetic_hash(&self, s: &Arc<SyntheticStream>, seq: u64) -> Result<Arc<SegHash>, OriginError> {
-        let key = BlobKey::Synthetic { stream: s.name.clone(), seq };
+    pub async fn synthetic_hash(
+        &self,
+        s: &Arc<SyntheticStream>,
+        seq: u64,
+    ) -> Result<Arc<SegHash>, OriginError> {
+        let key = BlobKey::Synthetic {
+            stream: s.name.clone(),
+            seq,
+        };
         if let Some(h) = self.0.hashes.get(&key) {
             return Ok(h);
         }
@@ -344,10 +405,19 @@ async fn hash_blocking(data: Bytes) -> Result<SegHash, OriginError> {
 }
 
 /// Loads every media playlist of a live stream folder.
-fn load_live(root: &Path, name: &str, now: SystemTime, window: usize) -> Result<LiveStream, OriginError> {
-    let err = |reason: String| OriginError::LiveStream { stream: name.to_string(), reason };
+fn load_live(
+    root: &Path,
+    name: &str,
+    now: SystemTime,
+    window: usize,
+) -> Result<LiveStream, OriginError> {
+    let err = |reason: String| OriginError::LiveStream {
+        stream: name.to_string(),
+        reason,
+    };
     paths::check_component(name).map_err(|e| err(e.to_string()))?;
-    let dir = std::fs::canonicalize(root.join(name)).map_err(|_| err(format!("no folder {name:?} in the media folder")))?;
+    let dir = std::fs::canonicalize(root.join(name))
+        .map_err(|_| err(format!("no folder {name:?} in the media folder")))?;
     if !dir.is_dir() || !dir.starts_with(root) {
         return Err(err("not a folder inside the media folder".into()));
     }
@@ -369,7 +439,10 @@ fn load_live(root: &Path, name: &str, now: SystemTime, window: usize) -> Result<
             Parsed::Master => continue,
             Parsed::Media(m) => m,
         };
-        let bad = |reason: String| OriginError::BadPlaylist { path: entry.path().to_path_buf(), reason };
+        let bad = |reason: String| OriginError::BadPlaylist {
+            path: entry.path().to_path_buf(),
+            reason,
+        };
         if src.segments.is_empty() {
             return Err(bad("no segments".into()));
         }
@@ -384,13 +457,19 @@ fn load_live(root: &Path, name: &str, now: SystemTime, window: usize) -> Result<
                 return Err(bad(format!("segment {:?} has a zero duration", s.uri)));
             }
             let srel = paths::join_playlist_uri(pdir, &s.uri).map_err(&bad)?;
-            let path = paths::resolve_blocking(&dir, &srel).map_err(|e| bad(format!("segment {:?}: {e}", s.uri)))?;
-            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("bin").to_ascii_lowercase();
+            let path = paths::resolve_blocking(&dir, &srel)
+                .map_err(|e| bad(format!("segment {:?}: {e}", s.uri)))?;
+            let ext = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("bin")
+                .to_ascii_lowercase();
             files.push((path, ext));
         }
         if let Some(map) = &src.map_uri {
             let mrel = paths::join_playlist_uri(pdir, map).map_err(&bad)?;
-            paths::resolve_blocking(&dir, &mrel).map_err(|e| bad(format!("EXT-X-MAP {map:?}: {e}")))?;
+            paths::resolve_blocking(&dir, &mrel)
+                .map_err(|e| bad(format!("EXT-X-MAP {map:?}: {e}")))?;
         }
         let timeline = Timeline::new(src.segments.iter().map(|s| s.dur_ms).collect())
             .ok_or_else(|| bad("bad durations".into()))?;
@@ -416,5 +495,10 @@ fn load_live(root: &Path, name: &str, now: SystemTime, window: usize) -> Result<
         .map(|p| playlist::epoch_for(now, &p.timeline, window))
         .min()
         .unwrap_or(now);
-    Ok(LiveStream { label: Arc::from(format!("live/{name}")), dir, playlists, epoch })
+    Ok(LiveStream {
+        label: Arc::from(format!("live/{name}")),
+        dir,
+        playlists,
+        epoch,
+    })
 }

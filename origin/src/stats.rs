@@ -144,7 +144,10 @@ impl Stats {
                 }
                 streams.insert(name.to_string(), StreamStats::from_counters(c));
             }
-            Snapshot { streams, totals: StreamStats::from_counters(&totals) }
+            Snapshot {
+                streams,
+                totals: StreamStats::from_counters(&totals),
+            }
         }
     }
 
@@ -182,7 +185,9 @@ impl Stats {
 }
 
 fn escape_label(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Body wrapper that counts data bytes as they are polled.

@@ -8,7 +8,9 @@ use common::*;
 
 /// Lines of a playlist starting with `prefix`, prefix removed.
 fn tags<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
-    text.lines().filter_map(|l| l.strip_prefix(prefix)).collect()
+    text.lines()
+        .filter_map(|l| l.strip_prefix(prefix))
+        .collect()
 }
 
 #[tokio::test]
@@ -32,7 +34,10 @@ async fn live_playlist_slides_with_the_clock_and_loops_with_discontinuities() {
     assert_eq!(get(&st, "/live/ts/seg_3.ts").await.1, ts_bytes(0));
     assert_eq!(get(&st, "/live/ts/seg_2.ts").await.1, ts_bytes(2));
     // Not yet published.
-    assert_eq!(get(&st, "/live/ts/seg_4.ts").await.0.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        get(&st, "/live/ts/seg_4.ts").await.0.status(),
+        StatusCode::NOT_FOUND
+    );
     // PROGRAM-DATE-TIME per segment, 2 s apart.
     let pdts = tags(&text, "#EXT-X-PROGRAM-DATE-TIME:");
     assert_eq!(pdts.len(), 4);
@@ -42,7 +47,10 @@ async fn live_playlist_slides_with_the_clock_and_loops_with_discontinuities() {
 
     // 1.999 s later nothing moved; at 2 s the window slides by one.
     clock.advance(1999);
-    assert_eq!(media_playlist(&get(&st, "/live/ts/index.m3u8").await.1).0, 0);
+    assert_eq!(
+        media_playlist(&get(&st, "/live/ts/index.m3u8").await.1).0,
+        0
+    );
     clock.advance(1);
     let (seq, uris, _) = media_playlist(&get(&st, "/live/ts/index.m3u8").await.1);
     assert_eq!((seq, uris.len()), (1, 4));
@@ -67,10 +75,19 @@ async fn live_playlist_slides_with_the_clock_and_loops_with_discontinuities() {
     let (seq, uris, _) = media_playlist(&get(&st, "/live/ts/index.m3u8").await.1);
     assert_eq!(seq, 3 + 1800);
     assert_eq!(uris.last().unwrap(), &format!("seg_{}.ts", 1806));
-    assert_eq!(get(&st, "/live/ts/seg_1806.ts").await.1, ts_bytes((1806u32 % 3) as u8));
+    assert_eq!(
+        get(&st, "/live/ts/seg_1806.ts").await.1,
+        ts_bytes((1806u32 % 3) as u8)
+    );
     // Non-canonical spellings of a sequence number are not live segments.
-    assert_eq!(get(&st, "/live/ts/seg_01806.ts").await.0.status(), StatusCode::NOT_FOUND);
-    assert_eq!(get(&st, "/live/ts/seg_1806.m4s").await.0.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        get(&st, "/live/ts/seg_01806.ts").await.0.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get(&st, "/live/ts/seg_1806.m4s").await.0.status(),
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]
@@ -97,11 +114,17 @@ async fn live_fmp4_keeps_the_map_and_is_valid_hls() {
     // The init segment is served from the stream folder; segments are file seq % 15.
     let (r, init) = get(&st, "/live/sample/init.mp4").await;
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(init, std::fs::read(media.path().join("sample/init.mp4")).unwrap());
+    assert_eq!(
+        init,
+        std::fs::read(media.path().join("sample/init.mp4")).unwrap()
+    );
     let (r, seg) = get(&st, "/live/sample/seg_16.m4s").await;
     assert_eq!(r.status(), StatusCode::OK);
     assert!(header(&r, "cache-control").contains("immutable"));
-    assert_eq!(seg, std::fs::read(media.path().join("sample/seg_001.m4s")).unwrap());
+    assert_eq!(
+        seg,
+        std::fs::read(media.path().join("sample/seg_001.m4s")).unwrap()
+    );
 
     // Master playlist of a multi-variant stream is served as is; its variant is live.
     let (r, master) = get(&st, "/live/tsm/index.m3u8").await;
@@ -126,14 +149,21 @@ async fn synthetic_stream_is_deterministic_and_live() {
     assert_eq!((seq, uris.len()), (0, 4));
     assert_eq!(uris[0], "seg_0.bin");
     assert_eq!(m.target_duration, 1);
-    assert!(m.segments.iter().all(|s| !s.discontinuity && s.program_date_time.is_some()));
+    assert!(
+        m.segments
+            .iter()
+            .all(|s| !s.discontinuity && s.program_date_time.is_some())
+    );
 
     let (r, a) = get(&st, "/synthetic/syn/seg_2.bin").await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(a.len(), 400 * 1000 / 8);
     let b = get(&st, "/synthetic/syn/seg_3.bin").await.1;
     assert_ne!(a, b, "different sequence numbers, different bytes");
-    assert!(a.iter().filter(|&&x| x == 0).count() < a.len() / 50, "not a constant fill");
+    assert!(
+        a.iter().filter(|&&x| x == 0).count() < a.len() / 50,
+        "not a constant fill"
+    );
 
     // A separate origin (fresh state, other start time) gives the same bytes for a seq.
     let clock2 = TestClock::new();
@@ -149,11 +179,27 @@ async fn synthetic_stream_is_deterministic_and_live() {
     assert_ne!(&c[..a.len()], &a[..]);
 
     // Window slides with the clock; future segments are not served.
-    assert_eq!(get(&st, "/synthetic/syn/seg_4.bin").await.0.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        get(&st, "/synthetic/syn/seg_4.bin").await.0.status(),
+        StatusCode::NOT_FOUND
+    );
     clock.advance(10_000);
     let (seq, uris, _) = media_playlist(&get(&st, "/synthetic/syn/index.m3u8").await.1);
-    assert_eq!((seq, uris.last().map(String::as_str)), (10, Some("seg_13.bin")));
-    assert_eq!(get(&st, "/synthetic/syn/seg_13.bin").await.0.status(), StatusCode::OK);
-    assert_eq!(get(&st, "/synthetic/syn/seg_2.bin").await.1, a, "old URL, same bytes");
-    assert_eq!(get(&st, "/synthetic/syn/seg_02.bin").await.0.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        (seq, uris.last().map(String::as_str)),
+        (10, Some("seg_13.bin"))
+    );
+    assert_eq!(
+        get(&st, "/synthetic/syn/seg_13.bin").await.0.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(&st, "/synthetic/syn/seg_2.bin").await.1,
+        a,
+        "old URL, same bytes"
+    );
+    assert_eq!(
+        get(&st, "/synthetic/syn/seg_02.bin").await.0.status(),
+        StatusCode::NOT_FOUND
+    );
 }

@@ -1,5 +1,5 @@
 //! Shared fixtures for the origin tests.
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(dead_code, clippy::unwrap_used, clippy::new_without_default)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,7 +34,9 @@ impl Media {
         }
         let ts = dir.path().join("ts");
         std::fs::create_dir(&ts).unwrap();
-        let mut pl = String::from("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:10\n");
+        let mut pl = String::from(
+            "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:10\n",
+        );
         for i in 0..3u8 {
             std::fs::write(ts.join(format!("s{i}.ts")), ts_bytes(i)).unwrap();
             pl.push_str(&format!("#EXTINF:2.0,\ns{i}.ts\n"));
@@ -66,7 +68,9 @@ impl Media {
 
 /// 40 000 bytes (3 chunks, the last one short) that differ per `i`.
 pub fn ts_bytes(i: u8) -> Vec<u8> {
-    (0..40_000u32).map(|n| (n % 251) as u8 ^ i.wrapping_mul(37)).collect()
+    (0..40_000u32)
+        .map(|n| (n % 251) as u8 ^ i.wrapping_mul(37))
+        .collect()
 }
 
 /// A clock the test moves by hand.
@@ -113,15 +117,20 @@ pub async fn get(state: &AppState, uri: &str) -> (Response<()>, Vec<u8>) {
 }
 
 pub fn header<'a>(r: &'a Response<()>, name: &str) -> &'a str {
-    r.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
 }
 
 /// (media sequence, segment URIs) of a media playlist.
 pub fn media_playlist(text: &[u8]) -> (u64, Vec<String>, m3u8_rs::MediaPlaylist) {
     match m3u8_rs::parse_playlist_res(text) {
-        Ok(m3u8_rs::Playlist::MediaPlaylist(m)) => {
-            (m.media_sequence, m.segments.iter().map(|s| s.uri.clone()).collect(), m)
-        }
+        Ok(m3u8_rs::Playlist::MediaPlaylist(m)) => (
+            m.media_sequence,
+            m.segments.iter().map(|s| s.uri.clone()).collect(),
+            m,
+        ),
         other => panic!("not a media playlist: {other:?}"),
     }
 }
