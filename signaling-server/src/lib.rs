@@ -49,6 +49,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 pub use config::Config;
@@ -131,6 +132,11 @@ pub async fn serve(
             tracing::warn!(left = st.open_connections(), "shutdown grace period over");
         }
     };
+    // No Nagle: signaling messages are small and latency-sensitive (Nagle + delayed ACK adds
+    // tens of milliseconds to back-to-back relays).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(graceful)
         .await;

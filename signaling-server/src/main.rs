@@ -49,7 +49,9 @@ fn main() -> Result<()> {
         println!("{}", token::sign(secret.as_bytes(), swarm, now + ttl_s));
         return Ok(());
     }
+    // Logs on stderr: stdout carries only the machine-readable "listening on" line.
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
