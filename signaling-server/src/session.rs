@@ -267,6 +267,14 @@ impl Session {
         let _ = tokio::time::timeout(Duration::from_secs(1), ws.send(close(code, reason))).await;
     }
 
+    /// Sends an `error` and a close frame (best effort: the stream may already be broken).
+    async fn fatal(&mut self, ws: &mut WebSocket, code: ErrorCode, message: String, close: u16) {
+        self.state.metrics().error(code);
+        if self.send(ws, &ServerMsg::error(code, message)).await {
+            self.close_with(ws, close, "bad frame").await;
+        }
+    }
+
     /// Sends an `error`; closes the connection when its error budget is spent.
     async fn fail(
         &mut self,
@@ -346,22 +354,25 @@ impl Session {
         let msg = match frame {
             None => return Flow::Close,
             Some(Err(e)) => {
+                use tokio_tungstenite::tungstenite::Error as WsError;
                 let inner = e.into_inner();
-                let capacity = matches!(
-                    inner.downcast_ref::<tokio_tungstenite::tungstenite::Error>(),
-                    Some(tokio_tungstenite::tungstenite::Error::Capacity(_))
-                );
-                if capacity {
-                    // The frame was not read: the stream cannot be resynchronised, close it.
-                    self.state.metrics().reject(Reject::Oversized);
-                    let max = self.state.config().max_message_bytes;
-                    let code = ErrorCode::TooLarge;
-                    self.state.metrics().error(code);
-                    let err = ServerMsg::error(code, format!("frame over {} bytes", 2 * max));
-                    if self.send(ws, &err).await {
-                        self.close_with(ws, close_code::SIZE, "message too large")
+                match inner.downcast_ref::<WsError>() {
+                    Some(WsError::Capacity(_)) => {
+                        // The frame was not read: the stream cannot be resynchronised.
+                        self.state.metrics().reject(Reject::Oversized);
+                        let max = self.state.config().max_message_bytes;
+                        let m = format!("frame over {} bytes", 2 * max);
+                        self.fatal(ws, ErrorCode::TooLarge, m, close_code::SIZE)
                             .await;
                     }
+                    Some(WsError::Protocol(_) | WsError::Utf8(_)) => {
+                        // Broken framing or a text frame that is not UTF-8: say so, then close.
+                        let m = "invalid WebSocket frame".to_owned();
+                        self.fatal(ws, ErrorCode::BadMessage, m, close_code::PROTOCOL)
+                            .await;
+                    }
+                    // Resets, EOF: the client is gone.
+                    _ => {}
                 }
                 return Flow::Close;
             }

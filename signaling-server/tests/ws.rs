@@ -403,6 +403,18 @@ async fn bad_input_gets_errors_not_panics() {
     a.expect_error(ErrorCode::TooLarge).await;
     a.expect_closed().await;
     assert_eq!(h.state().metrics().rejected(Reject::Oversized), 1);
+    // A text frame that is not UTF-8: error, then closed (the frame layer is broken).
+    let mut b = Client::connect(addr).await;
+    let frame = tokio_tungstenite::tungstenite::protocol::frame::Frame::message(
+        Bytes::from_static(b"\xff\xfe"),
+        tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode::Data(
+            tokio_tungstenite::tungstenite::protocol::frame::coding::Data::Text,
+        ),
+        true,
+    );
+    b.ws.send(Message::Frame(frame)).await.unwrap();
+    b.expect_error(ErrorCode::BadMessage).await;
+    b.expect_closed().await;
     // Nobody else noticed.
     bystander.ping_pong().await;
     bystander.assert_quiet(Duration::from_millis(100)).await;
