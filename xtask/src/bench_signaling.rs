@@ -260,6 +260,11 @@ pub fn run(args: Args) -> Result<()> {
     let rss_connected = rss_kib(pid)?;
     let ticks = clock_ticks();
     let cpu0 = cpu_us(pid, ticks)?;
+    // Context for the latency figures: the box is shared (other builds compete for 2 cores).
+    let loadavg = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "null".into());
     for s in &mut stdins {
         writeln!(s, "go")?;
         s.flush()?;
@@ -313,7 +318,7 @@ pub fn run(args: Args) -> Result<()> {
          \"relay_p50_ms\":{:.2},\"relay_p99_ms\":{:.2},\"errors\":{errors},\
          \"requested_connections\":{},\"fd_hard_limit\":{hard},\"rss_kib_base\":{rss_base},\
          \"rss_kib_connected\":{rss_connected},\"rss_kib_after_traffic\":{rss_after},\
-         \"rss_kib_per_conn_after_traffic\":{:.2},\"relays\":{relays},\"seconds\":{secs:.1}}}",
+         \"rss_kib_per_conn_after_traffic\":{:.2},\"relays\":{relays},\"seconds\":{secs:.1},\"loadavg_1m_at_start\":{loadavg}}}",
         per_conn(rss_connected),
         msgs_per_s,
         cpu_per_msg,
