@@ -1,0 +1,73 @@
+use std::time::Duration;
+
+/// Tunables of a peer. Defaults are what the browser and native drivers use.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Swarm id (stream URL without query + rendition); checked in the peers' `Hello`.
+    pub swarm: String,
+    /// Seed of the core's random choices (peer picks, tie breaks).
+    pub seed: u64,
+    /// Most peer connections (incoming and outgoing together).
+    pub max_peers: usize,
+    /// Fetch from peers at all.
+    pub p2p: bool,
+    /// Serve other peers.
+    pub upload: bool,
+    /// Upload cap in bytes per second (`None`: no cap).
+    pub upload_cap: Option<u64>,
+    /// Segment store capacity in bytes (LRU beyond it).
+    pub store_cap: usize,
+    /// Chunks we keep in flight towards one peer.
+    pub max_inflight_per_peer: usize,
+    /// Chunks per request frame.
+    pub max_chunks_per_request: u16,
+    /// Chunks we queue for one requester before answering `Busy`.
+    pub serve_queue_per_peer: usize,
+    /// Chunks we queue for all requesters together before answering `Busy`.
+    pub serve_queue_total: usize,
+    /// Bytes we let wait in one data channel's send buffer (the driver reports it with
+    /// `handle_buffered`); more would only queue behind the uplink and delay everybody.
+    pub send_window_per_peer: usize,
+    /// Bytes we let wait in all send buffers together.
+    pub send_window_total: usize,
+    /// A peer request with no chunk for this long is given up (its chunks go elsewhere).
+    pub peer_stall_timeout: Duration,
+    /// Extra margin kept before a deadline when falling back to HTTP.
+    pub http_margin: Duration,
+    /// Backup seeder: the member after the designated one fetches from the origin when no
+    /// neighbour has any chunk of the segment this long after it was announced.
+    pub backup_seed_delay: Duration,
+    /// How long chunks fetched from the origin are announced to one neighbour each
+    /// (super-seeding) before they are announced to all.
+    pub super_seed_time: Duration,
+    /// A connection attempt not open after this long is dropped.
+    pub connect_timeout: Duration,
+    /// Known segments kept (metadata), oldest dropped first.
+    pub max_known_segments: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            swarm: String::new(),
+            seed: 0,
+            max_peers: 12,
+            p2p: true,
+            upload: true,
+            upload_cap: None,
+            store_cap: 64 * 1024 * 1024,
+            max_inflight_per_peer: 8,
+            max_chunks_per_request: 4,
+            serve_queue_per_peer: 16,
+            serve_queue_total: 96,
+            send_window_per_peer: 64 * 1024,
+            send_window_total: 160 * 1024,
+            peer_stall_timeout: Duration::from_millis(1500),
+            http_margin: Duration::from_millis(500),
+            backup_seed_delay: Duration::from_millis(1500),
+            connect_timeout: Duration::from_secs(10),
+            super_seed_time: Duration::from_millis(1500),
+            max_known_segments: 4096,
+        }
+    }
+}
