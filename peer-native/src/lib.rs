@@ -1,1 +1,24 @@
-//! Native driver (webrtc crate, tokio) around peer-core. Not built yet: see issue 6.
+//! Native viewer for the P2P CDN: a tokio driver around [`peer_core::PeerCore`] using the
+//! `webrtc` crate for data channels, tokio-tungstenite for signaling and reqwest for the origin,
+//! a model player with the simulator's definitions, and the swarm harness behind `p2pcdn-load`.
+//!
+//! * [`peer::run_peer`]: one viewer (one task owning its core).
+//! * [`player::Player`]: startup, stalls, live delay (same definitions as `sim`).
+//! * [`swarm::run_swarm`]: N viewers against any deployment, with ramp, churn, tampered peers.
+
+pub mod hls;
+pub mod peer;
+pub mod player;
+pub mod rtc;
+pub mod swarm;
+
+pub use peer::{PeerOptions, PeerReport, run_peer};
+pub use swarm::{SwarmOptions, SwarmReport, run_swarm};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    #[error("playlist: {0}")]
+    Playlist(String),
+    #[error("http: {0}")]
+    Http(String),
+}

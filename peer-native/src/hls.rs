@@ -1,0 +1,175 @@
+//! Just enough HLS: a media playlist's sequence numbers, segment duration and end marker, and
+//! its integrity sidecar (`<dir>/<name>.integrity.json`).
+
+use std::time::Duration;
+
+use protocol::{Manifest, SegmentManifest};
+use reqwest::Url;
+
+use crate::Error;
+
+/// Largest playlist or sidecar we read: a live window is a few kB, a long VOD sidecar a few MB.
+const MAX_TEXT: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct Playlist {
+    pub first_seq: u64,
+    /// Number of segments listed.
+    pub count: u64,
+    pub target_duration: Duration,
+    pub vod: bool,
+}
+
+impl Playlist {
+    pub fn last_seq(&self) -> Option<u64> {
+        (self.count > 0).then(|| self.first_seq + self.count - 1)
+    }
+}
+
+/// Parses a media playlist (never panics on hostile text).
+pub fn parse_playlist(text: &str) -> Result<Playlist, Error> {
+    if !text.trim_start().starts_with("#EXTM3U") {
+        return Err(Error::Playlist("not an m3u8 playlist".into()));
+    }
+    let mut first_seq = 0u64;
+    let mut count = 0u64;
+    let mut target = 0f64;
+    let mut first_extinf: Option<f64> = None;
+    let mut vod = false;
+    for line in text.lines().map(str::trim) {
+        if let Some(v) = line.strip_prefix("#EXT-X-MEDIA-SEQUENCE:") {
+            first_seq = v
+                .trim()
+                .parse()
+                .map_err(|_| Error::Playlist("bad media sequence".into()))?;
+        } else if let Some(v) = line.strip_prefix("#EXT-X-TARGETDURATION:") {
+            target = v.trim().parse().unwrap_or(0.0);
+        } else if let Some(v) = line.strip_prefix("#EXTINF:") {
+            if first_extinf.is_none() {
+                first_extinf = v.split(',').next().and_then(|d| d.trim().parse().ok());
+            }
+        } else if line == "#EXT-X-ENDLIST" || line == "#EXT-X-PLAYLIST-TYPE:VOD" {
+            vod = true;
+        } else if !line.is_empty() && !line.starts_with('#') {
+            count += 1;
+        }
+    }
+    let secs = first_extinf.filter(|d| *d > 0.0).unwrap_or(target);
+    if !(secs > 0.0 && secs < 3600.0) {
+        return Err(Error::Playlist("no usable segment duration".into()));
+    }
+    Ok(Playlist {
+        first_seq,
+        count,
+        target_duration: Duration::from_secs_f64(secs),
+        vod,
+    })
+}
+
+/// `<dir>/<name>.m3u8` → `<dir>/<name>.integrity.json` (query dropped).
+pub fn sidecar_url(playlist: &Url) -> Result<Url, Error> {
+    let mut u = playlist.clone();
+    u.set_query(None);
+    let path = u.path().to_string();
+    let stem = path
+        .strip_suffix(".m3u8")
+        .ok_or_else(|| Error::Playlist("playlist URL does not end in .m3u8".into()))?;
+    u.set_path(&format!("{stem}.integrity.json"));
+    Ok(u)
+}
+
+/// The swarm id (docs/PROTOCOL.md §1): stream URL without query and fragment, `|`, rendition;
+/// `sha256:<hex>` of that when it is longer than 255 bytes.
+pub fn swarm_id(playlist: &Url, rendition: &str) -> String {
+    let mut u = playlist.clone();
+    u.set_query(None);
+    u.set_fragment(None);
+    let s = format!("{u}|{rendition}");
+    if s.len() <= protocol::signaling::MAX_SWARM_ID_LEN {
+        return s;
+    }
+    let h = protocol::manifest::sha256(s.as_bytes());
+    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// One refresh: the playlist and its sidecar, segment URLs resolved.
+#[derive(Debug)]
+pub struct Refresh {
+    pub playlist: Playlist,
+    pub segments: Vec<(SegmentManifest, String)>,
+    /// Bytes of playlist + sidecar (origin bytes that are not segments).
+    pub bytes: u64,
+}
+
+async fn get_text(client: &reqwest::Client, url: &Url) -> Result<String, Error> {
+    let resp = client
+        .get(url.clone())
+        .send()
+        .await
+        .map_err(|e| Error::Http(e.to_string()))?;
+    if !resp.status().is_success() {
+        return Err(Error::Http(format!("{url}: HTTP {}", resp.status())));
+    }
+    if resp.content_length().is_some_and(|l| l > MAX_TEXT as u64) {
+        return Err(Error::Http(format!("{url}: too large")));
+    }
+    let body = resp.bytes().await.map_err(|e| Error::Http(e.to_string()))?;
+    if body.len() > MAX_TEXT {
+        return Err(Error::Http(format!("{url}: too large")));
+    }
+    String::from_utf8(body.to_vec()).map_err(|_| Error::Http(format!("{url}: not UTF-8")))
+}
+
+pub async fn refresh(client: &reqwest::Client, playlist_url: &Url) -> Result<Refresh, Error> {
+    let text = get_text(client, playlist_url).await?;
+    let playlist = parse_playlist(&text)?;
+    let side = sidecar_url(playlist_url)?;
+    let side_text = get_text(client, &side).await?;
+    let manifest =
+        Manifest::from_json(&side_text).map_err(|e| Error::Playlist(format!("sidecar: {e}")))?;
+    let mut segments = Vec::with_capacity(manifest.segments.len());
+    for m in manifest.segments {
+        let url = playlist_url
+            .join(&m.uri)
+            .map_err(|e| Error::Playlist(format!("segment URI: {e}")))?;
+        segments.push((m, url.to_string()));
+    }
+    Ok(Refresh {
+        playlist,
+        segments,
+        bytes: (text.len() + side_text.len()) as u64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_live_and_vod() {
+        let live = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:7\n#EXTINF:2.000,\nseg_7.bin\n#EXTINF:2.000,\nseg_8.bin\n";
+        let p = parse_playlist(live).expect("live");
+        assert_eq!(
+            (p.first_seq, p.count, p.vod, p.last_seq()),
+            (7, 2, false, Some(8))
+        );
+        let vod = format!("{live}#EXT-X-ENDLIST\n");
+        assert!(parse_playlist(&vod).expect("vod").vod);
+        assert!(parse_playlist("garbage").is_err());
+        assert!(parse_playlist("#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:x\n").is_err());
+        assert!(parse_playlist("#EXTM3U\nseg.ts\n").is_err());
+    }
+
+    #[test]
+    fn sidecar_and_swarm() {
+        let u = Url::parse("http://h/synthetic/s/index.m3u8?token=1").expect("url");
+        assert_eq!(
+            sidecar_url(&u).expect("sidecar").as_str(),
+            "http://h/synthetic/s/index.integrity.json"
+        );
+        assert_eq!(swarm_id(&u, "0"), "http://h/synthetic/s/index.m3u8|0");
+        let long = Url::parse(&format!("http://h/{}.m3u8", "a".repeat(300))).expect("url");
+        assert_eq!(swarm_id(&long, "0").len(), 7 + 64);
+    }
+}

@@ -1,0 +1,442 @@
+//! Many native viewers in one process against any deployment (signaling URL + playlist URL):
+//! ramp-up, churn, tampered peers, HTTP-only baseline; one aggregated report.
+
+use std::time::{Duration, Instant};
+
+use peer_core::Config;
+use reqwest::Url;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::peer::{PeerOptions, PeerReport, run_peer};
+use crate::player::PlayerConfig;
+use crate::rtc::RtcOptions;
+
+#[derive(Clone)]
+pub struct SwarmOptions {
+    pub signal_url: String,
+    pub playlist_url: String,
+    pub viewers: usize,
+    pub seconds: f64,
+    /// Viewers join evenly over this many seconds.
+    pub ramp: f64,
+    /// Percent of viewers leaving (replaced by a newcomer 1 s later) per minute.
+    pub churn_pct_per_min: f64,
+    /// Fraction of viewers that corrupt every chunk they upload.
+    pub bad_peers: f64,
+    pub http_only: bool,
+    pub udp_addrs: Vec<String>,
+    pub core: Config,
+    pub player: PlayerConfig,
+    pub seed: u64,
+}
+
+impl SwarmOptions {
+    pub fn new(
+        signal_url: impl Into<String>,
+        playlist_url: impl Into<String>,
+        viewers: usize,
+        seconds: f64,
+    ) -> Self {
+        SwarmOptions {
+            signal_url: signal_url.into(),
+            playlist_url: playlist_url.into(),
+            viewers,
+            seconds,
+            ramp: 5.0,
+            churn_pct_per_min: 0.0,
+            bad_peers: 0.0,
+            http_only: false,
+            udp_addrs: vec!["127.0.0.1:0".into()],
+            core: Config::default(),
+            player: PlayerConfig::default(),
+            seed: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SwarmReport {
+    pub viewers: usize,
+    pub browsers: usize,
+    pub seconds: f64,
+    /// P2P bytes ÷ all bytes delivered to players.
+    pub offload: f64,
+    /// 1 − 1/N.
+    pub limit: f64,
+    pub stalls: u64,
+    pub stall_secs: f64,
+    pub startup_ms_p50: f64,
+    /// Origin bytes (from the origin's `/stats` when available, else summed by the viewers).
+    pub origin_bytes: u64,
+    /// `"origin"` or `"client"`.
+    pub origin_bytes_source: &'static str,
+    pub p2p_bytes: u64,
+    pub delivered_http: u64,
+    pub delivered_p2p: u64,
+    pub corrupt_to_player: u64,
+    pub bad: usize,
+    /// Tampered viewers banned by at least one honest viewer.
+    pub banned_bad: usize,
+    /// Honest viewers banned by anybody.
+    pub banned_honest: usize,
+    pub joins: usize,
+    pub errors: Vec<String>,
+    /// Process CPU seconds and peak RSS while the swarm ran (this process hosts only viewers).
+    pub cpu_secs: f64,
+    pub rss_peak_bytes: u64,
+    pub peers: Vec<PeerReport>,
+}
+
+impl SwarmReport {
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "viewers": self.viewers,
+            "browsers": self.browsers,
+            "offload": (self.offload * 10_000.0).round() / 10_000.0,
+            "limit": (self.limit * 10_000.0).round() / 10_000.0,
+            "stalls": self.stalls,
+            "startup_ms_p50": self.startup_ms_p50.round(),
+            "origin_bytes": self.origin_bytes,
+            "p2p_bytes": self.p2p_bytes,
+            "corrupt_to_player": self.corrupt_to_player,
+            "banned_bad": self.banned_bad,
+            "bad": self.bad,
+            "banned_honest": self.banned_honest,
+            "origin_bytes_source": self.origin_bytes_source,
+            "seconds": self.seconds,
+            "cpu_ms_per_peer": (self.cpu_secs * 1000.0 / self.joins.max(1) as f64).round(),
+            "cpu_pct_per_peer": (self.cpu_secs * 100.0 / self.seconds.max(0.001) / self.viewers.max(1) as f64 * 100.0).round() / 100.0,
+            "rss_mb_per_peer": (self.rss_peak_bytes as f64 / 1e6 / self.viewers.max(1) as f64 * 100.0).round() / 100.0,
+        })
+        .to_string()
+    }
+
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let rows: Vec<(&str, String)> = vec![
+            (
+                "viewers (joins)",
+                format!("{} ({})", self.viewers, self.joins),
+            ),
+            ("browsers", self.browsers.to_string()),
+            ("seconds", format!("{:.0}", self.seconds)),
+            (
+                "offload",
+                format!(
+                    "{:.1} % (limit {:.1} %)",
+                    self.offload * 100.0,
+                    self.limit * 100.0
+                ),
+            ),
+            (
+                "stalls",
+                format!("{} ({:.1} s stalled)", self.stalls, self.stall_secs),
+            ),
+            ("startup p50", format!("{:.0} ms", self.startup_ms_p50)),
+            (
+                "origin bytes",
+                format!(
+                    "{:.1} MB ({})",
+                    self.origin_bytes as f64 / 1e6,
+                    self.origin_bytes_source
+                ),
+            ),
+            (
+                "p2p bytes",
+                format!("{:.1} MB", self.p2p_bytes as f64 / 1e6),
+            ),
+            (
+                "delivered",
+                format!(
+                    "{:.1} MB HTTP + {:.1} MB P2P",
+                    self.delivered_http as f64 / 1e6,
+                    self.delivered_p2p as f64 / 1e6
+                ),
+            ),
+            ("corrupt to player", self.corrupt_to_player.to_string()),
+            (
+                "bad peers banned",
+                format!(
+                    "{}/{} ({} honest banned)",
+                    self.banned_bad, self.bad, self.banned_honest
+                ),
+            ),
+            (
+                "per native peer",
+                format!(
+                    "{:.2} % CPU, {:.2} MB RSS",
+                    self.cpu_secs * 100.0 / self.seconds.max(0.001) / self.viewers.max(1) as f64,
+                    self.rss_peak_bytes as f64 / 1e6 / self.viewers.max(1) as f64
+                ),
+            ),
+        ];
+        for (k, v) in rows {
+            s.push_str(&format!("{k:<20} {v}\n"));
+        }
+        for e in self.errors.iter().take(5) {
+            s.push_str(&format!("error: {e}\n"));
+        }
+        s
+    }
+}
+
+/// CPU seconds (user + system) of this process, from /proc.
+pub fn process_cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|x| x.1) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after the state field.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Resident set size of this process in bytes, from /proc.
+pub fn process_rss_bytes() -> u64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/status") else {
+        return 0;
+    };
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The origin's own byte counter (`GET <origin>/stats` → `totals.bytes`), when it is ours.
+pub async fn origin_stats_bytes(client: &reqwest::Client, playlist_url: &str) -> Option<u64> {
+    let mut u = Url::parse(playlist_url).ok()?;
+    u.set_path("/stats");
+    u.set_query(None);
+    let resp = client
+        .get(u)
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await
+        .ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let body = resp.bytes().await.ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    v.get("totals")?.get("bytes")?.as_u64()
+}
+
+struct Running {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<PeerReport>,
+}
+
+/// A small deterministic generator (churn times and victims).
+struct Lcg(u64);
+impl Lcg {
+    fn next_f64(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn spawn_viewer(opts: &SwarmOptions, client: &reqwest::Client, bad: bool, index: usize) -> Running {
+    let mut p = PeerOptions::new(opts.signal_url.clone(), opts.playlist_url.clone());
+    p.core = opts.core.clone();
+    p.core.seed = opts.seed.wrapping_mul(1_000_003).wrapping_add(index as u64);
+    p.player = opts.player.clone();
+    p.tamper = bad;
+    p.http_only = opts.http_only;
+    p.rtc = RtcOptions {
+        udp_addrs: opts.udp_addrs.clone(),
+    };
+    let (stop, rx) = watch::channel(false);
+    let task = tokio::spawn(run_peer(p, client.clone(), rx));
+    Running { stop, task }
+}
+
+async fn finish(r: Running) -> PeerReport {
+    let _ = r.stop.send(true);
+    match r.task.await {
+        Ok(rep) => rep,
+        Err(e) => PeerReport {
+            error: Some(format!("viewer task: {e}")),
+            ..Default::default()
+        },
+    }
+}
+
+/// Runs the swarm for `opts.seconds` and reports. `progress` is called about once a second
+/// with (elapsed seconds, viewers running).
+pub async fn run_swarm(opts: SwarmOptions, mut progress: impl FnMut(f64, usize)) -> SwarmReport {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(4)
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_default();
+    let origin_before = origin_stats_bytes(&client, &opts.playlist_url).await;
+    let cpu0 = process_cpu_secs();
+    let n = opts.viewers;
+    let bad_count = ((opts.bad_peers * n as f64).round() as usize).min(n);
+    // Bad viewers spread evenly over the join order.
+    let is_bad =
+        |i: usize| bad_count > 0 && (i * bad_count / n.max(1)) != ((i + 1) * bad_count / n.max(1));
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(opts.seconds.max(0.0));
+    let mut rng = Lcg(opts.seed ^ 0x9E37_79B9_7F4A_7C15);
+    let churn_rate = n as f64 * opts.churn_pct_per_min / 100.0 / 60.0;
+    let mut next_churn = (churn_rate > 0.0)
+        .then(|| start + Duration::from_secs_f64(-rng.next_f64().max(1e-12).ln() / churn_rate));
+    let mut running: Vec<(bool, Running)> = Vec::new();
+    let mut done: Vec<PeerReport> = Vec::new();
+    let mut pending: Vec<(Instant, bool)> = (0..n)
+        .map(|i| {
+            (
+                start + Duration::from_secs_f64(opts.ramp.max(0.0) * i as f64 / n.max(1) as f64),
+                is_bad(i),
+            )
+        })
+        .collect();
+    let mut joins = 0usize;
+    let mut rss_peak = 0u64;
+    let mut last_progress = start;
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        let mut i = 0;
+        while i < pending.len() {
+            if pending[i].0 <= now {
+                let (_, bad) = pending.swap_remove(i);
+                running.push((bad, spawn_viewer(&opts, &client, bad, joins)));
+                joins += 1;
+            } else {
+                i += 1;
+            }
+        }
+        if let Some(t) = next_churn
+            && t <= now
+        {
+            if !running.is_empty() {
+                let k = ((rng.next_f64() * running.len() as f64) as usize).min(running.len() - 1);
+                let (bad, r) = running.swap_remove(k);
+                done.push(finish(r).await);
+                pending.push((Instant::now() + Duration::from_secs(1), bad));
+            }
+            next_churn =
+                Some(t + Duration::from_secs_f64(-rng.next_f64().max(1e-12).ln() / churn_rate));
+        }
+        if now.duration_since(last_progress) >= Duration::from_secs(1) {
+            last_progress = now;
+            rss_peak = rss_peak.max(process_rss_bytes());
+            progress(now.duration_since(start).as_secs_f64(), running.len());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rss_peak = rss_peak.max(process_rss_bytes());
+    let cpu = process_cpu_secs() - cpu0;
+    let stops: Vec<_> = running.into_iter().map(|(_, r)| finish(r)).collect();
+    for rep in futures_util::future::join_all(stops).await {
+        done.push(rep);
+    }
+    // Let the origin finish counting responses that were cut short.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let origin_after = origin_stats_bytes(&client, &opts.playlist_url).await;
+    aggregate(
+        &opts,
+        done,
+        joins,
+        bad_count,
+        origin_before
+            .zip(origin_after)
+            .map(|(a, b)| b.saturating_sub(a)),
+        cpu,
+        rss_peak,
+    )
+}
+
+fn aggregate(
+    opts: &SwarmOptions,
+    peers: Vec<PeerReport>,
+    joins: usize,
+    bad: usize,
+    origin: Option<u64>,
+    cpu_secs: f64,
+    rss_peak_bytes: u64,
+) -> SwarmReport {
+    let mut r = SwarmReport {
+        viewers: opts.viewers,
+        seconds: opts.seconds,
+        limit: 1.0 - 1.0 / opts.viewers.max(1) as f64,
+        bad,
+        joins,
+        cpu_secs,
+        rss_peak_bytes,
+        ..Default::default()
+    };
+    let mut client_origin = 0u64;
+    let mut startups = Vec::new();
+    let honest: std::collections::BTreeSet<_> = peers
+        .iter()
+        .filter(|p| !p.tamper)
+        .filter_map(|p| p.id)
+        .collect();
+    let bad_ids: std::collections::BTreeSet<_> = peers
+        .iter()
+        .filter(|p| p.tamper)
+        .filter_map(|p| p.id)
+        .collect();
+    let mut banned_by_honest = std::collections::BTreeSet::new();
+    let mut banned_any = std::collections::BTreeSet::new();
+    for p in &peers {
+        let s = &p.stats;
+        r.stalls += u64::from(p.stalls);
+        r.stall_secs += p.stall_time.as_secs_f64();
+        r.p2p_bytes += s.p2p_bytes;
+        r.delivered_http += s.delivered_http_bytes;
+        r.delivered_p2p += s.delivered_p2p_bytes;
+        r.corrupt_to_player += p.corrupt_segments;
+        client_origin += s.http_bytes + p.meta_bytes;
+        if let Some(st) = p.startup {
+            startups.push(st.as_secs_f64() * 1000.0);
+        }
+        if let Some(e) = &p.error {
+            r.errors.push(e.clone());
+        }
+        for b in &p.banned {
+            banned_any.insert(*b);
+            if p.id.is_some_and(|id| honest.contains(&id)) {
+                banned_by_honest.insert(*b);
+            }
+        }
+    }
+    r.banned_bad = bad_ids
+        .iter()
+        .filter(|b| banned_by_honest.contains(b))
+        .count();
+    r.banned_honest = honest.iter().filter(|h| banned_any.contains(h)).count();
+    let total = r.delivered_http + r.delivered_p2p;
+    r.offload = if total == 0 {
+        0.0
+    } else {
+        r.delivered_p2p as f64 / total as f64
+    };
+    startups.sort_by(|a, b| a.total_cmp(b));
+    r.startup_ms_p50 = startups.get(startups.len() / 2).copied().unwrap_or(0.0);
+    match origin {
+        Some(b) => {
+            r.origin_bytes = b;
+            r.origin_bytes_source = "origin";
+        }
+        None => {
+            r.origin_bytes = client_origin;
+            r.origin_bytes_source = "client";
+        }
+    }
+    r.peers = peers;
+    r
+}
