@@ -34,6 +34,9 @@ pub struct Config {
     pub peer_stall_timeout: Duration,
     /// Extra margin kept before a deadline when falling back to HTTP.
     pub http_margin: Duration,
+    /// Members that split the origin fetch of each segment: the member with slot
+    /// `(seq + j) % slots` fetches part `j` of `origin_seeders` (by Range) and super-seeds it.
+    pub origin_seeders: usize,
     /// Backup seeder: the member after the designated one fetches from the origin when no
     /// neighbour has any chunk of the segment this long after it was announced.
     pub backup_seed_delay: Duration,
@@ -65,6 +68,7 @@ impl Default for Config {
             peer_stall_timeout: Duration::from_millis(1500),
             http_margin: Duration::from_millis(500),
             backup_seed_delay: Duration::from_millis(1500),
+            origin_seeders: 10,
             connect_timeout: Duration::from_secs(10),
             super_seed_time: Duration::from_millis(1500),
             max_known_segments: 4096,

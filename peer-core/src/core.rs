@@ -1077,6 +1077,17 @@ impl PeerCore {
         }
     }
 
+    /// Number of parts the origin fetch of a segment is split in (never more than members).
+    fn parts(&self) -> usize {
+        let slots = self.slot.map_or(1, |(_, n)| n as usize);
+        self.cfg.origin_seeders.clamp(1, slots.max(1))
+    }
+
+    /// The part of `seq` this member fetches from the origin first, if any.
+    fn seed_part(&self, seq: u64) -> Option<usize> {
+        (0..self.parts()).find(|j| self.designated(seq, *j as u64))
+    }
+
     /// Runs after every input: connections, timeouts, deliveries, requests, uploads, announces.
     fn step(&mut self, now: Time) {
         self.now = self.now.max(now);
@@ -1232,11 +1243,14 @@ impl PeerCore {
                 .any(|r| r.open && r.have.contains_key(&seq));
             let open = self.peers.values().any(|r| r.open && r.hello);
             let waited = now >= s.discovered + self.cfg.backup_seed_delay;
+            let parts = self.parts();
+            let n = s.chunks.len();
+            let part = self.seed_part(seq);
             let cause = if !self.cfg.p2p || late {
                 Some(0)
-            } else if self.designated(seq, 0) {
+            } else if part.is_some() {
                 Some(1)
-            } else if self.designated(seq, 1) && !any_peer_has && waited {
+            } else if self.designated(seq, parts as u64) && !any_peer_has && waited {
                 Some(2)
             } else if !open && !any_peer_has && waited {
                 Some(3)
@@ -1246,8 +1260,13 @@ impl PeerCore {
             if self.cfg.p2p {
                 self.request_from_peers(now, seq);
             }
+            // A designated seeder fetches its part only; everything else fetches what is missing.
+            let range = match (cause, part) {
+                (Some(1), Some(j)) => (j * n / parts)..((j + 1) * n / parts),
+                _ => 0..n,
+            };
             if let Some(cause) = cause
-                && self.request_from_http(now, seq, late)
+                && self.request_from_http(now, seq, late, range)
             {
                 if (cause == 1 || cause == 2)
                     && let Some(s) = self.segments.get_mut(&seq)
@@ -1365,7 +1384,13 @@ impl PeerCore {
 
     /// Fetches the missing chunks of `seq` from the origin, by Range. When `late`, chunks still
     /// in flight from peers are fetched too (the deadline demands it).
-    fn request_from_http(&mut self, now: Time, seq: u64, late: bool) -> bool {
+    fn request_from_http(
+        &mut self,
+        now: Time,
+        seq: u64,
+        late: bool,
+        only: std::ops::Range<usize>,
+    ) -> bool {
         let Some(s) = self.segments.get(&seq) else {
             return false;
         };
@@ -1375,7 +1400,13 @@ impl PeerCore {
         let need: Vec<bool> = s
             .chunks
             .iter()
-            .map(|c| c.data.is_none() && c.http.is_none() && (late || c.peer_req.is_none()))
+            .enumerate()
+            .map(|(i, c)| {
+                only.contains(&i)
+                    && c.data.is_none()
+                    && c.http.is_none()
+                    && (late || c.peer_req.is_none())
+            })
             .collect();
         let mut runs: Vec<(usize, usize)> = Vec::new();
         for (i, n) in need.iter().enumerate() {

@@ -1110,6 +1110,19 @@ impl Sim {
             r.http_causes[3] += s.http_alone;
             r.peer_timeouts += s.peer_request_timeouts;
         }
+        if std::env::var_os("SIM_VIEWERS").is_some() {
+            for (v, vw) in self.viewers.iter().enumerate() {
+                let s = vw.core.stats();
+                eprintln!(
+                    "v{v:>3} open {:>2} late {:>4} designated {:>3} offload {:.3} slot {:?}",
+                    vw.core.open_peers().count(),
+                    s.http_late,
+                    s.http_designated,
+                    s.offload(),
+                    vw.core.slot()
+                );
+            }
+        }
         let total = r.delivered_http + r.delivered_p2p;
         r.offload = if total == 0 {
             0.0

@@ -47,6 +47,12 @@ pub struct Args {
     /// Viewers join uniformly over this many seconds.
     #[arg(long, default_value_t = 30.0)]
     join_window: f64,
+    /// Members that split each segment's origin fetch.
+    #[arg(long, default_value_t = 10)]
+    origin_seeders: usize,
+    /// Segment store of each peer, MB.
+    #[arg(long, default_value_t = 64)]
+    store_mb: usize,
     /// Segments behind the live edge where the player starts.
     #[arg(long, default_value_t = 3)]
     live_delay: u64,
@@ -71,6 +77,11 @@ pub fn run(a: Args) -> Result<()> {
         origin_ms: a.origin_ms,
         join_window_secs: a.join_window,
         live_delay_segments: a.live_delay,
+        core: peer_core::Config {
+            store_cap: a.store_mb * 1024 * 1024,
+            origin_seeders: a.origin_seeders,
+            ..Default::default()
+        },
         ..SimConfig::default()
     };
     let started = std::time::Instant::now();
