@@ -1246,11 +1246,26 @@ impl PeerCore {
             let parts = self.parts();
             let n = s.chunks.len();
             let part = self.seed_part(seq);
+            // Backup per part: the member `parts` slots further fetches part `j` when no
+            // neighbour holds any of its chunks a while after the segment appeared (its seeder
+            // left, was banned, or is slow).
+            let backup_part = if waited {
+                (0..parts).find(|&j| {
+                    let r = (j * n / parts)..((j + 1) * n / parts);
+                    self.designated(seq, (j + parts) as u64)
+                        && !r.clone().any(|i| {
+                            s.chunks[i].data.is_some()
+                                || self.peers.values().any(|p| p.open && p.has(seq, i))
+                        })
+                })
+            } else {
+                None
+            };
             let cause = if !self.cfg.p2p || late {
                 Some(0)
             } else if part.is_some() {
                 Some(1)
-            } else if self.designated(seq, parts as u64) && !any_peer_has && waited {
+            } else if backup_part.is_some() {
                 Some(2)
             } else if !open && !any_peer_has && waited {
                 Some(3)
@@ -1261,8 +1276,10 @@ impl PeerCore {
                 self.request_from_peers(now, seq);
             }
             // A designated seeder fetches its part only; everything else fetches what is missing.
-            let range = match (cause, part) {
-                (Some(1), Some(j)) => (j * n / parts)..((j + 1) * n / parts),
+            let range = match (cause, part, backup_part) {
+                (Some(1), Some(j), _) | (Some(2), _, Some(j)) => {
+                    (j * n / parts)..((j + 1) * n / parts)
+                }
                 _ => 0..n,
             };
             if let Some(cause) = cause
