@@ -207,7 +207,7 @@ impl Manifest {
             let raw = b64
                 .decode(s.chunks.as_bytes())
                 .map_err(|_| ManifestError::BadHash { seq })?;
-            if raw.len() % 32 != 0 {
+            if !raw.len().is_multiple_of(32) {
                 return Err(ManifestError::BadHash { seq });
             }
             let expected = chunk_count(s.len);
