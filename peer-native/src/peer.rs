@@ -742,3 +742,29 @@ pub async fn run_peer(
     let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
     report
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tamper_flips_chunk_payloads_only() {
+        let chunk = Frame::Chunk {
+            req_id: 1,
+            seq: 2,
+            index: 3,
+            data: Bytes::from_static(b"abc"),
+        }
+        .encode();
+        match Frame::decode_bytes(tamper(chunk)) {
+            Ok(Frame::Chunk { data, .. }) => assert_eq!(&data[..], &[b'a' ^ 0xff, b'b', b'c']),
+            other => panic!("not a chunk: {other:?}"),
+        }
+        let other = Frame::Hello {
+            swarm: "s".into(),
+            max_inflight: 4,
+        }
+        .encode();
+        assert_eq!(tamper(other.clone()), other);
+    }
+}

@@ -195,3 +195,61 @@ impl Player {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peer_core::Config;
+    use protocol::SegmentManifest;
+
+    fn core_with(seqs: std::ops::RangeInclusive<u64>) -> PeerCore {
+        let mut core = PeerCore::new(Config {
+            p2p: false,
+            upload: false,
+            ..Default::default()
+        });
+        for seq in seqs {
+            let m = SegmentManifest::compute(seq, format!("seg_{seq}.bin"), &[seq as u8; 100]);
+            core.add_segment(Time::ZERO, m, format!("http://o/seg_{seq}.bin"));
+        }
+        core
+    }
+
+    #[test]
+    fn starts_live_delay_behind_and_counts_stalls() {
+        let mut core = core_with(0..=9);
+        let mut p = Player::new(PlayerConfig::default(), Time::ZERO);
+        let d = Duration::from_secs(2);
+        p.on_playlist(Time::from_millis(10), &mut core, 0, 9, false, d);
+        // Live: three segments behind the edge (7, 8, 9), nothing plays before 7 is ready.
+        assert_eq!(p.start_seq, Some(7));
+        assert_eq!(p.next_check(), None);
+        p.segment_ready(Time::from_millis(500), &mut core, 7);
+        assert_eq!(p.startup, Some(Duration::from_millis(500)));
+        assert_eq!(p.next_check(), Some(Time::from_millis(2500)));
+        // 8 arrives in time: no stall.
+        p.segment_ready(Time::from_millis(1000), &mut core, 8);
+        p.on_timer(Time::from_millis(2500), &mut core);
+        assert_eq!((p.stalls, p.played), (0, 2));
+        // 9 is late: one stall, lasting until it arrives.
+        p.on_timer(Time::from_millis(4500), &mut core);
+        assert_eq!(p.stalls, 1);
+        p.segment_ready(Time::from_millis(5000), &mut core, 9);
+        assert_eq!(
+            p.stall_time(Time::from_millis(6000)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(p.next_check(), Some(Time::from_millis(7000)));
+        // A segment before the playhead is ignored.
+        p.segment_ready(Time::from_millis(5100), &mut core, 7);
+        assert_eq!(p.played, 3);
+    }
+
+    #[test]
+    fn vod_starts_at_first_segment() {
+        let mut core = core_with(0..=3);
+        let mut p = Player::new(PlayerConfig::default(), Time::ZERO);
+        p.on_playlist(Time::ZERO, &mut core, 0, 3, true, Duration::from_secs(4));
+        assert_eq!(p.start_seq, Some(0));
+    }
+}

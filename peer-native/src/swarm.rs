@@ -81,6 +81,9 @@ pub struct SwarmReport {
     /// Honest viewers banned by anybody.
     pub banned_honest: usize,
     pub joins: usize,
+    /// Origin segment requests by cause: designated seeder, backup seeder, deadline, no peers.
+    pub http_causes: [u64; 4],
+    pub peer_timeouts: u64,
     pub errors: Vec<String>,
     /// Process CPU seconds and peak RSS while the swarm ran (this process hosts only viewers).
     pub cpu_secs: f64,
@@ -152,6 +155,17 @@ impl SwarmReport {
                     "{:.1} MB HTTP + {:.1} MB P2P",
                     self.delivered_http as f64 / 1e6,
                     self.delivered_p2p as f64 / 1e6
+                ),
+            ),
+            (
+                "origin requests",
+                format!(
+                    "{} designated, {} backup, {} deadline, {} alone; {} peer timeouts",
+                    self.http_causes[0],
+                    self.http_causes[1],
+                    self.http_causes[2],
+                    self.http_causes[3],
+                    self.peer_timeouts
                 ),
             ),
             ("corrupt to player", self.corrupt_to_player.to_string()),
@@ -401,6 +415,11 @@ fn aggregate(
         r.delivered_p2p += s.delivered_p2p_bytes;
         r.corrupt_to_player += p.corrupt_segments;
         client_origin += s.http_bytes + p.meta_bytes;
+        r.http_causes[0] += s.http_designated;
+        r.http_causes[1] += s.http_backup;
+        r.http_causes[2] += s.http_late;
+        r.http_causes[3] += s.http_alone;
+        r.peer_timeouts += s.peer_request_timeouts;
         if let Some(st) = p.startup {
             startups.push(st.as_secs_f64() * 1000.0);
         }

@@ -1,10 +1,230 @@
-//! Not built yet (issue 6).
+//! `cargo xtask bench swarm`: a local deployment (origin with a synthetic live stream of 2 s
+//! segments at 2 Mbit/s, signaling server) and `p2pcdn-load` against it, first HTTP-only (the
+//! baseline), then P2P with the same viewers. Prints both and their ratio, CPU and memory per
+//! native peer (from /proc, measured by the load process, which hosts only viewers), and ends
+//! with one JSON line.
 
-use anyhow::{Result, bail};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::util;
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Native viewers.
+    #[arg(long, default_value_t = 50)]
+    viewers: usize,
+    /// Headless Chromium viewers (needs the browser peer; not available yet).
+    #[arg(long, default_value_t = 0)]
+    browsers: usize,
+    /// Seconds per run (baseline and P2P each).
+    #[arg(long, default_value_t = 120)]
+    seconds: u64,
+    /// Viewers join evenly over this many seconds.
+    #[arg(long, default_value_t = 10)]
+    ramp: u64,
+    /// Skip `cargo build` (use the binaries already built).
+    #[arg(long)]
+    no_build: bool,
+}
 
-pub fn run(_args: Args) -> Result<()> {
-    bail!("not built yet: see issue 6")
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => {
+            let d = PathBuf::from(d);
+            if d.is_absolute() {
+                d
+            } else {
+                util::root().join(d)
+            }
+        }
+        None => util::root().join("target"),
+    }
+}
+
+/// Starts `cmd` and returns it with the address from its first stdout line `... <prefix><addr>`.
+fn start(children: &mut Children, mut cmd: Command, prefix: &str) -> Result<String> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let out = child.stdout.take().context("stdout")?;
+    children.0.push(child);
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .rsplit_once(prefix)
+        .map(|x| x.1.to_string())
+        .with_context(|| format!("{cmd:?} printed {line:?}"))?;
+    Ok(addr)
+}
+
+fn load(
+    bin: &PathBuf,
+    signal: &str,
+    playlist: &str,
+    args: &Args,
+    http_only: bool,
+) -> Result<Value> {
+    let mut cmd = Command::new(bin);
+    cmd.args(["--signal", signal, "--playlist", playlist])
+        .args(["--viewers", &args.viewers.to_string()])
+        .args(["--seconds", &args.seconds.to_string()])
+        .args(["--ramp", &args.ramp.to_string()])
+        .args(["--udp", "127.0.0.1:0"]);
+    if http_only {
+        cmd.arg("--http-only");
+    }
+    eprintln!("xtask: running {cmd:?}");
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running p2pcdn-load")?;
+    if !out.status.success() {
+        bail!("p2pcdn-load failed: {}", out.status);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .context("no JSON line from p2pcdn-load")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+fn f(v: &Value, k: &str) -> f64 {
+    v.get(k).and_then(Value::as_f64).unwrap_or(0.0)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if args.browsers > 0 {
+        bail!("--browsers: the browser peer (peer-wasm demo) is not available yet");
+    }
+    if !args.no_build {
+        util::run(util::cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "origin",
+            "-p",
+            "signaling-server",
+            "-p",
+            "peer-native",
+            "--bins",
+        ]))?;
+    }
+    let bin = target_dir().join("release");
+    let (origin_bin, signal_bin, load_bin) = (
+        bin.join("origin"),
+        bin.join("signaling-server"),
+        bin.join("p2pcdn-load"),
+    );
+    for b in [&origin_bin, &signal_bin, &load_bin] {
+        if !b.exists() {
+            bail!("missing {}", b.display());
+        }
+    }
+    let mut children = Children(Vec::new());
+    let mut o = Command::new(&origin_bin);
+    o.args(["--listen", "127.0.0.1:0", "--synthetic", "swarm=2000:2"])
+        .env("RUST_LOG", "warn");
+    let origin = start(&mut children, o, "http://")?;
+    let mut s = Command::new(&signal_bin);
+    s.args(["--listen", "127.0.0.1:0", "--max-conns-per-ip", "100000"])
+        .env("RUST_LOG", "warn");
+    let signal = start(&mut children, s, "listening on ")?;
+    let playlist = format!("http://{origin}/synthetic/swarm/index.m3u8");
+    let signal = format!("ws://{signal}/ws");
+    std::thread::sleep(Duration::from_millis(300));
+
+    let t0 = Instant::now();
+    let base = load(&load_bin, &signal, &playlist, &args, true)?;
+    let p2p = load(&load_bin, &signal, &playlist, &args, false)?;
+    let ob = f(&base, "origin_bytes");
+    let op = f(&p2p, "origin_bytes");
+    println!(
+        "\nbench swarm: {} native viewers, {} s each run ({:.0} s total)",
+        args.viewers,
+        args.seconds,
+        t0.elapsed().as_secs_f64()
+    );
+    println!("{:<24} {:>14} {:>14}", "", "HTTP only", "P2P");
+    println!("{:<24} {:>14.1} {:>14.1}", "origin MB", ob / 1e6, op / 1e6);
+    println!(
+        "{:<24} {:>14.3} {:>14.3}",
+        "offload",
+        f(&base, "offload"),
+        f(&p2p, "offload")
+    );
+    println!(
+        "{:<24} {:>14} {:>14}",
+        "stalls",
+        f(&base, "stalls"),
+        f(&p2p, "stalls")
+    );
+    println!(
+        "{:<24} {:>14} {:>14}",
+        "startup p50 ms",
+        f(&base, "startup_ms_p50"),
+        f(&p2p, "startup_ms_p50")
+    );
+    println!(
+        "{:<24} {:>14} {:>14}",
+        "corrupt to player",
+        f(&base, "corrupt_to_player"),
+        f(&p2p, "corrupt_to_player")
+    );
+    println!(
+        "{:<24} {:>14.2} {:>14.2}",
+        "CPU % per native peer",
+        f(&base, "cpu_pct_per_peer"),
+        f(&p2p, "cpu_pct_per_peer")
+    );
+    println!(
+        "{:<24} {:>14.2} {:>14.2}",
+        "RSS MB per native peer",
+        f(&base, "rss_mb_per_peer"),
+        f(&p2p, "rss_mb_per_peer")
+    );
+    let ratio = if ob > 0.0 { op / ob } else { 0.0 };
+    println!("origin bytes P2P / HTTP-only: {ratio:.3}");
+    let json = serde_json::json!({
+        "viewers": args.viewers,
+        "browsers": args.browsers,
+        "seconds": args.seconds,
+        "offload": f(&p2p, "offload"),
+        "limit": f(&p2p, "limit"),
+        "stalls": f(&p2p, "stalls"),
+        "baseline_stalls": f(&base, "stalls"),
+        "startup_ms_p50": f(&p2p, "startup_ms_p50"),
+        "baseline_startup_ms_p50": f(&base, "startup_ms_p50"),
+        "origin_bytes": op,
+        "baseline_origin_bytes": ob,
+        "origin_ratio": (ratio * 10_000.0).round() / 10_000.0,
+        "p2p_bytes": f(&p2p, "p2p_bytes"),
+        "corrupt_to_player": f(&p2p, "corrupt_to_player"),
+        "banned_bad": f(&p2p, "banned_bad"),
+        "cpu_pct_per_peer": f(&p2p, "cpu_pct_per_peer"),
+        "rss_mb_per_peer": f(&p2p, "rss_mb_per_peer"),
+    });
+    println!("{json}");
+    Ok(())
 }

@@ -48,10 +48,15 @@ struct Cli {
     quiet: bool,
 }
 
+/// Default log filter: the webrtc stack warns about routine races of non-trickle ICE (checks that
+/// arrive before the answer is applied); keep its errors only.
+const QUIET_LOGS: &str = "warn,rtc=error,rtc_ice=error,rtc_dtls=error,rtc_sctp=error,webrtc=error";
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| QUIET_LOGS.into()),
         )
         .with_writer(std::io::stderr)
         .init();
