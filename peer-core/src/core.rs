@@ -802,10 +802,9 @@ impl PeerCore {
         }
         if let Some(s) = self.segments.get_mut(&seq)
             && let Some(c) = s.chunks.get_mut(idx)
+            && c.peer_req == Some(req_id)
         {
-            if c.peer_req == Some(req_id) {
-                c.peer_req = None;
-            }
+            c.peer_req = None;
         }
         self.store_chunk(now, seq, idx, data, false);
     }
