@@ -271,6 +271,77 @@ impl PeerCore {
             .is_some_and(|c| c.http.is_some())
     }
 
+    /// Checks the core's internal accounting; `Err` describes the first broken invariant.
+    /// Cheap enough to call after every input in tests and simulations.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let queued: usize = self.peers.values().map(|r| queued_chunks(&r.serve)).sum();
+        if queued != self.serve_total {
+            return Err(format!(
+                "serve_total {} != queued chunks {queued}",
+                self.serve_total
+            ));
+        }
+        let stored: usize = self
+            .segments
+            .values()
+            .flat_map(|s| s.chunks.iter())
+            .filter_map(|c| c.data.as_ref().map(|d| d.len()))
+            .sum();
+        if stored != self.store_bytes {
+            return Err(format!(
+                "store_bytes {} != stored chunk bytes {stored}",
+                self.store_bytes
+            ));
+        }
+        let largest = self
+            .segments
+            .values()
+            .map(|s| s.m.len as usize)
+            .max()
+            .unwrap_or(0);
+        if self.store_bytes > self.cfg.store_cap.max(largest) {
+            return Err(format!(
+                "store {} over cap {}",
+                self.store_bytes, self.cfg.store_cap
+            ));
+        }
+        for (p, r) in &self.peers {
+            let inflight: usize = self
+                .requests
+                .values()
+                .filter(|q| q.peer == *p)
+                .map(|q| q.remaining())
+                .sum();
+            if inflight != r.inflight {
+                return Err(format!(
+                    "peer {p}: inflight {} != outstanding {inflight}",
+                    r.inflight
+                ));
+            }
+        }
+        for (seq, s) in &self.segments {
+            let have = s.chunks.iter().filter(|c| c.data.is_some()).count();
+            if have != s.have {
+                return Err(format!("segment {seq}: have {} != {have}", s.have));
+            }
+            for c in &s.chunks {
+                if let Some(id) = c.peer_req
+                    && !self.requests.contains_key(&id)
+                {
+                    return Err(format!("segment {seq}: chunk points to gone request {id}"));
+                }
+                if let Some(id) = c.http
+                    && !self.http.contains_key(&id)
+                {
+                    return Err(format!(
+                        "segment {seq}: chunk points to gone HTTP request {id}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// One line describing segment `seq` (for logs and debugging).
     pub fn describe_segment(&self, seq: u64) -> String {
         let Some(s) = self.segments.get(&seq) else {
@@ -668,9 +739,9 @@ impl PeerCore {
             } => self.on_chunk(now, peer, req_id, seq, index, data),
             Frame::Cancel { req_id } => {
                 if let Some(r) = self.peers.get_mut(&peer) {
-                    let before = r.serve.len();
+                    let before = queued_chunks(&r.serve);
                     r.serve.retain(|s| s.req_id != req_id);
-                    self.serve_total -= before - r.serve.len();
+                    self.serve_total -= before - queued_chunks(&r.serve);
                 }
             }
             Frame::Absent { req_id, reason } => {
@@ -721,7 +792,7 @@ impl PeerCore {
         let Some(r) = self.peers.get_mut(&peer) else {
             return;
         };
-        let queued: usize = r.serve.iter().map(|s| (s.end - s.next) as usize).sum();
+        let queued = queued_chunks(&r.serve);
         if queued + count as usize > self.cfg.serve_queue_per_peer
             || self.serve_total + count as usize > self.cfg.serve_queue_total
         {
@@ -940,9 +1011,9 @@ impl PeerCore {
         self.dirty_have.remove(&seq);
         // Requests for it are answered NotFound from now on.
         for r in self.peers.values_mut() {
-            let before = r.serve.len();
+            let before = queued_chunks(&r.serve);
             r.serve.retain(|x| x.seq != seq);
-            self.serve_total -= before - r.serve.len();
+            self.serve_total -= before - queued_chunks(&r.serve);
         }
     }
 
@@ -1013,8 +1084,7 @@ impl PeerCore {
     /// Removes all state about `peer`; its outstanding chunks become missing again.
     fn forget_peer(&mut self, peer: PeerId) {
         if let Some(r) = self.peers.remove(&peer) {
-            let queued: usize = r.serve.iter().map(|s| (s.end - s.next) as usize).sum();
-            self.serve_total -= queued;
+            self.serve_total -= queued_chunks(&r.serve);
         }
         let ids: Vec<u32> = self
             .requests
@@ -1628,4 +1698,9 @@ fn visible_entry(s: &Segment, now: Time, rank: usize, peers: usize) -> HaveEntry
         let c = &s.chunks[i];
         c.data.is_some() && (!seeding || !c.from_http || i % peers.max(1) == rank)
     })
+}
+
+/// Chunks still to send in a requester's serve queue.
+fn queued_chunks(q: &VecDeque<Serve>) -> usize {
+    q.iter().map(|s| (s.end - s.next) as usize).sum()
 }

@@ -63,6 +63,8 @@ pub struct SimConfig {
     pub core: Config,
     /// Fetch everything from the origin (baseline).
     pub http_only: bool,
+    /// Check every core's internal invariants after every event (tests).
+    pub check_invariants: bool,
 }
 
 impl Default for SimConfig {
@@ -90,6 +92,7 @@ impl Default for SimConfig {
             manifest_poll_secs: 0.5,
             core: Config::default(),
             http_only: false,
+            check_invariants: false,
         }
     }
 }
@@ -761,6 +764,11 @@ impl Sim {
                 }
                 Output::Event(_) => {}
             }
+        }
+        if self.cfg.check_invariants
+            && let Err(e) = self.viewers[v].core.check_invariants()
+        {
+            panic!("viewer {v} at {:.3} s: {e}", self.now.as_secs_f64());
         }
         if self.viewers[v].alive
             && let Some(t) = self.viewers[v].core.poll_timeout()

@@ -4,7 +4,14 @@
 use sim::{SimConfig, run};
 
 fn short(viewers: usize, seconds: f64, seed: u64) -> SimConfig {
-    SimConfig { viewers, seconds, seed, join_window_secs: 10.0, ..SimConfig::default() }
+    SimConfig {
+        viewers,
+        seconds,
+        seed,
+        join_window_secs: 10.0,
+        check_invariants: true,
+        ..SimConfig::default()
+    }
 }
 
 #[test]
@@ -19,7 +26,10 @@ fn live_swarm_offloads_without_stalls() {
 
 #[test]
 fn http_only_baseline_has_no_offload() {
-    let r = run(SimConfig { http_only: true, ..short(6, 40.0, 4) });
+    let r = run(SimConfig {
+        http_only: true,
+        ..short(6, 40.0, 4)
+    });
     assert_eq!(r.offload, 0.0);
     assert_eq!(r.p2p_bytes, 0);
     assert_eq!(r.stalls, 0, "{}", r.summary());
@@ -27,7 +37,10 @@ fn http_only_baseline_has_no_offload() {
 
 #[test]
 fn bad_peers_are_banned_and_never_reach_a_player() {
-    let r = run(SimConfig { bad_peers: 0.3, ..short(10, 90.0, 5) });
+    let r = run(SimConfig {
+        bad_peers: 0.3,
+        ..short(10, 90.0, 5)
+    });
     assert_eq!(r.corrupt_to_player, 0);
     assert_eq!(r.bad, 3);
     assert_eq!(r.banned_bad, 3, "{}", r.summary());
@@ -37,7 +50,10 @@ fn bad_peers_are_banned_and_never_reach_a_player() {
 
 #[test]
 fn churn_causes_no_stalls() {
-    let r = run(SimConfig { churn_pct_per_min: 30.0, ..short(10, 90.0, 6) });
+    let r = run(SimConfig {
+        churn_pct_per_min: 30.0,
+        ..short(10, 90.0, 6)
+    });
     assert!(r.joins > 10, "{}", r.summary());
     assert_eq!(r.stalls, 0, "{}", r.summary());
     assert_eq!(r.corrupt_to_player, 0);
@@ -45,7 +61,10 @@ fn churn_causes_no_stalls() {
 
 #[test]
 fn vod_swarm_plays() {
-    let r = run(SimConfig { vod: true, ..short(6, 60.0, 8) });
+    let r = run(SimConfig {
+        vod: true,
+        ..short(6, 60.0, 8)
+    });
     assert_eq!(r.stalls, 0, "{}", r.summary());
     assert!(r.offload > 0.3, "{}", r.summary());
 }
@@ -57,4 +76,14 @@ fn same_seed_same_run() {
     assert_eq!(a.to_json(), b.to_json());
     let c = run(short(6, 30.0, 10));
     assert_ne!(a.to_json(), c.to_json());
+}
+
+#[test]
+fn small_store_stays_under_its_cap() {
+    // A store of 4 segments' worth: eviction runs all the time; check_invariants asserts the cap.
+    let mut cfg = short(8, 60.0, 11);
+    cfg.core.store_cap = 4 * 600 * 1024;
+    let r = run(cfg);
+    assert_eq!(r.stalls, 0, "{}", r.summary());
+    assert_eq!(r.corrupt_to_player, 0);
 }
