@@ -14,6 +14,8 @@
 //! * **churn** (viewers leaving and replaced) and **bad peers** that corrupt every chunk they
 //!   upload.
 
+pub use peer_core;
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::Duration;

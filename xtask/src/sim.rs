@@ -77,7 +77,7 @@ pub fn run(a: Args) -> Result<()> {
         origin_ms: a.origin_ms,
         join_window_secs: a.join_window,
         live_delay_segments: a.live_delay,
-        core: peer_core::Config {
+        core: sim::peer_core::Config {
             store_cap: a.store_mb * 1024 * 1024,
             origin_seeders: a.origin_seeders,
             ..Default::default()
