@@ -1,10 +1,23 @@
-//! Not built yet (issue 5).
+//! `cargo xtask demo`: builds the wasm bundle, then runs the `p2p-demo` binary of the `tests`
+//! crate: origin (live `media/sample`), signaling server and a static server for `demo-site/`
+//! + `dist/`, all on localhost. Prints the page URL; Ctrl-C stops it.
 
-use anyhow::{Result, bail};
+use anyhow::Result;
+
+use crate::util::{self, cargo};
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Port of the demo page (origin and signaling get free ports).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+}
 
-pub fn run(_args: Args) -> Result<()> {
-    bail!("not built yet: see issue 5")
+pub fn run(args: Args) -> Result<()> {
+    crate::wasm::build(true)?;
+    util::run(
+        cargo()
+            .args(["run", "-p", "tests", "--release", "--bin", "p2p-demo", "--"])
+            .arg(args.port.to_string()),
+    )
 }

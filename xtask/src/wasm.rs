@@ -1,14 +1,156 @@
-//! Not built yet (issue 5).
+//! `cargo xtask wasm` / `cargo xtask bundle-size`: the browser bundle in `dist/`.
+//!
+//! cargo (`--profile wasm-release`) → wasm-bindgen (the `wasm-bindgen-cli-support` library,
+//! pinned to the exact `wasm-bindgen` version of Cargo.lock, so no CLI install) in `no-modules`
+//! mode → `wasm-opt -Oz` (npm `binaryen`, see [`wasm_opt`]) → `dist/p2p-cdn.js` = the generated glue followed by
+//! `peer-wasm/js/p2p-cdn-hls.js` (hls.js loader, script-tag attach), plus
+//! `dist/p2p-cdn_bg.wasm` and `dist/p2p-cdn.d.ts`.
 
-use anyhow::{Result, bail};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use crate::util::{self, cargo, root};
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Skip wasm-opt even when it is installed.
+    #[arg(long)]
+    pub no_opt: bool,
+}
 
-pub fn run(_args: Args) -> Result<()> {
-    bail!("not built yet: see issue 5")
+/// Where the bundle goes.
+pub fn dist() -> PathBuf {
+    root().join("dist")
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| if p.is_absolute() { p } else { root().join(p) })
+        .unwrap_or_else(|| root().join("target"))
+}
+
+pub fn run(args: Args) -> Result<()> {
+    build(!args.no_opt)?;
+    print_sizes()?;
+    Ok(())
+}
+
+/// Builds the bundle into `dist/`.
+pub fn build(opt: bool) -> Result<()> {
+    util::run(cargo().args([
+        "build",
+        "-p",
+        "peer-wasm",
+        "--lib",
+        "--target",
+        "wasm32-unknown-unknown",
+        "--profile",
+        "wasm-release",
+    ]))?;
+    let input = target_dir().join("wasm32-unknown-unknown/wasm-release/peer_wasm.wasm");
+    let out = dist();
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let mut b = wasm_bindgen_cli_support::Bindgen::new();
+    b.input_path(&input)
+        .out_name("p2p-cdn")
+        .no_modules(true)?
+        .no_modules_global("__p2pCdnWasm")?
+        .typescript(true);
+    b.generate(&out).context("wasm-bindgen")?;
+    let wasm = out.join("p2p-cdn_bg.wasm");
+    if opt {
+        match wasm_opt() {
+            Some(bin) => util::run(
+                Command::new(bin)
+                    .args([
+                        "-Oz",
+                        // The features rustc enables for wasm32 by default; wasm-bindgen's
+                        // externref table needs reference types.
+                        "--enable-reference-types",
+                        "--enable-bulk-memory",
+                        "--enable-sign-ext",
+                        "--enable-nontrapping-float-to-int",
+                        "--enable-mutable-globals",
+                        "--enable-multivalue",
+                        "--strip-debug",
+                        "--strip-producers",
+                        "-o",
+                    ])
+                    .arg(&wasm)
+                    .arg(&wasm),
+            )?,
+            None => eprintln!(
+                "xtask: no usable wasm-opt (run `npm ci` for binaryen 123); bundle left unoptimised"
+            ),
+        }
+    }
+    // One script: the generated glue, then our hls.js integration.
+    let glue = std::fs::read_to_string(out.join("p2p-cdn.js"))?;
+    let ours = std::fs::read_to_string(root().join("peer-wasm/js/p2p-cdn-hls.js"))?;
+    std::fs::write(out.join("p2p-cdn.js"), format!("{glue}\n{ours}"))?;
+    let dts = std::fs::read_to_string(out.join("p2p-cdn.d.ts")).unwrap_or_default();
+    let ours_dts = std::fs::read_to_string(root().join("peer-wasm/js/p2p-cdn-hls.d.ts"))?;
+    std::fs::write(out.join("p2p-cdn.d.ts"), format!("{dts}\n{ours_dts}"))?;
+    Ok(())
+}
+
+fn which(bin: &str) -> bool {
+    Command::new(bin)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `node_modules/.bin/wasm-opt` (npm `binaryen`, pinned in package.json), else a system one of
+/// version 116 or later. Debian 12's binaryen 108 mangles wasm-bindgen's externref table (the
+/// page fails with "WebAssembly.Table.set(): Argument 1 is invalid"), so it is not used.
+fn wasm_opt() -> Option<PathBuf> {
+    let npm = root().join("node_modules/.bin/wasm-opt");
+    if npm.exists() {
+        return Some(npm);
+    }
+    let out = Command::new("wasm-opt").arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version: u32 = text.split_whitespace().find_map(|w| w.parse().ok())?;
+    (version >= 116).then(|| PathBuf::from("wasm-opt"))
+}
+
+fn gzip_len(path: &Path) -> Result<u64> {
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(&data)?;
+    Ok(enc.finish()?.len() as u64)
+}
+
+fn print_sizes() -> Result<(u64, u64)> {
+    let d = dist();
+    let wasm = d.join("p2p-cdn_bg.wasm");
+    let js = d.join("p2p-cdn.js");
+    let (wz, jz) = (gzip_len(&wasm)?, gzip_len(&js)?);
+    eprintln!(
+        "xtask: {} {} bytes ({} gzip), {} {} bytes ({} gzip)",
+        wasm.display(),
+        std::fs::metadata(&wasm)?.len(),
+        wz,
+        js.display(),
+        std::fs::metadata(&js)?.len(),
+        jz
+    );
+    Ok((wz, jz))
 }
 
 pub fn bundle_size() -> Result<()> {
-    bail!("not built yet: see issue 5")
+    if !dist().join("p2p-cdn_bg.wasm").exists() {
+        build(true)?;
+    }
+    let (wz, jz) = print_sizes()?;
+    println!(
+        "{}",
+        serde_json::json!({"wasm_gzip_bytes": wz, "glue_gzip_bytes": jz, "total_gzip_bytes": wz + jz})
+    );
+    Ok(())
 }

@@ -1,0 +1,109 @@
+// Demo page: plays `?src=` with hls.js + the P2P loader and shows a live panel.
+// Query: src (playlist URL), signal (WebSocket URL), p2p=0 (HTTP only), tamper=1 (debug:
+// corrupt uploads), report=1 (POST stats to /report every second, for the browser tests).
+(function () {
+  "use strict";
+  var q = new URLSearchParams(location.search);
+  var src = q.get("src") || "/live/sample/index.m3u8";
+  var signal = q.get("signal") || undefined;
+  var p2p = q.get("p2p") !== "0";
+  var tamper = q.get("tamper") === "1";
+  var report = q.get("report") === "1";
+  var pageId = q.get("id") || String(Math.random()).slice(2, 8);
+  var video = document.getElementById("video");
+  document.getElementById("src").textContent = src + (p2p ? "" : " (P2P off)") + (tamper ? " (TAMPER)" : "");
+
+  var m = {
+    id: pageId, p2p: p2p, tamper: tamper, started: false, currentTime: 0, waiting: 0, fatal: [],
+    bufferStalled: 0, p2pFragments: {}, fallbacks: 0, httpLoaderBytes: 0, stats: null,
+    peerEvents: [], integrity: 0, segments: 0, errors: [], fallbackWhy: [],
+  };
+  // Page errors (including a wasm panic, logged with console.error) go into the report.
+  function noteError(msg) { if (m.errors.length < 20) m.errors.push(String(msg).slice(0, 500)); }
+  window.addEventListener("error", function (e) { noteError(e.message); });
+  window.addEventListener("unhandledrejection", function (e) { noteError(e.reason && e.reason.stack || e.reason); });
+  var consoleError = console.error;
+  console.error = function () { noteError(Array.prototype.join.call(arguments, " ")); consoleError.apply(console, arguments); };
+  var hls = new Hls({ liveSyncDurationCount: 3 });
+  var peer = P2PCDN.attach(hls, video, {
+    signal: signal, p2p: p2p, __tamper: tamper,
+    onFragment: function (sn, bytes) {
+      // Hash what hls.js is given, independently of the wasm core, so tests can compare it
+      // with the origin's files.
+      crypto.subtle.digest("SHA-256", bytes).then(function (h) {
+        m.p2pFragments[sn] = Array.from(new Uint8Array(h)).map(function (b) { return b.toString(16).padStart(2, "0"); }).join("");
+      });
+    },
+    onFallback: function (sn, why) { m.fallbacks++; if (m.fallbackWhy.length < 20) m.fallbackWhy.push(sn + ": " + why); },
+  });
+  hls.on(Hls.Events.FRAG_LOADED, function (_e, d) {
+    if (d.frag && d.frag.stats && !m.p2pFragments.hasOwnProperty(d.frag.sn)) m.httpLoaderBytes += d.frag.stats.loaded || 0;
+  });
+  hls.on(Hls.Events.ERROR, function (_e, d) {
+    if (d.details === Hls.ErrorDetails.BUFFER_STALLED_ERROR) m.bufferStalled++;
+    if (d.fatal) { m.fatal.push(d.type + ":" + d.details); log("fatal " + d.details); }
+  });
+  video.addEventListener("playing", function () { m.started = true; });
+  video.addEventListener("waiting", function () { if (m.started) m.waiting++; });
+  peer.on("peer", function (e) { if (m.peerEvents.length < 200) m.peerEvents.push(e); log("peer " + e.peer + " " + e.state + (e.reason ? " (" + e.reason + ")" : "")); });
+  peer.on("integrity", function (e) { m.integrity++; log("integrity failure from " + e.peer + " seq " + e.seq); });
+  peer.on("segment", function (e) { m.segments++; });
+  peer.on("stats", function (s) { m.stats = s; });
+  hls.loadSource(src);
+  hls.attachMedia(video);
+  video.play().catch(function () {});
+
+  function log(s) {
+    var el = document.getElementById("events");
+    var d = document.createElement("div");
+    d.textContent = new Date().toLocaleTimeString() + " " + s;
+    el.insertBefore(d, el.firstChild);
+    while (el.childNodes.length > 50) el.removeChild(el.lastChild);
+  }
+
+  // Panel: bytes per second by source over the last 120 s.
+  var hist = [];
+  var last = { p2p: 0, http: 0 };
+  var canvas = document.getElementById("chart");
+  function fmt(n) { return n > 1e6 ? (n / 1e6).toFixed(2) + " MB" : (n / 1e3).toFixed(0) + " kB"; }
+  function draw() {
+    var ctx = canvas.getContext("2d");
+    var w = canvas.width, h = canvas.height;
+    ctx.clearRect(0, 0, w, h);
+    var max = 1;
+    hist.forEach(function (p) { max = Math.max(max, p.p2p + p.http); });
+    var bw = w / 120;
+    hist.forEach(function (p, i) {
+      var x = i * bw;
+      var hp = (p.p2p / max) * (h - 12), hh = (p.http / max) * (h - 12);
+      ctx.fillStyle = "#2a9d5c"; ctx.fillRect(x, h - hp, bw, hp);
+      ctx.fillStyle = "#3b6fd6"; ctx.fillRect(x, h - hp - hh, bw, hh);
+    });
+    ctx.fillStyle = "#666"; ctx.fillText("max " + (max / 1000).toFixed(0) + " kB/s", 4, 10);
+  }
+  setInterval(function () {
+    m.currentTime = video.currentTime;
+    var fresh = peer.stats();
+    m.borrowed = fresh === null && !!peer.inner;
+    var s = fresh || m.stats || {};
+    var p2pB = s.deliveredP2pBytes || 0, httpB = s.deliveredHttpBytes || 0;
+    if (!p2p) httpB = m.httpLoaderBytes;
+    hist.push({ p2p: p2pB - last.p2p, http: httpB - last.http });
+    last = { p2p: p2pB, http: httpB };
+    if (hist.length > 120) hist.shift();
+    draw();
+    var tot = p2pB + httpB;
+    document.getElementById("offload").textContent = tot ? (100 * p2pB / tot).toFixed(1) + " %" : "–";
+    var kv = {
+      "P2P bytes": fmt(p2pB), "HTTP bytes": fmt(httpB), "uploaded": fmt(s.uploadedBytes || 0),
+      "peers": s.peers || 0, "integrity failures": s.integrityFailures || 0,
+      "banned peers": (s.banned || []).length, "stalls": m.waiting, "peer id": s.peerId,
+    };
+    document.getElementById("kv").innerHTML = Object.keys(kv).map(function (k) { return "<span>" + k + "</span><b>" + kv[k] + "</b>"; }).join("");
+    if (report) {
+      m.stats = s;
+      fetch("/report?id=" + encodeURIComponent(pageId), { method: "POST", body: JSON.stringify(m) }).catch(function () {});
+    }
+  }, 1000);
+  window.__p2pDemo = m;
+})();

@@ -1,0 +1,41 @@
+// hls.js integration (peer-wasm/js/p2p-cdn-hls.js), global `P2PCDN`.
+declare namespace P2PCDN {
+  interface PeerOptions {
+    /** WebSocket URL of the signaling server (default: the script tag's `data-signal`). */
+    signal?: string;
+    /** Swarm id override (default: playlist URL without query, `|`, empty rendition). */
+    swarm?: string;
+    iceServers?: RTCIceServer[];
+    /** Upload cap in bytes per second. */
+    uploadCap?: number;
+    /** Fetch from / serve peers (default true). */
+    p2p?: boolean;
+    /** The viewer agreed to P2P (default true; false disables it). */
+    consent?: boolean;
+    maxPeers?: number;
+    /** Debug only: corrupt every uploaded chunk (tests the others' integrity checks). */
+    __tamper?: boolean;
+  }
+  interface AttachOptions extends PeerOptions {
+    peer?: Peer;
+    /** Called with every fragment delivered through P2P (after verification). */
+    onFragment?: (sn: number, bytes: Uint8Array) => void;
+    /** Called when a fragment falls back to hls.js's own loader. */
+    onFallback?: (sn: number) => void;
+  }
+  class Peer {
+    constructor(opts?: PeerOptions);
+    readonly ready: Promise<Peer | null>;
+    on(event: "segment" | "peer" | "integrity" | "stats" | "error", fn: (e: any) => void): void;
+    playlistLoaded(url: string): void;
+    fetchSegment(url: string, opts?: { sn?: number; deadline?: number }): Promise<Uint8Array>;
+    cancel(sn: number): void;
+    reportStall(): void;
+    stats(): any;
+    destroy(): void;
+  }
+  function attach(hls: any, video: HTMLMediaElement | null, opts?: AttachOptions): Peer;
+  function loader(Hls: any, peer: Peer, video: HTMLMediaElement | null, hooks?: AttachOptions): any;
+  function autoAttach(): void;
+  function ready(): Promise<unknown>;
+}

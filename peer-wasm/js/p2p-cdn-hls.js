@@ -1,0 +1,214 @@
+// P2P CDN: hls.js integration and script-tag attach. Appended to the wasm-bindgen glue
+// (`no-modules`, global `__p2pCdnWasm`) by `cargo xtask wasm` to form `dist/p2p-cdn.js`.
+//
+//   <script src="hls.min.js"></script>
+//   <script src="p2p-cdn.js" data-signal="wss://signal.example/ws"></script>
+//   P2PCDN.attach(hls, video);                   // one line for an existing hls.js instance
+//   <video data-p2p-src="https://cdn.example/live/index.m3u8" muted autoplay></video>  // auto
+//
+// Nothing here may break playback: every fragment P2P cannot deliver (not ready, unknown
+// segment, error, too late) is loaded by hls.js's own loader.
+(function (global) {
+  "use strict";
+  var script = typeof document !== "undefined" ? document.currentScript : null;
+  var base = script && script.src ? script.src : typeof location !== "undefined" ? location.href : "";
+  var defaultSignal = script && script.dataset ? script.dataset.signal : undefined;
+  var wasmReady = null;
+  // The glue declares it with `let` at the top of this same script (not a window property).
+  // eslint-disable-next-line no-undef
+  var W = typeof __p2pCdnWasm !== "undefined" ? __p2pCdnWasm : global.__p2pCdnWasm;
+
+  function init() {
+    if (!wasmReady) {
+      wasmReady = W({ module_or_path: new URL("p2p-cdn_bg.wasm", base).href });
+    }
+    return wasmReady;
+  }
+
+  // A peer usable synchronously: calls made before the wasm module is ready are replayed.
+  function Peer(opts) {
+    opts = Object.assign({ signal: defaultSignal }, opts || {});
+    var self = this;
+    this.opts = opts;
+    this.inner = null;
+    this.destroyed = false;
+    this.playlist = null;
+    this.listeners = [];
+    this.ready = init().then(function () {
+      if (self.destroyed) return null;
+      self.inner = new W.P2pPeer(opts);
+      self.listeners.forEach(function (l) { self.inner.on(l[0], l[1]); });
+      if (self.playlist) self.inner.playlistLoaded(self.playlist);
+      return self;
+    });
+  }
+  Peer.prototype.on = function (name, fn) {
+    if (this.inner) this.inner.on(name, fn);
+    else this.listeners.push([name, fn]);
+  };
+  Peer.prototype.playlistLoaded = function (url) {
+    this.playlist = url;
+    if (this.inner) this.inner.playlistLoaded(url);
+  };
+  Peer.prototype.usable = function () {
+    return !!this.inner && !this.destroyed && this.opts.p2p !== false && this.opts.consent !== false;
+  };
+  Peer.prototype.fetchSegment = function (url, opts) {
+    if (!this.inner) return Promise.reject(new Error("p2p not ready"));
+    return this.inner.fetchSegment(url, opts || {});
+  };
+  Peer.prototype.cancel = function (sn) { if (this.inner) this.inner.cancel(sn); };
+  Peer.prototype.reportStall = function () { if (this.inner) this.inner.reportStall(); };
+  Peer.prototype.stats = function () { return this.inner ? this.inner.stats() : null; };
+  Peer.prototype.destroy = function () {
+    this.destroyed = true;
+    if (this.inner) { this.inner.destroy(); this.inner.free(); this.inner = null; }
+  };
+
+  function newStats() {
+    return {
+      aborted: false, loaded: 0, retry: 0, total: 0, chunkCount: 0, bwEstimate: 0,
+      loading: { start: 0, first: 0, end: 0 },
+      parsing: { start: 0, end: 0 },
+      buffering: { start: 0, first: 0, end: 0 },
+    };
+  }
+
+  // Milliseconds until the player needs the fragment: playback reaches its start (or the end
+  // of the contiguous buffer, if that comes first). Before playback starts: now-ish.
+  function deadlineMs(frag, video) {
+    if (!video || video.readyState < 3 || video.paused) return 1000;
+    var t = video.currentTime;
+    var end = t;
+    var b = video.buffered;
+    for (var i = 0; i < b.length; i++) {
+      if (b.start(i) <= t + 0.1 && b.end(i) > end) end = b.end(i);
+    }
+    var until = Math.min(frag.start, end) - t;
+    var rate = video.playbackRate > 0 ? video.playbackRate : 1;
+    return Math.max(300, Math.min(60000, (until * 1000) / rate));
+  }
+
+  // A loader class for hls.js's `fLoader`: fragments through the peer, everything else (and
+  // every failure) through hls.js's default loader.
+  function makeLoader(Hls, peer, video, hooks) {
+    var Default = Hls.DefaultConfig.loader;
+    function P2PLoader(config) {
+      this.config = config;
+      this.inner = new Default(config);
+      this.stats = this.inner.stats;
+      this.context = null;
+      this.callbacks = null;
+      this.pending = false;
+      this.sn = null;
+      this.timer = null;
+    }
+    P2PLoader.prototype.load = function (context, config, callbacks) {
+      var frag = context.frag;
+      var self = this;
+      var sn = frag && typeof frag.sn === "number" ? frag.sn : null;
+      var ranged = context.rangeStart || context.rangeEnd;
+      if (sn === null || ranged || !peer.usable()) {
+        this.inner.load(context, config, callbacks);
+        this.stats = this.inner.stats;
+        return;
+      }
+      this.context = context;
+      this.callbacks = callbacks;
+      this.sn = sn;
+      this.pending = true;
+      var stats = (this.stats = newStats());
+      stats.loading.start = performance.now();
+      var deadline = deadlineMs(frag, video);
+      var fallback = function (err) {
+        if (!self.pending) return;
+        self.pending = false;
+        clearTimeout(self.timer);
+        peer.cancel(sn);
+        if (hooks && hooks.onFallback) hooks.onFallback(sn, err ? String(err.message || err) : "timeout");
+        self.inner.load(context, config, callbacks);
+        self.stats = self.inner.stats;
+      };
+      // Safety net: the core already falls back to HTTP before the deadline; this only
+      // catches a stuck driver.
+      this.timer = setTimeout(fallback, Math.max(deadline, 2000) + 4000);
+      peer.fetchSegment(context.url, { sn: sn, deadline: deadline }).then(function (bytes) {
+        if (!self.pending) return;
+        self.pending = false;
+        clearTimeout(self.timer);
+        var now = performance.now();
+        stats.loading.first = stats.loading.first || now;
+        stats.loading.end = now;
+        stats.loaded = stats.total = bytes.byteLength;
+        if (hooks && hooks.onFragment) hooks.onFragment(sn, bytes);
+        callbacks.onSuccess({ url: context.url, data: bytes.buffer }, stats, context, null);
+      }, fallback);
+    };
+    P2PLoader.prototype.abort = function () {
+      if (this.pending) {
+        this.pending = false;
+        clearTimeout(this.timer);
+        peer.cancel(this.sn);
+        this.stats.aborted = true;
+        if (this.callbacks && this.callbacks.onAbort) this.callbacks.onAbort(this.stats, this.context, null);
+      } else {
+        this.inner.abort();
+      }
+    };
+    P2PLoader.prototype.destroy = function () {
+      if (this.pending) { this.pending = false; clearTimeout(this.timer); peer.cancel(this.sn); }
+      this.callbacks = null;
+      this.inner.destroy();
+    };
+    return P2PLoader;
+  }
+
+  // Wires a peer into an hls.js instance (before or after loadSource). Returns the peer.
+  function attach(hls, video, opts) {
+    var Hls = hls.constructor;
+    opts = opts || {};
+    var peer = opts.peer || new Peer(opts);
+    if (opts.p2p === false) return peer;
+    hls.config.fLoader = makeLoader(Hls, peer, video, opts);
+    hls.on(Hls.Events.LEVEL_LOADED, function (_e, data) {
+      if (data && data.details && data.details.url) peer.playlistLoaded(data.details.url);
+    });
+    if (video) {
+      var started = false;
+      video.addEventListener("playing", function () { started = true; });
+      video.addEventListener("waiting", function () { if (started) peer.reportStall(); });
+    }
+    hls.on(Hls.Events.DESTROYING, function () { peer.destroy(); });
+    return peer;
+  }
+
+  // `<video data-p2p-src=...>`: hls.js where MSE exists, native HLS otherwise (no P2P).
+  function autoAttach() {
+    var videos = document.querySelectorAll("video[data-p2p-src]");
+    for (var i = 0; i < videos.length; i++) {
+      var v = videos[i];
+      var src = v.getAttribute("data-p2p-src");
+      if (global.Hls && global.Hls.isSupported()) {
+        var hls = new global.Hls();
+        v.p2p = attach(hls, v, {});
+        v.hls = hls;
+        hls.loadSource(src);
+        hls.attachMedia(v);
+      } else {
+        v.src = src;
+      }
+    }
+  }
+
+  global.P2PCDN = {
+    Peer: Peer,
+    attach: attach,
+    loader: makeLoader,
+    autoAttach: autoAttach,
+    ready: init,
+  };
+  if (typeof document !== "undefined" && script && !(script.dataset && script.dataset.auto === "off")) {
+    if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", autoAttach);
+    else autoAttach();
+  }
+})(typeof window !== "undefined" ? window : globalThis);
