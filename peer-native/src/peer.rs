@@ -38,6 +38,9 @@ const MAX_SIGNAL: usize = protocol::signaling::MAX_SIGNAL_LEN;
 const MAX_PENDING_CANDIDATES: usize = 64;
 /// Manifests kept to check what reaches the player (newest kept).
 const MAX_MANIFESTS: usize = 4096;
+/// Signaling reconnection backoff (doubles per failure, reset by a `welcome`).
+const RECONNECT_MIN: Duration = Duration::from_secs(1);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// Retry delay after a failed playlist refresh.
 const REFRESH_RETRY: Duration = Duration::from_secs(1);
 
@@ -94,6 +97,8 @@ pub struct PeerReport {
     pub meta_bytes: u64,
     /// Signaling messages dropped because the WebSocket writer was behind.
     pub signal_dropped: u64,
+    /// Times the signaling connection was lost (or the server asked us to reconnect).
+    pub signal_reconnects: u32,
     /// Why the viewer stopped early, if it did.
     pub error: Option<String>,
 }
@@ -138,7 +143,8 @@ struct Driver {
     https: HashMap<u64, AbortHandle>,
     manifests: BTreeMap<u64, SegmentManifest>,
     client: reqwest::Client,
-    sig_tx: mpsc::Sender<String>,
+    /// Queue of the signaling writer; `None` while disconnected (or HTTP-only).
+    sig_tx: Option<mpsc::Sender<String>>,
     ev_tx: mpsc::Sender<ConnEvent>,
     http_tx: mpsc::Sender<HttpEvent>,
     report: PeerReport,
@@ -152,7 +158,8 @@ impl Driver {
     }
 
     fn signal(&mut self, msg: &ClientMsg) {
-        if self.sig_tx.try_send(msg.to_json()).is_err() {
+        let Some(tx) = &self.sig_tx else { return };
+        if tx.try_send(msg.to_json()).is_err() {
             self.report.signal_dropped += 1;
         }
     }
@@ -590,8 +597,9 @@ async fn http_get(
         .await;
 }
 
-/// Runs one viewer until `stop` turns true (or signaling is lost). The report is returned in
-/// both cases; `error` says why it ended early.
+/// Runs one viewer until `stop` turns true. A lost signaling connection (or a `reconnect`
+/// from the server) is re-established with backoff while peers and HTTP carry on; only a
+/// failure to connect at start ends the viewer early (`error` says why).
 pub async fn run_peer(
     opts: PeerOptions,
     client: reqwest::Client,
@@ -609,35 +617,22 @@ pub async fn run_peer(
             return report;
         }
     };
-    let ws = match tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::connect_async(opts.signal_url.as_str()),
-    )
-    .await
-    {
-        Ok(Ok((ws, _))) => ws,
-        Ok(Err(e)) => {
-            report.error = Some(format!("signaling: {e}"));
-            return report;
-        }
-        Err(_) => {
-            report.error = Some("signaling: connect timeout".into());
-            return report;
-        }
-    };
-    let (mut ws_tx, mut ws_rx) = ws.split();
-    let (sig_tx, mut sig_rx) = mpsc::channel::<String>(SIGNAL_QUEUE);
-    let writer = tokio::spawn(async move {
-        while let Some(m) = sig_rx.recv().await {
-            if ws_tx.send(Message::Text(m.into())).await.is_err() {
-                break;
+    // An HTTP-only viewer stays out of the swarm entirely: joining would give it a seeding slot
+    // it never serves.
+    let mut link = None;
+    if !opts.http_only {
+        match connect_signaling(&opts.signal_url).await {
+            Ok(l) => link = Some(l),
+            Err(e) => {
+                report.error = Some(e);
+                return report;
             }
         }
-        let _ = ws_tx.close().await;
-    });
+    }
     let (ev_tx, mut ev_rx) = mpsc::channel(EVENT_QUEUE);
     let (http_tx, mut http_rx) = mpsc::channel(HTTP_QUEUE);
     let (pl_tx, mut pl_rx) = mpsc::channel::<Result<Refresh, Error>>(1);
+    let (link_tx, mut link_rx) = mpsc::channel::<Result<Link, String>>(1);
 
     let swarm = hls::swarm_id(&playlist_url, &opts.rendition);
     let mut cfg = opts.core.clone();
@@ -646,6 +641,10 @@ pub async fn run_peer(
         cfg.p2p = false;
         cfg.upload = false;
     }
+    let (mut ws_rx, sig_tx, mut writer) = match link {
+        Some((r, tx, w)) => (Some(r), Some(tx), Some(w)),
+        None => (None, None, None),
+    };
     let mut d = Driver {
         player: Player::new(opts.player.clone(), Time::ZERO),
         core: PeerCore::new(cfg),
@@ -667,6 +666,10 @@ pub async fn run_peer(
     };
     let mut refresh_at = Time::ZERO;
     let mut refreshing = false;
+    // Signaling reconnection: when, whether an attempt is running, and the next backoff.
+    let mut reconnect_at: Option<Time> = None;
+    let mut connecting = false;
+    let mut backoff = RECONNECT_MIN;
     loop {
         d.perform();
         let now = d.now();
@@ -681,11 +684,23 @@ pub async fn run_peer(
             d.signal(&ClientMsg::Ping);
             d.ping_at = d.ping_every.map_or(Time(u64::MAX), |e| now + e);
         }
+        if let Some(t) = reconnect_at
+            && now >= t
+            && !connecting
+        {
+            connecting = true;
+            reconnect_at = None;
+            let (url, tx) = (d.opts.signal_url.clone(), link_tx.clone());
+            tokio::spawn(async move {
+                let _ = tx.send(connect_signaling(&url).await).await;
+            });
+        }
         let mut wake = d.ping_at;
         for t in [
             d.core.poll_timeout(),
             d.player.next_check(),
             (!refreshing).then_some(refresh_at),
+            reconnect_at,
         ]
         .into_iter()
         .flatten()
@@ -694,30 +709,78 @@ pub async fn run_peer(
         }
         let sleep_for =
             Duration::from_micros(wake.0.saturating_sub(now.0)).min(Duration::from_secs(3600));
-        tokio::select! {
-            _ = stop.changed() => break,
-            m = ws_rx.next() => match m {
-                Some(Ok(Message::Text(t))) => match ServerMsg::from_json(t.as_str(), MAX_SIGNAL) {
-                    Ok(msg) => d.on_server(msg),
-                    Err(e) => tracing::warn!("bad signaling message: {e}"),
-                },
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                    d.report.error = Some("signaling connection lost".into());
-                    break;
+        let step = tokio::select! {
+            _ = stop.changed() => Step::Stop,
+            m = async {
+                match ws_rx.as_mut() {
+                    Some(r) => r.next().await,
+                    None => std::future::pending().await,
                 }
-                Some(Ok(_)) => {}
-            },
-            Some(ev) = ev_rx.recv() => d.on_conn(ev),
-            Some(h) = http_rx.recv() => d.on_http(h),
-            Some(r) = pl_rx.recv() => {
+            } => Step::Ws(m),
+            Some(l) = link_rx.recv() => Step::Link(l),
+            Some(ev) = ev_rx.recv() => Step::Conn(ev),
+            Some(h) = http_rx.recv() => Step::Http(h),
+            Some(r) = pl_rx.recv() => Step::Refresh(r),
+            _ = tokio::time::sleep(sleep_for) => Step::Timer,
+        };
+        let mut lost: Option<Duration> = None;
+        match step {
+            Step::Stop => break,
+            Step::Ws(Some(Ok(Message::Text(t)))) => {
+                match ServerMsg::from_json(t.as_str(), MAX_SIGNAL) {
+                    Ok(ServerMsg::Reconnect { after_ms }) => {
+                        d.core
+                            .handle_signal(d.now(), ServerMsg::Reconnect { after_ms });
+                        lost = Some(Duration::from_millis(u64::from(after_ms)));
+                    }
+                    Ok(msg) => {
+                        if matches!(msg, ServerMsg::Welcome { .. }) {
+                            backoff = RECONNECT_MIN;
+                        }
+                        d.on_server(msg);
+                    }
+                    Err(e) => tracing::warn!("bad signaling message: {e}"),
+                }
+            }
+            Step::Ws(Some(Ok(_))) => {}
+            Step::Ws(None | Some(Err(_))) => {
+                lost = Some(backoff);
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+            }
+            Step::Link(r) => {
+                connecting = false;
+                match r {
+                    Ok((r, tx, w)) => {
+                        ws_rx = Some(r);
+                        d.sig_tx = Some(tx);
+                        writer = Some(w);
+                    }
+                    Err(e) => {
+                        tracing::debug!("signaling reconnect: {e}");
+                        reconnect_at = Some(d.now() + backoff);
+                        backoff = (backoff * 2).min(RECONNECT_MAX);
+                    }
+                }
+            }
+            Step::Conn(ev) => d.on_conn(ev),
+            Step::Http(h) => d.on_http(h),
+            Step::Refresh(r) => {
                 refreshing = false;
                 refresh_at = d.on_refresh(r);
             }
-            _ = tokio::time::sleep(sleep_for) => {
+            Step::Timer => {
                 let now = d.now();
                 d.core.handle_timeout(now);
                 d.player.on_timer(now, &mut d.core);
             }
+        }
+        if let Some(after) = lost {
+            // Peers keep their channels; the core rejoins on the next `welcome`.
+            d.report.signal_reconnects += 1;
+            ws_rx = None;
+            d.sig_tx = None;
+            d.ping_at = Time(u64::MAX);
+            reconnect_at = Some(d.now() + after);
         }
     }
     // Leave cleanly: tell the server, close every connection, stop transfers.
@@ -739,8 +802,50 @@ pub async fn run_peer(
     report.startup = d.player.startup;
     report.played = d.player.played;
     drop(d.sig_tx);
-    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+    if let Some(w) = writer {
+        let _ = tokio::time::timeout(Duration::from_secs(1), w).await;
+    }
     report
+}
+
+enum Step {
+    Stop,
+    Ws(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
+    Link(Result<Link, String>),
+    Conn(ConnEvent),
+    Http(HttpEvent),
+    Refresh(Result<Refresh, Error>),
+    Timer,
+}
+
+type WsRead = futures_util::stream::SplitStream<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+>;
+/// A signaling connection: its read half, the writer's queue and the writer task.
+type Link = (WsRead, mpsc::Sender<String>, tokio::task::JoinHandle<()>);
+
+async fn connect_signaling(url: &str) -> Result<Link, String> {
+    let ws = match tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(url),
+    )
+    .await
+    {
+        Ok(Ok((ws, _))) => ws,
+        Ok(Err(e)) => return Err(format!("signaling: {e}")),
+        Err(_) => return Err("signaling: connect timeout".into()),
+    };
+    let (mut ws_tx, ws_rx) = ws.split();
+    let (sig_tx, mut sig_rx) = mpsc::channel::<String>(SIGNAL_QUEUE);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = sig_rx.recv().await {
+            if ws_tx.send(Message::Text(m.into())).await.is_err() {
+                break;
+            }
+        }
+        let _ = ws_tx.close().await;
+    });
+    Ok((ws_rx, sig_tx, writer))
 }
 
 #[cfg(test)]

@@ -186,7 +186,12 @@ impl Player {
             self.stalled_since = Some(now);
             self.stalls += 1;
             core.report_stall(now);
-            tracing::debug!(seq, "stall: {}", core.describe_segment(seq));
+            tracing::warn!(
+                seq,
+                t = now.as_secs_f64(),
+                "stall: {}",
+                core.describe_segment(seq)
+            );
             // Urgent now: re-want with the current time as deadline.
             if self.wanted.contains(&seq) {
                 let _ = core.want_segment(now, seq, now);
