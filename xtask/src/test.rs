@@ -1,13 +1,89 @@
 //! `cargo xtask test`: every test, installing what they need first.
+//!
+//! On a fresh Debian machine (as root) it installs, only when missing: Chromium and
+//! chromedriver (the headless browser swarm tests in `tests/tests/browser.rs`), Node.js + npm
+//! (to `npm ci` the pinned binaryen whose `wasm-opt` shrinks the bundle) and Debian's binaryen.
+//! Then it builds the wasm bundle into `dist/` and runs the workspace tests.
+
+use std::path::Path;
+use std::process::Command;
 
 use anyhow::Result;
 
-use crate::util::{self, cargo};
+use crate::util::{self, cargo, root};
 
 #[derive(clap::Args)]
 pub struct Args {}
 
+fn have(bin: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {bin} >/dev/null 2>&1")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// apt-get installs the Debian packages whose binaries are missing (nothing when all exist).
+fn install_system_deps() -> Result<()> {
+    let wanted = [
+        ("/usr/bin/chromium", "chromium"),
+        ("/usr/bin/chromedriver", "chromium-driver"),
+        ("/usr/bin/wasm-opt", "binaryen"),
+        ("/usr/bin/npm", "npm"),
+    ];
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(bin, _)| {
+            !Path::new(bin).exists()
+                && !have(
+                    Path::new(bin)
+                        .file_name()
+                        .and_then(|f| f.to_str())
+                        .unwrap_or(bin),
+                )
+        })
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !have("apt-get") || !is_root() {
+        eprintln!(
+            "xtask: missing {missing:?}; install them (apt-get as root) or the browser tests fail under CI"
+        );
+        return Ok(());
+    }
+    util::run(Command::new("apt-get").arg("update"))?;
+    util::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    Ok(())
+}
+
+/// `npm ci` (binaryen for wasm-opt) when `node_modules` lacks it.
+fn install_npm_deps() -> Result<()> {
+    if root().join("node_modules/.bin/wasm-opt").exists() || !have("npm") {
+        return Ok(());
+    }
+    util::run(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(root()),
+    )
+}
+
 pub fn run_tests() -> Result<()> {
+    install_system_deps()?;
+    install_npm_deps()?;
     // The IO-free crates must build for the browser.
     util::run(cargo().args([
         "build",
@@ -18,6 +94,8 @@ pub fn run_tests() -> Result<()> {
         "-p",
         "peer-core",
     ]))?;
+    // The bundle the browser tests serve.
+    crate::wasm::build(true)?;
     util::run(cargo().args(["test", "--workspace", "--release"]))?;
     Ok(())
 }

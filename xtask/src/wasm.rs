@@ -98,13 +98,6 @@ pub fn build(opt: bool) -> Result<()> {
     Ok(())
 }
 
-fn which(bin: &str) -> bool {
-    Command::new(bin)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 /// `node_modules/.bin/wasm-opt` (npm `binaryen`, pinned in package.json), else a system one of
 /// version 116 or later. Debian 12's binaryen 108 mangles wasm-bindgen's externref table (the
 /// page fails with "WebAssembly.Table.set(): Argument 1 is invalid"), so it is not used.
