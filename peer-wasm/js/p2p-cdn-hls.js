@@ -76,6 +76,7 @@
 
   // Milliseconds until the player needs the fragment: playback reaches its start (or the end
   // of the contiguous buffer, if that comes first). Before playback starts: now-ish.
+  var APPEND_MARGIN_MS = 500;
   function deadlineMs(frag, video) {
     if (!video || video.readyState < 3 || video.paused) return 1000;
     var t = video.currentTime;
@@ -86,7 +87,8 @@
     }
     var until = Math.min(frag.start, end) - t;
     var rate = video.playbackRate > 0 ? video.playbackRate : 1;
-    return Math.max(300, Math.min(60000, (until * 1000) / rate));
+    // The player needs the bytes before playback reaches them: demux + append take time.
+    return Math.max(300, Math.min(60000, (until * 1000) / rate - APPEND_MARGIN_MS));
   }
 
   // A loader class for hls.js's `fLoader`: fragments through the peer, everything else (and
