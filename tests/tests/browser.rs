@@ -70,7 +70,10 @@ struct Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SIGTERM to `timeout`, which passes it on to Chromium (a SIGKILL would orphan it).
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
     }
@@ -85,7 +88,10 @@ impl Browser {
             std::env::temp_dir().join(format!("p2p-cdn-chromium-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&profile);
         std::fs::create_dir_all(&profile)?;
-        let child = Command::new(CHROMIUM)
+        // Under `timeout`: a test process killed before `Drop` runs leaves no browser behind
+        // for longer than any case lasts.
+        let child = Command::new("timeout")
+            .args(["-k", "10", "600", CHROMIUM])
             .args([
                 "--headless",
                 "--no-sandbox",
