@@ -78,21 +78,6 @@ pub fn sidecar_url(playlist: &Url) -> Result<Url, Error> {
     Ok(u)
 }
 
-/// The swarm id (docs/PROTOCOL.md §1): stream URL without query and fragment, `|`, rendition;
-/// `sha256:<hex>` of that when it is longer than 255 bytes.
-pub fn swarm_id(playlist: &Url, rendition: &str) -> String {
-    let mut u = playlist.clone();
-    u.set_query(None);
-    u.set_fragment(None);
-    let s = format!("{u}|{rendition}");
-    if s.len() <= protocol::signaling::MAX_SWARM_ID_LEN {
-        return s;
-    }
-    let h = protocol::manifest::sha256(s.as_bytes());
-    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
-}
-
 /// One refresh: the playlist and its sidecar, segment URLs resolved.
 #[derive(Debug)]
 pub struct Refresh {
@@ -162,14 +147,11 @@ mod tests {
     }
 
     #[test]
-    fn sidecar_and_swarm() {
+    fn sidecar_url_drops_query() {
         let u = Url::parse("http://h/synthetic/s/index.m3u8?token=1").expect("url");
         assert_eq!(
             sidecar_url(&u).expect("sidecar").as_str(),
             "http://h/synthetic/s/index.integrity.json"
         );
-        assert_eq!(swarm_id(&u, "0"), "http://h/synthetic/s/index.m3u8|0");
-        let long = Url::parse(&format!("http://h/{}.m3u8", "a".repeat(300))).expect("url");
-        assert_eq!(swarm_id(&long, "0").len(), 7 + 64);
     }
 }

@@ -50,7 +50,8 @@ pub struct PeerOptions {
     pub signal_url: String,
     /// Media playlist URL.
     pub playlist_url: String,
-    /// Rendition name in the swarm id.
+    /// Rendition name in the swarm id (`""` for a media playlist played directly, as the
+    /// browser peer does).
     pub rendition: String,
     /// Core configuration (`swarm` is set from the playlist URL).
     pub core: Config,
@@ -67,7 +68,7 @@ impl PeerOptions {
         PeerOptions {
             signal_url: signal_url.into(),
             playlist_url: playlist_url.into(),
-            rendition: "0".into(),
+            rendition: String::new(),
             core: Config::default(),
             player: PlayerConfig::default(),
             tamper: false,
@@ -634,7 +635,8 @@ pub async fn run_peer(
     let (pl_tx, mut pl_rx) = mpsc::channel::<Result<Refresh, Error>>(1);
     let (link_tx, mut link_rx) = mpsc::channel::<Result<Link, String>>(1);
 
-    let swarm = hls::swarm_id(&playlist_url, &opts.rendition);
+    // The same id the browser peer computes from the same playlist URL string.
+    let swarm = protocol::signaling::swarm_id(&opts.playlist_url, &opts.rendition);
     let mut cfg = opts.core.clone();
     cfg.swarm = swarm.clone();
     if opts.http_only {
