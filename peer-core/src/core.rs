@@ -428,7 +428,10 @@ impl PeerCore {
             && self.serve_total > 0
         {
             let need = (CHUNK_SIZE as f64 - self.upload_tokens).max(0.0);
-            at(self.upload_tokens_at + Duration::from_secs_f64(need / cap.max(1) as f64));
+            // Rounded up, plus 1 µs: `Time` has µs resolution, and a wake-up that lands a hair
+            // before the bucket holds a full chunk would find it short and set no new timer.
+            let wait_us = (need * 1e6 / cap.max(1) as f64).ceil() as u64 + 1;
+            at(self.upload_tokens_at + Duration::from_micros(wait_us));
         }
         t
     }

@@ -13,12 +13,15 @@
 //!   receiving) are requested from the peer expected to deliver soonest, a few per request.
 //!   Every chunk is verified before it is stored, announced to other peers (cut-through relay)
 //!   or handed to the player.
-//! * **Live edge**: the signaling server gives every member a slot; the member with
-//!   `slot == seq % slots` fetches `seq` from the origin as soon as it is wanted, and the rest
-//!   of the swarm pulls its chunks as they arrive. If no neighbour holds any chunk
-//!   `backup_seed_delay` later, the next slot's member fetches it too.
-//! * **Deadline**: at `deadline − 2 × (expected HTTP time) − http_margin` every chunk still
-//!   missing (or still in flight from a peer) is fetched from the origin by Range.
+//! * **Live edge**: the signaling server gives every member a slot. Each segment is split into
+//!   `k = min(origin_seeders, slots)` parts; the member with slot `(seq + j) % slots` fetches
+//!   part `j` from the origin by Range as soon as the segment is announced, and super-seeds it
+//!   (each chunk shown to one neighbour until it has been uploaded once). If no neighbour holds
+//!   any chunk of a part `backup_seed_delay` later, the next slot's member fetches that part too.
+//!   See docs/ARCHITECTURE.md.
+//! * **Deadline**: at `deadline − 1.5 × (expected HTTP time) − http_margin` every chunk still
+//!   missing (or still in flight from a peer) is fetched from the origin by Range; the expected
+//!   time uses the measured HTTP round trip and throughput.
 //! * A peer request with no progress for `peer_stall_timeout` is cancelled and its chunks go
 //!   elsewhere.
 //! * A peer that sends a chunk failing verification, a chunk not asked for, more bytes than a

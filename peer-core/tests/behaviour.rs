@@ -166,7 +166,6 @@ fn upload_cap_is_respected() {
 /// Same without the driver's periodic inputs: the core must wake itself (at `poll_timeout`)
 /// when the token bucket has refilled.
 #[test]
-#[ignore = "BUG: upload timer lost to µs truncation (tokens 16383.99 < 16384 at the wake-up poll_timeout gave, then no timer), uploads stall until an unrelated input"]
 fn upload_cap_wakes_itself() {
     upload_cap_run(false);
 }
