@@ -14,6 +14,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    // The pinned wasm-opt (npm), so the demo serves the same bundle as the tests.
+    crate::test::install_npm_deps()?;
     crate::wasm::build(true)?;
     util::run(
         cargo()

@@ -70,7 +70,7 @@ fn install_system_deps() -> Result<()> {
 }
 
 /// `npm ci` (binaryen for wasm-opt) when `node_modules` lacks it.
-fn install_npm_deps() -> Result<()> {
+pub fn install_npm_deps() -> Result<()> {
     if root().join("node_modules/.bin/wasm-opt").exists() || !have("npm") {
         return Ok(());
     }
