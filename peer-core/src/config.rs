@@ -40,6 +40,9 @@ pub struct Config {
     /// Backup seeder: the member after the designated one fetches from the origin when no
     /// neighbour has any chunk of the segment this long after it was announced.
     pub backup_seed_delay: Duration,
+    /// Backup seeders tried one after another per part, each `backup_seed_delay` after the
+    /// previous: round `m` is the member `origin_seeders + m − 1` slots after the designated one.
+    pub backup_rounds: usize,
     /// How long chunks fetched from the origin are announced to one neighbour each
     /// (super-seeding) before they are announced to all.
     pub super_seed_time: Duration,
@@ -68,6 +71,7 @@ impl Default for Config {
             peer_stall_timeout: Duration::from_millis(1500),
             http_margin: Duration::from_millis(500),
             backup_seed_delay: Duration::from_millis(1500),
+            backup_rounds: 3,
             origin_seeders: 10,
             connect_timeout: Duration::from_secs(10),
             super_seed_time: Duration::from_millis(1500),

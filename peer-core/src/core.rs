@@ -99,6 +99,10 @@ struct Remote {
     buffered: usize,
     /// Last chunk from this peer, or when our first outstanding request to it was sent.
     last_progress: Time,
+    /// It has sent us at least one chunk that verified. Only such peers' `Have`s hold back a
+    /// backup seeder: a corrupting peer not yet caught by us would otherwise suppress the
+    /// backup of the part it was designated for (it fetched it, advertises it, serves garbage).
+    vouched: bool,
 }
 
 impl Remote {
@@ -116,6 +120,7 @@ impl Remote {
             penalty_until: Time::ZERO,
             buffered: 0,
             last_progress: now,
+            vouched: false,
         }
     }
     fn has(&self, seq: u64, index: usize) -> bool {
@@ -403,7 +408,9 @@ impl PeerCore {
                 && !s.complete()
             {
                 at(self.cutoff(s, deadline));
-                at(s.discovered + self.cfg.backup_seed_delay);
+                for m in 1..=self.cfg.backup_rounds.max(1) {
+                    at(s.discovered + self.cfg.backup_seed_delay * m as u32);
+                }
                 if s.http_retry_at > Time::ZERO {
                     at(s.http_retry_at);
                 }
@@ -865,6 +872,7 @@ impl PeerCore {
             req.last_progress = now;
             let done = req.remaining() == 0;
             if let Some(r) = self.peers.get_mut(&peer) {
+                r.vouched = true;
                 let elapsed = now.since(r.last_progress).as_secs_f64().max(0.001);
                 r.last_progress = now;
                 r.inflight = r.inflight.saturating_sub(1);
@@ -1320,15 +1328,24 @@ impl PeerCore {
             let part = self.seed_part(seq);
             // Backup per part: the member `parts` slots further fetches part `j` when no
             // neighbour holds any of its chunks a while after the segment appeared (its seeder
-            // left, was banned, or is slow).
+            // left, was banned, or is slow); if that backup failed too (it may be a corrupting
+            // peer everybody banned), the next member tries after twice the delay, and so on
+            // for `backup_rounds` (consecutive members: `m × parts` would cycle back to the
+            // designated one when there are `2 × parts` slots).
+            let since = now.since(s.discovered);
             let backup_part = if waited {
                 (0..parts).find(|&j| {
                     let r = (j * n / parts)..((j + 1) * n / parts);
-                    self.designated(seq, (j + parts) as u64)
-                        && !r.clone().any(|i| {
-                            s.chunks[i].data.is_some()
-                                || self.peers.values().any(|p| p.open && p.has(seq, i))
-                        })
+                    (1..=self.cfg.backup_rounds.max(1)).any(|m| {
+                        since >= self.cfg.backup_seed_delay * m as u32
+                            && self.designated(seq, (j + parts + m - 1) as u64)
+                    }) && !r.clone().any(|i| {
+                        s.chunks[i].data.is_some()
+                            || self
+                                .peers
+                                .values()
+                                .any(|p| p.open && p.vouched && p.has(seq, i))
+                    })
                 })
             } else {
                 None

@@ -106,6 +106,9 @@ pub struct Report {
     pub seconds: f64,
     /// P2P bytes ÷ all bytes delivered to players.
     pub offload: f64,
+    /// The same over honest viewers only: bad viewers, once banned by everybody, play from
+    /// the origin alone and pull `offload` down by themselves.
+    pub offload_honest: f64,
     /// 1 − 1/N.
     pub limit: f64,
     pub stalls: u64,
@@ -151,7 +154,7 @@ impl Report {
 
     pub fn summary(&self) -> String {
         format!(
-            "{} viewers ({} joins, {} bad), {:.0} s: offload {:.1} % (limit {:.1} %), stalls {}, startup p50 {:.0} ms\n\
+            "{} viewers ({} joins, {} bad), {:.0} s: offload {:.1} % (honest viewers {:.1} %, limit {:.1} %), stalls {}, startup p50 {:.0} ms\n\
              origin sent {:.1} MB, peers sent {:.1} MB; delivered {:.1} MB HTTP + {:.1} MB P2P in {} segments\n\
              integrity: {} corrupt segments to players, {}/{} bad peers banned, {} honest banned; {} events\n\
              origin requests: {} designated, {} backup, {} deadline, {} alone; {} peer request timeouts",
@@ -160,6 +163,7 @@ impl Report {
             self.bad,
             self.seconds,
             self.offload * 100.0,
+            self.offload_honest * 100.0,
             self.limit * 100.0,
             self.stalls,
             self.startup_ms_p50,
@@ -1108,8 +1112,13 @@ impl Sim {
             events: self.processed,
             ..Default::default()
         };
+        let (mut honest_http, mut honest_p2p) = (0u64, 0u64);
         for vw in &self.viewers {
             let s = vw.core.stats();
+            if !vw.bad {
+                honest_http += s.delivered_http_bytes;
+                honest_p2p += s.delivered_p2p_bytes;
+            }
             r.stalls += s.stalls as u64;
             r.p2p_bytes += s.p2p_bytes;
             r.delivered_http += s.delivered_http_bytes;
@@ -1133,6 +1142,7 @@ impl Sim {
                 );
             }
         }
+        r.offload_honest = honest_p2p as f64 / (honest_http + honest_p2p).max(1) as f64;
         let total = r.delivered_http + r.delivered_p2p;
         r.offload = if total == 0 {
             0.0
