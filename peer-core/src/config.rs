@@ -42,6 +42,7 @@ pub struct Config {
     pub backup_seed_delay: Duration,
     /// Backup seeders tried one after another per part, each `backup_seed_delay` after the
     /// previous: round `m` is the member `origin_seeders + m − 1` slots after the designated one.
+    /// Rounds after the first only once this peer has banned somebody (see `schedule`).
     pub backup_rounds: usize,
     /// How long chunks fetched from the origin are announced to one neighbour each
     /// (super-seeding) before they are announced to all.

@@ -99,10 +99,6 @@ struct Remote {
     buffered: usize,
     /// Last chunk from this peer, or when our first outstanding request to it was sent.
     last_progress: Time,
-    /// It has sent us at least one chunk that verified. Only such peers' `Have`s hold back a
-    /// backup seeder: a corrupting peer not yet caught by us would otherwise suppress the
-    /// backup of the part it was designated for (it fetched it, advertises it, serves garbage).
-    vouched: bool,
 }
 
 impl Remote {
@@ -120,7 +116,6 @@ impl Remote {
             penalty_until: Time::ZERO,
             buffered: 0,
             last_progress: now,
-            vouched: false,
         }
     }
     fn has(&self, seq: u64, index: usize) -> bool {
@@ -408,7 +403,12 @@ impl PeerCore {
                 && !s.complete()
             {
                 at(self.cutoff(s, deadline));
-                for m in 1..=self.cfg.backup_rounds.max(1) {
+                let rounds = if self.banned.is_empty() {
+                    1
+                } else {
+                    self.cfg.backup_rounds.max(1)
+                };
+                for m in 1..=rounds {
                     at(s.discovered + self.cfg.backup_seed_delay * m as u32);
                 }
                 if s.http_retry_at > Time::ZERO {
@@ -872,7 +872,6 @@ impl PeerCore {
             req.last_progress = now;
             let done = req.remaining() == 0;
             if let Some(r) = self.peers.get_mut(&peer) {
-                r.vouched = true;
                 let elapsed = now.since(r.last_progress).as_secs_f64().max(0.001);
                 r.last_progress = now;
                 r.inflight = r.inflight.saturating_sub(1);
@@ -1328,23 +1327,27 @@ impl PeerCore {
             let part = self.seed_part(seq);
             // Backup per part: the member `parts` slots further fetches part `j` when no
             // neighbour holds any of its chunks a while after the segment appeared (its seeder
-            // left, was banned, or is slow); if that backup failed too (it may be a corrupting
-            // peer everybody banned), the next member tries after twice the delay, and so on
-            // for `backup_rounds` (consecutive members: `m × parts` would cycle back to the
-            // designated one when there are `2 × parts` slots).
+            // left, was banned, or is slow). Once we have banned a peer we know the swarm has
+            // corrupting members, and the backup may be one of them: then the next member tries
+            // after twice the delay, and so on for `backup_rounds` (consecutive members:
+            // `m × parts` would cycle back to the designated one when there are `2 × parts`
+            // slots). Only then: in an honest swarm the extra rounds fire on slow propagation
+            // and their super-seeding hides chunks, which costs more origin bytes than it saves.
             let since = now.since(s.discovered);
+            let rounds = if self.banned.is_empty() {
+                1
+            } else {
+                self.cfg.backup_rounds.max(1)
+            };
             let backup_part = if waited {
                 (0..parts).find(|&j| {
                     let r = (j * n / parts)..((j + 1) * n / parts);
-                    (1..=self.cfg.backup_rounds.max(1)).any(|m| {
+                    (1..=rounds).any(|m| {
                         since >= self.cfg.backup_seed_delay * m as u32
                             && self.designated(seq, (j + parts + m - 1) as u64)
                     }) && !r.clone().any(|i| {
                         s.chunks[i].data.is_some()
-                            || self
-                                .peers
-                                .values()
-                                .any(|p| p.open && p.vouched && p.has(seq, i))
+                            || self.peers.values().any(|p| p.open && p.has(seq, i))
                     })
                 })
             } else {
