@@ -43,6 +43,21 @@ const RECONNECT_MIN: Duration = Duration::from_secs(1);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// Retry delay after a failed playlist refresh.
 const REFRESH_RETRY: Duration = Duration::from_secs(1);
+/// After our data channel opens, how long we stay silent unless the other side speaks first.
+///
+/// Why: the channel is negotiated out of band (see `rtc`), and webrtc 0.21 (rtc 0.21.1) drops a
+/// message that reaches a negotiated channel before that side has processed its own SCTP
+/// "connected" event (`DataChannelHandler.handle_read got error: data channel not existed`,
+/// then `there already exists a stream`): the side whose association came up first could
+/// otherwise lose its Hello and Haves to the side that is a few packets behind. A message from
+/// the other side proves its channel is ready, so it ends the wait at once (a browser peer
+/// always speaks first: its stack has no such window).
+const OPEN_GRACE: Duration = Duration::from_millis(300);
+/// An open channel on which the other side sent nothing (not even its Hello, which every peer
+/// sends as soon as its channel opens) for this long lost its first messages to that race
+/// (possible when this process was too busy to read for longer than [`OPEN_GRACE`]): it is
+/// closed, so that the core stops counting on a neighbour that will never say Hello.
+const SILENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub struct PeerOptions {
@@ -117,6 +132,41 @@ struct Conn {
     writer: Option<(mpsc::Sender<Bytes>, Arc<SendState>)>,
     pending: Vec<RTCIceCandidateInit>,
     setup: Option<AbortHandle>,
+    /// When our side of the channel opened (see [`OPEN_GRACE`]).
+    opened: Option<Time>,
+    /// The core was told the channel is open.
+    released: bool,
+    /// The other side sent at least one message.
+    heard: bool,
+}
+
+impl Conn {
+    fn new(epoch: u64, outgoing: bool, setup: AbortHandle) -> Conn {
+        Conn {
+            epoch,
+            outgoing,
+            pc: None,
+            writer: None,
+            pending: Vec::new(),
+            setup: Some(setup),
+            opened: None,
+            released: false,
+            heard: false,
+        }
+    }
+
+    /// When this connection needs [`Driver::on_conn_timers`]: the end of the open grace, or
+    /// the silence deadline.
+    fn deadline(&self) -> Option<Time> {
+        let opened = self.opened?;
+        if !self.released {
+            Some(opened + OPEN_GRACE)
+        } else if !self.heard {
+            Some(opened + SILENT_TIMEOUT)
+        } else {
+            None
+        }
+    }
 }
 
 impl Conn {
@@ -188,17 +238,8 @@ impl Driver {
                         epoch,
                         self.ev_tx.clone(),
                     ));
-                    self.conns.insert(
-                        peer,
-                        Conn {
-                            epoch,
-                            outgoing: true,
-                            pc: None,
-                            writer: None,
-                            pending: Vec::new(),
-                            setup: Some(task.abort_handle()),
-                        },
-                    );
+                    self.conns
+                        .insert(peer, Conn::new(epoch, true, task.abort_handle()));
                 }
                 Output::Disconnect { peer, reason } => {
                     tracing::debug!(peer, ?reason, "disconnect");
@@ -319,17 +360,8 @@ impl Driver {
                     sdp,
                     self.ev_tx.clone(),
                 ));
-                self.conns.insert(
-                    from,
-                    Conn {
-                        epoch,
-                        outgoing: false,
-                        pc: None,
-                        writer: None,
-                        pending: Vec::new(),
-                        setup: Some(task.abort_handle()),
-                    },
-                );
+                self.conns
+                    .insert(from, Conn::new(epoch, false, task.abort_handle()));
             }
             SignalData::Answer { sdp } => {
                 let Some(c) = self.conns.get(&from) else {
@@ -433,8 +465,27 @@ impl Driver {
                     c.writer = Some((tx, st));
                 }
             }
-            ConnEvent::Open { .. } => self.core.handle_channel_open(now, peer),
-            ConnEvent::Message { data, .. } => self.core.handle_frame(now, peer, data),
+            ConnEvent::Open { .. } => {
+                // The core hears about it after the grace or the first message, whichever
+                // comes first (see OPEN_GRACE).
+                if let Some(c) = self.conns.get_mut(&peer) {
+                    c.opened.get_or_insert(now);
+                }
+            }
+            ConnEvent::Message { data, .. } => {
+                let release = match self.conns.get_mut(&peer) {
+                    Some(c) => {
+                        c.heard = true;
+                        c.opened.get_or_insert(now);
+                        !std::mem::replace(&mut c.released, true)
+                    }
+                    None => false,
+                };
+                if release {
+                    self.core.handle_channel_open(now, peer);
+                }
+                self.core.handle_frame(now, peer, data);
+            }
             ConnEvent::Buffered { .. } => {
                 let level = self
                     .conns
@@ -453,6 +504,35 @@ impl Driver {
                 self.close_conn(peer);
                 self.core.handle_channel_closed(now, peer);
             }
+        }
+    }
+
+    /// Earliest [`Conn::deadline`].
+    fn conn_deadline(&self) -> Option<Time> {
+        self.conns.values().filter_map(Conn::deadline).min()
+    }
+
+    /// Ends open graces that expired (the core may now send) and closes channels that stayed
+    /// silent (see [`SILENT_TIMEOUT`]).
+    fn on_conn_timers(&mut self, now: Time) {
+        let mut release = Vec::new();
+        let mut silent = Vec::new();
+        for (peer, c) in &mut self.conns {
+            let Some(opened) = c.opened else { continue };
+            if !c.released && now >= opened + OPEN_GRACE {
+                c.released = true;
+                release.push(*peer);
+            } else if c.released && !c.heard && now >= opened + SILENT_TIMEOUT {
+                silent.push(*peer);
+            }
+        }
+        for peer in release {
+            self.core.handle_channel_open(now, peer);
+        }
+        for peer in silent {
+            tracing::debug!(peer, "nothing received on an open channel: closing");
+            self.close_conn(peer);
+            self.core.handle_channel_closed(now, peer);
         }
     }
 
@@ -703,6 +783,7 @@ pub async fn run_peer(
             d.player.next_check(),
             (!refreshing).then_some(refresh_at),
             reconnect_at,
+            d.conn_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -772,6 +853,7 @@ pub async fn run_peer(
             }
             Step::Timer => {
                 let now = d.now();
+                d.on_conn_timers(now);
                 d.core.handle_timeout(now);
                 d.player.on_timer(now, &mut d.core);
             }

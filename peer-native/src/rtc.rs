@@ -2,6 +2,15 @@
 //! channel per remote peer, non-trickle SDP (we wait for ICE gathering to complete; trickled
 //! candidates from the other side are still accepted).
 //!
+//! The data channel is negotiated out of band (`negotiated: true`, stream id 0) on both sides,
+//! exactly like the browser peer's (peer-wasm `new_conn`): neither side announces it in-band
+//! (DCEP), so an offerer and an answerer each create it themselves and it opens as soon as SCTP
+//! is up. An in-band channel would never meet the browser's: Chromium sends no DCEP `OPEN` for
+//! its negotiated channel (so our `on_data_channel` never fired when it offered), and the
+//! channel we announced got another stream id, which the page never listens to.
+//! webrtc 0.21 drops messages that reach a negotiated channel in the instant before its own
+//! side counts SCTP as up; `peer::OPEN_GRACE` is how the driver stays clear of that window.
+//!
 //! Everything here reports to the peer's task through one bounded event channel; nothing here
 //! takes decisions.
 
@@ -13,14 +22,17 @@ use bytes::{Bytes, BytesMut};
 use protocol::PeerId;
 use protocol::signaling::SignalData;
 use tokio::sync::{Notify, mpsc};
-use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
     RTCPeerConnectionState, RTCSessionDescription,
 };
 
-/// Label of our data channel (informative; peers accept any).
-pub const CHANNEL_LABEL: &str = "p2pcdn";
+/// Label of our data channel (informative: a negotiated channel's label is never sent; the same
+/// as the browser peer's).
+pub const CHANNEL_LABEL: &str = "p2p-cdn";
+/// SCTP stream id of the one negotiated data channel (the browser peer uses 0 too).
+pub const CHANNEL_ID: u16 = 0;
 /// Longest we wait for ICE gathering before sending what we have (host candidates come in
 /// milliseconds; only unreachable STUN servers take long).
 const GATHER_TIMEOUT: Duration = Duration::from_secs(3);
@@ -138,22 +150,40 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_data_channel(&self, dc: Arc<dyn DataChannel>) {
-        let tx = self.tx.clone();
-        let (peer, epoch) = (self.peer, self.epoch);
+        // Only the negotiated channel carries the protocol; a channel the other side announced
+        // in-band is not ours to read. Closed (spawned: never await inside a handler).
+        tracing::debug!(peer = self.peer, "closing an in-band data channel");
         tokio::spawn(async move {
-            if tx
-                .send(ConnEvent::Channel {
-                    peer,
-                    epoch,
-                    dc: dc.clone(),
-                })
-                .await
-                .is_ok()
-            {
-                read_channel(dc, peer, epoch, tx).await;
-            }
+            let _ = dc.close().await;
         });
     }
+}
+
+/// Creates the negotiated channel on `pc` and starts forwarding its events (both the offerer
+/// and the answerer do this; see the module comment).
+async fn open_channel(
+    pc: &Arc<dyn PeerConnection>,
+    peer: PeerId,
+    epoch: u64,
+    tx: &mpsc::Sender<ConnEvent>,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    let init = RTCDataChannelInit {
+        ordered: true,
+        negotiated: Some(CHANNEL_ID),
+        ..Default::default()
+    };
+    let dc = pc
+        .create_data_channel(CHANNEL_LABEL, Some(init))
+        .await
+        .map_err(|e| format!("data channel: {e}"))?;
+    tx.send(ConnEvent::Channel {
+        peer,
+        epoch,
+        dc: dc.clone(),
+    })
+    .await
+    .map_err(|_| "peer task gone")?;
+    Ok(tokio::spawn(read_channel(dc, peer, epoch, tx.clone())))
 }
 
 async fn build(
@@ -199,18 +229,8 @@ async fn local_sdp(pc: &Arc<dyn PeerConnection>, gathered: &Notify) -> Result<St
 pub async fn offer(opts: RtcOptions, peer: PeerId, epoch: u64, tx: mpsc::Sender<ConnEvent>) {
     let r: Result<(), String> = async {
         let (pc, gathered) = build(&opts, peer, epoch, &tx).await?;
-        let dc = pc
-            .create_data_channel(CHANNEL_LABEL, None)
-            .await
-            .map_err(|e| format!("data channel: {e}"))?;
-        tx.send(ConnEvent::Channel {
-            peer,
-            epoch,
-            dc: dc.clone(),
-        })
-        .await
-        .map_err(|_| "peer task gone")?;
-        let reader = tokio::spawn(read_channel(dc, peer, epoch, tx.clone()));
+        // Before the offer, so that it carries the SCTP (application) section.
+        let reader = open_channel(&pc, peer, epoch, &tx).await?;
         let o = pc
             .create_offer(None)
             .await
@@ -252,6 +272,7 @@ pub async fn answer(
         pc.set_remote_description(desc)
             .await
             .map_err(|e| format!("remote description: {e}"))?;
+        let reader = open_channel(&pc, peer, epoch, &tx).await?;
         let a = pc
             .create_answer(None)
             .await
@@ -260,13 +281,17 @@ pub async fn answer(
             .await
             .map_err(|e| format!("local description: {e}"))?;
         let sdp = local_sdp(&pc, &gathered).await?;
-        let _ = tx
+        if tx
             .send(ConnEvent::LocalSdp {
                 peer,
                 epoch,
                 data: SignalData::Answer { sdp },
             })
-            .await;
+            .await
+            .is_err()
+        {
+            reader.abort();
+        }
         Ok(())
     }
     .await;
