@@ -1,6 +1,7 @@
 // Demo page: plays `?src=` with hls.js + the P2P loader and shows a live panel.
 // Query: src (playlist URL), signal (WebSocket URL), p2p=0 (HTTP only), tamper=1 (debug:
-// corrupt uploads), report=1 (POST stats to /report every second, for the browser tests).
+// corrupt uploads), report=1 (POST stats to /report every second, for the browser tests and
+// p2pcdn-load --browsers), reportTo (URL to POST them to instead, for a page served elsewhere).
 (function () {
   "use strict";
   var q = new URLSearchParams(location.search);
@@ -9,6 +10,7 @@
   var p2p = q.get("p2p") !== "0";
   var tamper = q.get("tamper") === "1";
   var report = q.get("report") === "1";
+  var reportTo = q.get("reportTo") || "/report";
   var pageId = q.get("id") || String(Math.random()).slice(2, 8);
   var video = document.getElementById("video");
   document.getElementById("src").textContent = src + (p2p ? "" : " (P2P off)") + (tamper ? " (TAMPER)" : "");
@@ -43,7 +45,11 @@
     if (d.details === Hls.ErrorDetails.BUFFER_STALLED_ERROR) m.bufferStalled++;
     if (d.fatal) { m.fatal.push(d.type + ":" + d.details); log("fatal " + d.details); }
   });
-  video.addEventListener("playing", function () { m.started = true; });
+  video.addEventListener("playing", function () {
+    // Startup: milliseconds from navigation to the first frame playing.
+    if (!m.started) m.startupMs = Math.round(performance.now());
+    m.started = true;
+  });
   video.addEventListener("waiting", function () { if (m.started) m.waiting++; });
   peer.on("peer", function (e) { if (m.peerEvents.length < 200) m.peerEvents.push(e); log("peer " + e.peer + " " + e.state + (e.reason ? " (" + e.reason + ")" : "")); });
   peer.on("integrity", function (e) { m.integrity++; log("integrity failure from " + e.peer + " seq " + e.seq); });
@@ -102,7 +108,8 @@
     document.getElementById("kv").innerHTML = Object.keys(kv).map(function (k) { return "<span>" + k + "</span><b>" + kv[k] + "</b>"; }).join("");
     if (report) {
       m.stats = s;
-      fetch("/report?id=" + encodeURIComponent(pageId), { method: "POST", body: JSON.stringify(m) }).catch(function () {});
+      var sep = reportTo.indexOf("?") < 0 ? "?" : "&";
+      fetch(reportTo + sep + "id=" + encodeURIComponent(pageId), { method: "POST", body: JSON.stringify(m) }).catch(function () {});
     }
   }, 1000);
   window.__p2pDemo = m;

@@ -5,7 +5,9 @@
 //! * [`peer::run_peer`]: one viewer (one task owning its core).
 //! * [`player::Player`]: startup, stalls, live delay (same definitions as `sim`).
 //! * [`swarm::run_swarm`]: N viewers against any deployment, with ramp, churn, tampered peers.
+//! * [`browser`]: headless Chromium pages of the demo (page server, report collector, launcher).
 
+pub mod browser;
 pub mod hls;
 pub mod peer;
 pub mod player;

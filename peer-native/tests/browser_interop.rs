@@ -1,28 +1,34 @@
-//! One native peer (webrtc crate) and one headless Chromium page (the browser peer, demo site)
-//! in the same swarm of a live stream: each receives verified segment bytes from the other.
+//! Native peers (webrtc crate) and one headless Chromium page (the browser peer, demo site) in
+//! the same swarm of a live stream: each side receives verified segment bytes from the other.
+//!
+//! Native A joins before the page and native B after it, so that both WebRTC roles are used
+//! across the native/browser boundary (the newcomer usually makes the offer). Both drivers open
+//! the one data channel as negotiated (id 0); see `peer_native::rtc`.
 //!
 //! Uses the `tests` crate's harness (origin with `media/sample` live, signaling server, demo site
 //! and `dist/` bundle). Skipped with a message when `/usr/bin/chromium` is missing and `CI` is
-//! unset (like the browser tests).
+//! unset (like the browser tests). Chromium's log: `<tmp>/p2p-cdn-native-interop-page.log`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use peer_native::{PeerOptions, run_peer};
-use tests::harness::{self, root};
-
-const CHROMIUM: &str = "/usr/bin/chromium";
+use peer_native::browser::{Chromium, ChromiumOptions, DEFAULT_CHROMIUM, PageReport};
+use peer_native::{PeerOptions, PeerReport, run_peer};
+use serde_json::Value;
+use tests::harness::{self, Env, root};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 fn chromium_available() -> bool {
-    if Path::new(CHROMIUM).exists() {
+    if Path::new(DEFAULT_CHROMIUM).exists() {
         return true;
     }
     assert!(
         std::env::var_os("CI").is_none(),
-        "{CHROMIUM} is missing and CI is set"
+        "{DEFAULT_CHROMIUM} is missing and CI is set"
     );
-    eprintln!("SKIPPED: {CHROMIUM} not found");
+    eprintln!("SKIPPED: {DEFAULT_CHROMIUM} not found");
     false
 }
 
@@ -41,113 +47,140 @@ fn ensure_bundle() {
     assert!(status.success(), "cargo xtask wasm failed");
 }
 
-struct Browser {
-    child: Child,
-    profile: PathBuf,
+fn native(env: &Env) -> (watch::Sender<bool>, JoinHandle<PeerReport>) {
+    let mut opts = PeerOptions::new(
+        format!("ws://{}/ws", env.signal),
+        format!("http://{}/live/sample/index.m3u8", env.origin),
+    );
+    // Loopback and the machine's other interfaces, like Chromium's host candidates.
+    opts.rtc.udp_addrs = vec!["127.0.0.1:0".into(), "0.0.0.0:0".into()];
+    let (stop, rx) = watch::channel(false);
+    (
+        stop,
+        tokio::spawn(run_peer(opts, reqwest::Client::new(), rx)),
+    )
 }
 
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.profile);
-    }
+async fn finish(peer: (watch::Sender<bool>, JoinHandle<PeerReport>)) -> PeerReport {
+    let _ = peer.0.send(true);
+    peer.1.await.expect("native peer task")
 }
 
-fn launch(url: &str) -> Browser {
-    let profile =
-        std::env::temp_dir().join(format!("p2p-cdn-native-interop-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&profile);
-    std::fs::create_dir_all(&profile).expect("profile dir");
-    let log = std::env::temp_dir().join("p2p-cdn-native-interop-page.log");
-    let child = Command::new(CHROMIUM)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--autoplay-policy=no-user-gesture-required",
-            "--allow-loopback-in-peer-connection",
-            "--disable-features=WebRtcHideLocalIpsWithMdns",
-            "--disable-background-timer-throttling",
-            "--disable-renderer-backgrounding",
-            "--mute-audio",
-            "--enable-logging=stderr",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("log file"))
-        .spawn()
-        .expect("starting chromium");
-    Browser { child, profile }
+fn page(env: &Env) -> Option<Value> {
+    env.reports
+        .lock()
+        .ok()
+        .and_then(|r| r.get("chromium").cloned())
 }
 
-/// KNOWN FAILING (ignored): both peers join the same swarm and play, but no bytes flow between
-/// them yet (native: 0 B from the browser, 0 B uploaded; page: 0 P2P bytes). Run with
-/// `-- --ignored` while debugging the native <-> Chromium handshake.
+/// The page saw its channel to `peer` open (the Hello exchange completed).
+fn page_connected_to(page: &Value, peer: Option<u64>) -> bool {
+    page["peerEvents"].as_array().is_some_and(|evs| {
+        evs.iter()
+            .any(|e| e["peer"].as_u64() == peer && e["state"] == "connected")
+    })
+}
+
 #[test]
-#[ignore = "native <-> Chromium exchange not working yet: see the comment"]
 fn native_and_chromium_peers_exchange_verified_segments() {
     if !chromium_available() {
         return;
     }
     ensure_bundle();
+    // `RUST_LOG=warn` shows the webrtc stack's warnings (e.g. dropped early messages).
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let env = harness::start(0).await.expect("harness");
-        let browser = launch(&env.page_url("&report=1&id=chromium&p2p=1&tamper=0"));
-        // Let the page join first, so the native peer connects to it.
         let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(20) {
-            if env.reports.lock().map(|r| r.contains_key("chromium")).unwrap_or(false) {
-                break;
-            }
+        let env = harness::start(0).await.expect("harness");
+        let a = native(&env);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let browser = Chromium::launch(
+            &ChromiumOptions {
+                deadline: Duration::from_secs(180),
+                log: Some(std::env::temp_dir().join("p2p-cdn-native-interop-page.log")),
+                ..Default::default()
+            },
+            &env.page_url("&report=1&id=chromium&p2p=1&tamper=0"),
+        )
+        .expect("starting chromium");
+        let joined = Instant::now();
+        while joined.elapsed() < Duration::from_secs(20) && page(&env).is_none() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let mut opts = PeerOptions::new(
-            format!("ws://{}/ws", env.signal),
-            format!("http://{}/live/sample/index.m3u8", env.origin),
-        );
-        opts.rtc.udp_addrs = vec!["127.0.0.1:0".into(), "0.0.0.0:0".into()];
-        let (stop, rx) = tokio::sync::watch::channel(false);
-        let native = tokio::spawn(run_peer(opts, reqwest_client(), rx));
-        tokio::time::sleep(Duration::from_secs(40)).await;
-        let _ = stop.send(true);
-        let n = native.await.expect("native peer");
-        let page = env.reports.lock().map(|r| r.get("chromium").cloned()).ok().flatten().expect("page report");
+        let b = native(&env);
+        // Several segments (2 s each) after everybody joined: enough for both directions.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let v = page(&env).expect("page report");
         drop(browser);
-        let browser_id = page["stats"]["peerId"].as_u64().expect("browser peer id");
-        let from_browser = n.stats.bytes_from_peer.get(&browser_id).copied().unwrap_or(0);
-        let browser_p2p = page["stats"]["deliveredP2pBytes"].as_f64().unwrap_or(0.0);
+        let (a, b) = (finish(a).await, finish(b).await);
+        let p = PageReport::parse("chromium", &v);
+        let browser_id = p.peer_id.expect("browser peer id");
+        let from_browser = |n: &PeerReport| {
+            n.stats
+                .bytes_from_peer
+                .get(&browser_id)
+                .copied()
+                .unwrap_or(0)
+        };
+        for (name, n) in [("A (before the page)", &a), ("B (after the page)", &b)] {
+            eprintln!(
+                "native {name} {:?}: from browser {} B, uploaded {} B, delivered {} http + {} p2p, \
+                 stalls {}, page connected: {}",
+                n.id,
+                from_browser(n),
+                n.stats.uploaded_bytes,
+                n.stats.delivered_http_bytes,
+                n.stats.delivered_p2p_bytes,
+                n.stalls,
+                page_connected_to(&v, n.id)
+            );
+        }
         eprintln!(
-            "native {:?}: from browser {from_browser} B, uploaded {} B, delivered {} http + {} p2p, stalls {}; \
-             browser {browser_id}: delivered p2p {browser_p2p} B, integrity failures {}",
-            n.id,
-            n.stats.uploaded_bytes,
-            n.stats.delivered_http_bytes,
-            n.stats.delivered_p2p_bytes,
-            n.stalls,
-            page["stats"]["integrityFailures"]
+            "browser {browser_id}: delivered {} http + {} p2p B, uploaded {} B, integrity \
+             failures {}, errors {:?}; {:.0} s in all",
+            p.delivered_http,
+            p.delivered_p2p,
+            p.uploaded,
+            p.integrity_failures,
+            p.errors,
+            t0.elapsed().as_secs_f64()
         );
-        assert!(n.error.is_none(), "native: {:?}", n.error);
-        assert!(from_browser > 0, "the native peer received verified bytes from Chromium");
-        assert!(n.stats.uploaded_bytes > 0, "the native peer served Chromium");
-        assert!(browser_p2p > 0.0, "Chromium played bytes from the native peer");
-        assert_eq!(n.corrupt_segments, 0);
-        assert_eq!(n.stats.integrity_failures, 0);
-        assert_eq!(page["stats"]["integrityFailures"].as_f64().unwrap_or(0.0), 0.0);
+        for n in [&a, &b] {
+            assert!(n.error.is_none(), "native: {:?}", n.error);
+            assert!(
+                page_connected_to(&v, n.id),
+                "the page never opened a channel with native {:?}",
+                n.id
+            );
+            assert_eq!(n.corrupt_segments, 0);
+            assert_eq!(n.stats.integrity_failures, 0);
+            assert!(n.banned.is_empty(), "native banned {:?}", n.banned);
+        }
+        assert!(
+            from_browser(&a) + from_browser(&b) > 0,
+            "the native peers received verified bytes from Chromium"
+        );
+        assert!(p.uploaded > 0, "Chromium served the native peers");
+        // Its only peers are the native ones.
+        assert!(
+            p.delivered_p2p > 0,
+            "Chromium played bytes from native peers"
+        );
+        assert!(
+            a.stats.uploaded_bytes + b.stats.uploaded_bytes > 0,
+            "the native peers served"
+        );
+        assert_eq!(p.integrity_failures, 0, "integrity failures in Chromium");
+        assert!(p.banned.is_empty(), "Chromium banned {:?}", p.banned);
     });
-}
-
-fn reqwest_client() -> reqwest::Client {
-    reqwest::Client::new()
 }
