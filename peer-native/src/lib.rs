@@ -4,8 +4,8 @@
 //!
 //! * [`peer::run_peer`]: one viewer (one task owning its core).
 //! * [`player::Player`]: startup, stalls, live delay (same definitions as `sim`).
-//! * [`swarm::run_swarm`]: N viewers against any deployment, with ramp, churn, tampered peers.
-//! * [`browser`]: headless Chromium pages of the demo (page server, report collector, launcher).
+//! * [`swarm::run_swarm`]: N viewers against any deployment, with ramp, churn, tampered peers,
+//!   and headless Chromium viewers ([`browser`]) in the same swarm.
 
 pub mod browser;
 pub mod hls;
@@ -15,7 +15,7 @@ pub mod rtc;
 pub mod swarm;
 
 pub use peer::{PeerOptions, PeerReport, run_peer};
-pub use swarm::{SwarmOptions, SwarmReport, run_swarm};
+pub use swarm::{BrowserSetup, SwarmOptions, SwarmReport, run_swarm, run_swarm_until};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {

@@ -1,6 +1,9 @@
 //! Many native viewers in one process against any deployment (signaling URL + playlist URL):
-//! ramp-up, churn, tampered peers, HTTP-only baseline; one aggregated report.
+//! ramp-up, churn, tampered peers, HTTP-only baseline; optionally headless Chromium viewers
+//! (the demo page with the browser peer) in the same swarm; one aggregated report.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use peer_core::Config;
@@ -8,6 +11,7 @@ use reqwest::Url;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::browser::{self, Chromium, ChromiumOptions, PageReport, Reports};
 use crate::peer::{PeerOptions, PeerReport, run_peer};
 use crate::player::PlayerConfig;
 use crate::rtc::RtcOptions;
@@ -29,6 +33,37 @@ pub struct SwarmOptions {
     pub core: Config,
     pub player: PlayerConfig,
     pub seed: u64,
+    /// Headless Chromium viewers, joining evenly over the ramp like the native ones.
+    pub browsers: usize,
+    pub browser: BrowserSetup,
+}
+
+/// Where the browsers' page comes from and how they run.
+#[derive(Clone, Debug)]
+pub struct BrowserSetup {
+    pub chromium: PathBuf,
+    /// A deployed copy of the demo page (`demo-site/` + the `dist/` bundle), e.g.
+    /// `https://cdn.example/demo/index.html`; the page is told to report to our collector
+    /// (`reportTo`). `None`: we serve `site_dirs` ourselves.
+    pub page_url: Option<String>,
+    /// Folders served as the page (first match wins): the demo site and the bundle.
+    pub site_dirs: Vec<PathBuf>,
+    /// Address of our page server and report collector.
+    pub listen: SocketAddr,
+    /// Folder for one Chromium log per page (`<id>.log`); `None`: logs discarded.
+    pub log_dir: Option<PathBuf>,
+}
+
+impl Default for BrowserSetup {
+    fn default() -> Self {
+        BrowserSetup {
+            chromium: PathBuf::from(browser::DEFAULT_CHROMIUM),
+            page_url: None,
+            site_dirs: browser::default_site_dirs(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log_dir: None,
+        }
+    }
 }
 
 impl SwarmOptions {
@@ -51,6 +86,8 @@ impl SwarmOptions {
             core: Config::default(),
             player: PlayerConfig::default(),
             seed: 1,
+            browsers: 0,
+            browser: BrowserSetup::default(),
         }
     }
 }
@@ -88,14 +125,73 @@ pub struct SwarmReport {
     /// Process CPU seconds and peak RSS while the swarm ran (this process hosts only viewers).
     pub cpu_secs: f64,
     pub rss_peak_bytes: u64,
+    /// The run was cut short (Ctrl-C): `seconds` is how long it ran.
+    pub interrupted: bool,
     pub peers: Vec<PeerReport>,
+    /// The browsers' latest reports (a browser that never reported is missing).
+    pub pages: Vec<PageReport>,
+}
+
+/// Browser figures (already included in the totals of [`SwarmReport`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BrowserTotals {
+    pub count: usize,
+    pub reported: usize,
+    pub started: usize,
+    pub delivered_http: u64,
+    pub delivered_p2p: u64,
+    pub http_bytes: u64,
+    pub p2p_bytes: u64,
+    pub uploaded: u64,
+    pub stalls: u64,
+    pub startup_ms_p50: f64,
+    pub integrity_failures: u64,
+    pub fallbacks: u64,
 }
 
 impl SwarmReport {
+    pub fn browser_totals(&self) -> BrowserTotals {
+        let mut t = BrowserTotals {
+            count: self.browsers,
+            reported: self.pages.len(),
+            ..Default::default()
+        };
+        let mut startups = Vec::new();
+        for p in &self.pages {
+            t.started += usize::from(p.started);
+            t.delivered_http += p.delivered_http;
+            t.delivered_p2p += p.delivered_p2p;
+            t.http_bytes += p.http_bytes;
+            t.p2p_bytes += p.p2p_bytes;
+            t.uploaded += p.uploaded;
+            t.stalls += p.stalls;
+            t.integrity_failures += p.integrity_failures;
+            t.fallbacks += p.fallbacks;
+            startups.extend(p.startup_ms);
+        }
+        t.startup_ms_p50 = median(&mut startups);
+        t
+    }
+
     pub fn to_json(&self) -> String {
+        let b = self.browser_totals();
         serde_json::json!({
             "viewers": self.viewers,
-            "browsers": self.browsers,
+            "browsers": {
+                "count": b.count,
+                "reported": b.reported,
+                "started": b.started,
+                "delivered_http": b.delivered_http,
+                "delivered_p2p": b.delivered_p2p,
+                "http_bytes": b.http_bytes,
+                "p2p_bytes": b.p2p_bytes,
+                "uploaded": b.uploaded,
+                "stalls": b.stalls,
+                "startup_ms_p50": b.startup_ms_p50.round(),
+                "integrity_failures": b.integrity_failures,
+                "fallbacks": b.fallbacks,
+            },
+            "interrupted": self.interrupted,
             "offload": (self.offload * 10_000.0).round() / 10_000.0,
             "limit": (self.limit * 10_000.0).round() / 10_000.0,
             "stalls": self.stalls,
@@ -122,7 +218,23 @@ impl SwarmReport {
                 "viewers (joins)",
                 format!("{} ({})", self.viewers, self.joins),
             ),
-            ("browsers", self.browsers.to_string()),
+            ("browsers", {
+                let b = self.browser_totals();
+                format!(
+                    "{} ({} reported, {} playing): {:.1} MB HTTP + {:.1} MB P2P, {:.1} MB up, \
+                     {} stalls, startup p50 {:.0} ms, {} integrity failures, {} fallbacks",
+                    b.count,
+                    b.reported,
+                    b.started,
+                    b.delivered_http as f64 / 1e6,
+                    b.delivered_p2p as f64 / 1e6,
+                    b.uploaded as f64 / 1e6,
+                    b.stalls,
+                    b.startup_ms_p50,
+                    b.integrity_failures,
+                    b.fallbacks
+                )
+            }),
             ("seconds", format!("{:.0}", self.seconds)),
             (
                 "offload",
@@ -283,9 +395,151 @@ async fn finish(r: Running) -> PeerReport {
     }
 }
 
+/// The browsers of a run: page server, schedule, running browsers.
+struct Browsers {
+    reports: Reports,
+    /// Page URL without the per-page parameters, and where pages report to (`None`: their own
+    /// `/report`).
+    base: String,
+    report_to: Option<String>,
+    chromium: ChromiumOptions,
+    log_dir: Option<PathBuf>,
+    pending: Vec<(Instant, usize)>,
+    running: Vec<Chromium>,
+}
+
+impl Browsers {
+    async fn start(
+        opts: &SwarmOptions,
+        start: Instant,
+        errors: &mut Vec<String>,
+    ) -> Option<Browsers> {
+        let b = &opts.browser;
+        let reports = Reports::default();
+        // Only the collector when the page is served elsewhere.
+        let dirs = if b.page_url.is_some() {
+            Vec::new()
+        } else {
+            b.site_dirs.clone()
+        };
+        let addr = match browser::serve_pages(b.listen, dirs, reports.clone()).await {
+            Ok(a) => a,
+            Err(e) => {
+                errors.push(format!("browsers: page server: {e}"));
+                return None;
+            }
+        };
+        // The browsers run on this machine: an unspecified listen address is reached on
+        // loopback.
+        let host = if addr.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        } else {
+            addr
+        };
+        let (base, report_to) = match &b.page_url {
+            Some(u) => (u.clone(), Some(format!("http://{host}/report"))),
+            None => (format!("http://{host}/index.html"), None),
+        };
+        let n = opts.browsers;
+        Some(Browsers {
+            reports,
+            base,
+            report_to,
+            chromium: ChromiumOptions {
+                binary: b.chromium.clone(),
+                // Past the end of the run with a margin for the teardown.
+                deadline: Duration::from_secs_f64(opts.seconds.max(0.0) + opts.ramp.max(0.0))
+                    + Duration::from_secs(120),
+                log: None,
+            },
+            log_dir: b.log_dir.clone(),
+            // Spread over the ramp, between the native viewers' join times.
+            pending: (0..n)
+                .map(|k| {
+                    let at = opts.ramp.max(0.0) * (k as f64 + 0.5) / n as f64;
+                    (start + Duration::from_secs_f64(at), k)
+                })
+                .collect(),
+            running: Vec::new(),
+        })
+    }
+
+    fn launch_due(&mut self, opts: &SwarmOptions, now: Instant, errors: &mut Vec<String>) {
+        let mut i = 0;
+        while i < self.pending.len() {
+            if self.pending[i].0 > now {
+                i += 1;
+                continue;
+            }
+            let (_, k) = self.pending.swap_remove(i);
+            let id = format!("b{k}");
+            let url = browser::demo_page_url(
+                &self.base,
+                &opts.playlist_url,
+                &opts.signal_url,
+                &id,
+                !opts.http_only,
+                self.report_to.as_deref(),
+            );
+            let mut c = self.chromium.clone();
+            c.log = self.log_dir.as_ref().map(|d| d.join(format!("{id}.log")));
+            match Chromium::launch(&c, &url) {
+                Ok(b) => self.running.push(b),
+                Err(e) => errors.push(format!("browser {id}: {e}")),
+            }
+        }
+    }
+
+    /// Ends the browsers and returns their latest reports. Every browser is asked to exit
+    /// first, then waited for (off the async threads: waiting blocks).
+    async fn finish(mut self, errors: &mut Vec<String>, count: usize) -> Vec<PageReport> {
+        let reports = self.reports.lock().map(|r| r.clone()).unwrap_or_default();
+        let mut died = 0;
+        for b in &mut self.running {
+            if !b.running() {
+                died += 1;
+            }
+            b.terminate();
+        }
+        if died > 0 {
+            errors.push(format!(
+                "{died} browser(s) exited before the end of the run"
+            ));
+        }
+        let running = std::mem::take(&mut self.running);
+        let _ = tokio::task::spawn_blocking(move || drop(running)).await;
+        let mut pages = Vec::new();
+        for k in 0..count {
+            let id = format!("b{k}");
+            match reports.get(&id) {
+                Some(v) => {
+                    let p = PageReport::parse(&id, v);
+                    for e in p.fatal.iter().chain(&p.errors).take(3) {
+                        errors.push(format!("browser {id}: {e}"));
+                    }
+                    pages.push(p);
+                }
+                None => errors.push(format!("browser {id}: never reported")),
+            }
+        }
+        pages
+    }
+}
+
 /// Runs the swarm for `opts.seconds` and reports. `progress` is called about once a second
 /// with (elapsed seconds, viewers running).
-pub async fn run_swarm(opts: SwarmOptions, mut progress: impl FnMut(f64, usize)) -> SwarmReport {
+pub async fn run_swarm(opts: SwarmOptions, progress: impl FnMut(f64, usize)) -> SwarmReport {
+    // Never interrupted: the sender lives until the run ends.
+    let (_never, stop) = watch::channel(false);
+    run_swarm_until(opts, progress, stop).await
+}
+
+/// [`run_swarm`] that ends early (and still reports) when `stop` turns true.
+pub async fn run_swarm_until(
+    opts: SwarmOptions,
+    mut progress: impl FnMut(f64, usize),
+    stop: watch::Receiver<bool>,
+) -> SwarmReport {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(4)
         .connect_timeout(Duration::from_secs(5))
@@ -300,6 +554,12 @@ pub async fn run_swarm(opts: SwarmOptions, mut progress: impl FnMut(f64, usize))
         |i: usize| bad_count > 0 && (i * bad_count / n.max(1)) != ((i + 1) * bad_count / n.max(1));
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(opts.seconds.max(0.0));
+    let mut errors = Vec::new();
+    let mut browsers = if opts.browsers > 0 {
+        Browsers::start(&opts, start, &mut errors).await
+    } else {
+        None
+    };
     let mut rng = Lcg(opts.seed ^ 0x9E37_79B9_7F4A_7C15);
     let churn_rate = n as f64 * opts.churn_pct_per_min / 100.0 / 60.0;
     let mut next_churn = (churn_rate > 0.0)
@@ -317,9 +577,14 @@ pub async fn run_swarm(opts: SwarmOptions, mut progress: impl FnMut(f64, usize))
     let mut joins = 0usize;
     let mut rss_peak = 0u64;
     let mut last_progress = start;
+    let mut interrupted = false;
     loop {
         let now = Instant::now();
         if now >= end {
+            break;
+        }
+        if *stop.borrow() {
+            interrupted = true;
             break;
         }
         let mut i = 0;
@@ -331,6 +596,9 @@ pub async fn run_swarm(opts: SwarmOptions, mut progress: impl FnMut(f64, usize))
             } else {
                 i += 1;
             }
+        }
+        if let Some(b) = browsers.as_mut() {
+            b.launch_due(&opts, now, &mut errors);
         }
         if let Some(t) = next_churn
             && t <= now
@@ -351,8 +619,14 @@ pub async fn run_swarm(opts: SwarmOptions, mut progress: impl FnMut(f64, usize))
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let ran = start.elapsed().as_secs_f64();
     rss_peak = rss_peak.max(process_rss_bytes());
     let cpu = process_cpu_secs() - cpu0;
+    // Browsers first: their latest reports describe the run, not the teardown.
+    let pages = match browsers {
+        Some(b) => b.finish(&mut errors, opts.browsers).await,
+        None => Vec::new(),
+    };
     let stops: Vec<_> = running.into_iter().map(|(_, r)| finish(r)).collect();
     for rep in futures_util::future::join_all(stops).await {
         done.push(rep);
@@ -360,9 +634,10 @@ pub async fn run_swarm(opts: SwarmOptions, mut progress: impl FnMut(f64, usize))
     // Let the origin finish counting responses that were cut short.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let origin_after = origin_stats_bytes(&client, &opts.playlist_url).await;
-    aggregate(
+    let mut r = aggregate(
         &opts,
         done,
+        pages,
         joins,
         bad_count,
         origin_before
@@ -370,12 +645,25 @@ pub async fn run_swarm(opts: SwarmOptions, mut progress: impl FnMut(f64, usize))
             .map(|(a, b)| b.saturating_sub(a)),
         cpu,
         rss_peak,
-    )
+    );
+    r.errors.extend(errors);
+    if interrupted {
+        r.interrupted = true;
+        r.seconds = ran;
+    }
+    r
 }
 
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn aggregate(
     opts: &SwarmOptions,
     peers: Vec<PeerReport>,
+    pages: Vec<PageReport>,
     joins: usize,
     bad: usize,
     origin: Option<u64>,
@@ -384,8 +672,9 @@ fn aggregate(
 ) -> SwarmReport {
     let mut r = SwarmReport {
         viewers: opts.viewers,
+        browsers: opts.browsers,
         seconds: opts.seconds,
-        limit: 1.0 - 1.0 / opts.viewers.max(1) as f64,
+        limit: 1.0 - 1.0 / (opts.viewers + opts.browsers).max(1) as f64,
         bad,
         joins,
         cpu_secs,
@@ -394,10 +683,12 @@ fn aggregate(
     };
     let mut client_origin = 0u64;
     let mut startups = Vec::new();
+    // Browsers are honest (they never tamper).
     let honest: std::collections::BTreeSet<_> = peers
         .iter()
         .filter(|p| !p.tamper)
         .filter_map(|p| p.id)
+        .chain(pages.iter().filter_map(|p| p.peer_id))
         .collect();
     let bad_ids: std::collections::BTreeSet<_> = peers
         .iter()
@@ -433,6 +724,18 @@ fn aggregate(
             }
         }
     }
+    for p in &pages {
+        r.stalls += p.stalls;
+        r.p2p_bytes += p.p2p_bytes;
+        r.delivered_http += p.delivered_http;
+        r.delivered_p2p += p.delivered_p2p;
+        client_origin += p.http_bytes;
+        startups.extend(p.startup_ms);
+        for b in &p.banned {
+            banned_any.insert(*b);
+            banned_by_honest.insert(*b);
+        }
+    }
     r.banned_bad = bad_ids
         .iter()
         .filter(|b| banned_by_honest.contains(b))
@@ -444,8 +747,7 @@ fn aggregate(
     } else {
         r.delivered_p2p as f64 / total as f64
     };
-    startups.sort_by(|a, b| a.total_cmp(b));
-    r.startup_ms_p50 = startups.get(startups.len() / 2).copied().unwrap_or(0.0);
+    r.startup_ms_p50 = median(&mut startups);
     match origin {
         Some(b) => {
             r.origin_bytes = b;
@@ -457,5 +759,6 @@ fn aggregate(
         }
     }
     r.peers = peers;
+    r.pages = pages;
     r
 }

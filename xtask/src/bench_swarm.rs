@@ -3,6 +3,11 @@
 //! baseline), then P2P with the same viewers. Prints both and their ratio, CPU and memory per
 //! native peer (from /proc, measured by the load process, which hosts only viewers), and ends
 //! with one JSON line.
+//!
+//! `--browsers B` adds B headless Chromium pages (the demo page with the wasm browser peer,
+//! served by `p2pcdn-load` from `demo-site/` + `dist/`, which is built first) to both runs. The
+//! synthetic stream is not playable media, so with browsers (or `--sample`) every viewer plays
+//! the looping live sample `media/sample` instead (≈ 0.9 Mbit/s, 2 s segments).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -19,9 +24,12 @@ pub struct Args {
     /// Native viewers.
     #[arg(long, default_value_t = 50)]
     viewers: usize,
-    /// Headless Chromium viewers (needs the browser peer; not available yet).
+    /// Headless Chromium viewers (demo page + wasm browser peer); implies --sample.
     #[arg(long, default_value_t = 0)]
     browsers: usize,
+    /// Play the looping live sample (media/sample) instead of the synthetic 2 Mbit/s stream.
+    #[arg(long)]
+    sample: bool,
     /// Seconds per run (baseline and P2P each).
     #[arg(long, default_value_t = 120)]
     seconds: u64,
@@ -89,7 +97,15 @@ fn load(
         .args(["--viewers", &args.viewers.to_string()])
         .args(["--seconds", &args.seconds.to_string()])
         .args(["--ramp", &args.ramp.to_string()])
-        .args(["--udp", "127.0.0.1:0"]);
+        .args(["--udp", "127.0.0.1:0"])
+        .args(["--browsers", &args.browsers.to_string()]);
+    if args.browsers > 0 {
+        let logs = std::env::temp_dir().join(format!(
+            "p2pcdn-bench-browsers-{}",
+            if http_only { "http" } else { "p2p" }
+        ));
+        cmd.arg("--browser-logs").arg(logs);
+    }
     if http_only {
         cmd.arg("--http-only");
     }
@@ -115,8 +131,14 @@ fn f(v: &Value, k: &str) -> f64 {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if args.browsers > 0 {
-        bail!("--browsers: the browser peer (peer-wasm demo) is not available yet");
+    let sample = args.sample || args.browsers > 0;
+    if args.browsers > 0 && !std::path::Path::new("/usr/bin/chromium").exists() {
+        bail!("--browsers needs /usr/bin/chromium (apt-get install chromium)");
+    }
+    if args.browsers > 0 && !args.no_build {
+        // The page's bundle (dist/), from this tree, with the pinned wasm-opt like the tests.
+        crate::test::install_npm_deps()?;
+        crate::wasm::build(true)?;
     }
     if !args.no_build {
         util::run(util::cargo().args([
@@ -144,14 +166,28 @@ pub fn run(args: Args) -> Result<()> {
     }
     let mut children = Children(Vec::new());
     let mut o = Command::new(&origin_bin);
-    o.args(["--listen", "127.0.0.1:0", "--synthetic", "swarm=2000:2"])
-        .env("RUST_LOG", "warn");
+    o.args(["--listen", "127.0.0.1:0"]).env("RUST_LOG", "warn");
+    if sample {
+        // The pages are served from another port: they need CORS.
+        o.arg("--media-dir").arg(util::root().join("media")).args([
+            "--live",
+            "sample",
+            "--allow-origin",
+            "*",
+        ]);
+    } else {
+        o.args(["--synthetic", "swarm=2000:2"]);
+    }
     let origin = start(&mut children, o, "http://")?;
     let mut s = Command::new(&signal_bin);
     s.args(["--listen", "127.0.0.1:0", "--max-conns-per-ip", "100000"])
         .env("RUST_LOG", "warn");
     let signal = start(&mut children, s, "listening on ")?;
-    let playlist = format!("http://{origin}/synthetic/swarm/index.m3u8");
+    let playlist = if sample {
+        format!("http://{origin}/live/sample/index.m3u8")
+    } else {
+        format!("http://{origin}/synthetic/swarm/index.m3u8")
+    };
     let signal = format!("ws://{signal}/ws");
     std::thread::sleep(Duration::from_millis(300));
 
@@ -161,8 +197,10 @@ pub fn run(args: Args) -> Result<()> {
     let ob = f(&base, "origin_bytes");
     let op = f(&p2p, "origin_bytes");
     println!(
-        "\nbench swarm: {} native viewers, {} s each run ({:.0} s total)",
+        "\nbench swarm: {} native viewers + {} browsers, {} stream, {} s each run ({:.0} s total)",
         args.viewers,
+        args.browsers,
+        if sample { "sample" } else { "synthetic" },
         args.seconds,
         t0.elapsed().as_secs_f64()
     );
@@ -204,11 +242,32 @@ pub fn run(args: Args) -> Result<()> {
         f(&base, "rss_mb_per_peer"),
         f(&p2p, "rss_mb_per_peer")
     );
+    if args.browsers > 0 {
+        let b = |v: &Value, k: &str| v["browsers"].get(k).and_then(Value::as_f64).unwrap_or(0.0);
+        for (name, k, scale) in [
+            ("browsers playing", "started", 1.0),
+            ("browser HTTP MB", "delivered_http", 1e6),
+            ("browser P2P MB", "delivered_p2p", 1e6),
+            ("browser uploaded MB", "uploaded", 1e6),
+            ("browser stalls", "stalls", 1.0),
+            ("browser startup p50 ms", "startup_ms_p50", 1.0),
+            ("browser integrity fails", "integrity_failures", 1.0),
+        ] {
+            println!(
+                "{name:<24} {:>14.1} {:>14.1}",
+                b(&base, k) / scale,
+                b(&p2p, k) / scale
+            );
+        }
+    }
     let ratio = if ob > 0.0 { op / ob } else { 0.0 };
     println!("origin bytes P2P / HTTP-only: {ratio:.3}");
     let json = serde_json::json!({
         "viewers": args.viewers,
-        "browsers": args.browsers,
+        // The P2P run's browser figures (count, bytes, stalls, startup), already in the totals.
+        "browsers": p2p.get("browsers").cloned().unwrap_or(Value::Null),
+        "baseline_browsers": base.get("browsers").cloned().unwrap_or(Value::Null),
+        "stream": if sample { "sample" } else { "synthetic" },
         "seconds": args.seconds,
         "offload": f(&p2p, "offload"),
         "limit": f(&p2p, "limit"),

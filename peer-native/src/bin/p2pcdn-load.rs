@@ -1,16 +1,30 @@
-//! `p2pcdn-load`: puts N native viewers (real WebRTC, real HTTP, real signaling) on any
-//! deployment and reports offload, stalls, startup, origin bytes and integrity; ends with one
-//! JSON line.
+//! `p2pcdn-load`: puts N native viewers (real WebRTC, real HTTP, real signaling), and
+//! optionally B headless Chromium pages running the browser peer, on any deployment and reports
+//! offload, stalls, startup, origin bytes and integrity; ends with one JSON line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use peer_native::swarm::{SwarmOptions, run_swarm};
+use peer_native::browser::DEFAULT_CHROMIUM;
+use peer_native::swarm::{BrowserSetup, SwarmOptions, run_swarm_until};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "p2pcdn-load",
-    about = "Swarm load test of a P2P CDN deployment with native viewers"
+    about = "Swarm load test of a P2P CDN deployment with native viewers and headless Chromium pages",
+    after_help = "BROWSERS: with --browsers B, B headless Chromium processes (one page each) open the \
+demo page (demo-site/ + the dist/ bundle of `cargo xtask wasm`: hls.js and the wasm browser peer) \
+with ?src=<playlist>&signal=<signal>&report=1&id=b<k>, so they join the same swarm as the native \
+viewers. By default this tool serves that page itself (--site-dir, on --page-listen); the \
+deployment's origin must then allow CORS from it (origin --allow-origin '*'). With --page-url the \
+deployment's own copy of the demo page is opened instead, and it reports to this tool's collector \
+(reportTo=http://<page-listen>/report). Each page posts its counters every second; their HTTP \
+bytes, P2P bytes, stalls and startup are added to the totals and shown under `browsers` in the \
+JSON line. The browsers are ended when the run ends or on Ctrl-C / SIGTERM (a second signal exits \
+at once; `timeout` then ends them at run time + ramp + 120 s)."
 )]
 struct Cli {
     /// Signaling WebSocket URL, e.g. ws://127.0.0.1:8080/ws
@@ -22,9 +36,26 @@ struct Cli {
     /// Native viewers
     #[arg(long, default_value_t = 10)]
     viewers: usize,
-    /// Headless Chromium viewers with the browser peer (needs peer-wasm's demo; not available yet)
+    /// Headless Chromium viewers (the demo page with the browser peer), joining over the ramp
     #[arg(long, default_value_t = 0)]
     browsers: usize,
+    /// Chromium binary
+    #[arg(long, default_value = DEFAULT_CHROMIUM)]
+    chromium: PathBuf,
+    /// A deployed copy of the demo page, e.g. https://cdn.example/demo/index.html (default:
+    /// serve --site-dir)
+    #[arg(long)]
+    page_url: Option<String>,
+    /// Folders served as the demo page, first match wins (repeat; default: demo-site/ and dist/
+    /// of the source tree this tool was built from)
+    #[arg(long)]
+    site_dir: Vec<PathBuf>,
+    /// Address of the page server / report collector
+    #[arg(long, default_value = "127.0.0.1:0")]
+    page_listen: SocketAddr,
+    /// Folder for one Chromium log per page (<id>.log)
+    #[arg(long)]
+    browser_logs: Option<PathBuf>,
     /// Run time in seconds
     #[arg(long, default_value_t = 60.0)]
     seconds: f64,
@@ -61,14 +92,46 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    if cli.viewers == 0 || cli.viewers > 5000 {
-        bail!("--viewers must be 1..=5000");
+    if cli.viewers > 5000 || cli.viewers + cli.browsers == 0 {
+        bail!("--viewers must be 0..=5000, with at least one viewer or browser");
+    }
+    if cli.browsers > 64 {
+        bail!("--browsers must be 0..=64 (each is a Chromium process)");
     }
     if !(0.0..=1.0).contains(&cli.bad_peers) {
         bail!("--bad-peers is a fraction in 0..=1");
     }
+    let mut browser = BrowserSetup {
+        chromium: cli.chromium,
+        page_url: cli.page_url,
+        listen: cli.page_listen,
+        log_dir: cli.browser_logs,
+        ..BrowserSetup::default()
+    };
+    if !cli.site_dir.is_empty() {
+        browser.site_dirs = cli.site_dir;
+    }
     if cli.browsers > 0 {
-        bail!("--browsers: the browser peer (peer-wasm demo) is not available in this build yet");
+        if !browser.chromium.exists() {
+            bail!(
+                "--browsers: {} not found (apt-get install chromium, or --chromium PATH)",
+                browser.chromium.display()
+            );
+        }
+        if browser.page_url.is_none() {
+            for f in ["index.html", "app.js", "p2p-cdn.js", "p2p-cdn_bg.wasm"] {
+                if !browser.site_dirs.iter().any(|d| d.join(f).is_file()) {
+                    bail!(
+                        "--browsers: {f} is in none of {:?} (build the bundle with `cargo xtask wasm`, \
+                         or pass --site-dir / --page-url)",
+                        browser.site_dirs
+                    );
+                }
+            }
+        }
+        if let Some(d) = &browser.log_dir {
+            std::fs::create_dir_all(d)?;
+        }
     }
     let mut opts = SwarmOptions::new(cli.signal, cli.playlist, cli.viewers, cli.seconds);
     opts.ramp = cli.ramp;
@@ -76,6 +139,8 @@ fn main() -> Result<()> {
     opts.bad_peers = cli.bad_peers;
     opts.http_only = cli.http_only;
     opts.udp_addrs = cli.udp;
+    opts.browsers = cli.browsers;
+    opts.browser = browser;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -88,12 +153,45 @@ fn main() -> Result<()> {
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} s {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let report = rt.block_on(run_swarm(opts, |t, n| {
-        bar.set_position(t as u64);
-        bar.set_message(format!("{n} viewers"));
-    }));
+    let report = rt.block_on(async {
+        // The first Ctrl-C / SIGTERM ends the run early (browsers are ended, the report is
+        // still printed); a second one exits at once.
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            interrupted().await;
+            let _ = stop_tx.send(true);
+            interrupted().await;
+            eprintln!("p2pcdn-load: interrupted twice, exiting now");
+            std::process::exit(130);
+        });
+        run_swarm_until(
+            opts,
+            |t, n| {
+                bar.set_position(t as u64);
+                bar.set_message(format!("{n} viewers"));
+            },
+            stop,
+        )
+        .await
+    });
     bar.finish_and_clear();
     eprint!("{}", report.table());
     println!("{}", report.to_json());
     Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn interrupted() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }
