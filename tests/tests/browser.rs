@@ -11,12 +11,13 @@
 //! offload/stall comparison (P2P on vs off, 4 and 8 pages; `P2P_BENCH_PAGES=4,8`,
 //! `P2P_BENCH_SECS=60`) and prints one JSON line per run.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
+use peer_native::browser::{Chromium, ChromiumOptions};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tests::harness::{self, Env, root};
@@ -61,66 +62,18 @@ fn page_url(env: &Env, id: &str, p2p: bool, tamper: bool) -> String {
     ))
 }
 
-/// A headless Chromium showing one page; killed (and its profile removed) on drop. One browser
-/// per page: in one headless browser only the last opened tab keeps running.
-struct Browser {
-    child: Child,
-    profile: PathBuf,
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        // SIGTERM to `timeout`, which passes it on to Chromium (a SIGKILL would orphan it).
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.profile);
-    }
-}
-
-impl Browser {
-    /// The browser's log (page console included) goes to `<tmp>/p2p-cdn-page-<id>.log`.
-    fn launch(id: &str, url: &str) -> Result<Browser> {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let profile =
-            std::env::temp_dir().join(format!("p2p-cdn-chromium-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&profile);
-        std::fs::create_dir_all(&profile)?;
-        // Under `timeout`: a test process killed before `Drop` runs leaves no browser behind
-        // for longer than any case lasts.
-        let child = Command::new("timeout")
-            .args(["-k", "10", "600", CHROMIUM])
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--autoplay-policy=no-user-gesture-required",
-                "--allow-loopback-in-peer-connection",
-                "--disable-features=WebRtcHideLocalIpsWithMdns",
-                "--disable-background-timer-throttling",
-                "--disable-renderer-backgrounding",
-                "--mute-audio",
-                "--enable-logging=stderr",
-                "--v=0",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .arg(url)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(
-                std::env::temp_dir().join(format!("p2p-cdn-page-{id}.log")),
-            )?)
-            .spawn()
-            .context("starting chromium")?;
-        Ok(Browser { child, profile })
-    }
+/// A headless Chromium showing one page (the launcher `p2pcdn-load --browsers` uses): ended, and
+/// its profile removed, when dropped; run under `timeout`, so a killed test leaves no browser
+/// behind for longer than any case lasts. One browser per page: in one headless browser only the
+/// last opened tab keeps running. Its log (page console included) goes to
+/// `<tmp>/p2p-cdn-page-<id>.log`.
+fn launch_page(id: &str, url: &str) -> Result<Chromium> {
+    let opts = ChromiumOptions {
+        binary: CHROMIUM.into(),
+        deadline: Duration::from_secs(600),
+        log: Some(std::env::temp_dir().join(format!("p2p-cdn-page-{id}.log"))),
+    };
+    Chromium::launch(&opts, url).context("starting chromium")
 }
 
 /// SHA-256 (hex) of live segment `seq`: the origin loops the VOD files, `seq % n`.
@@ -226,7 +179,7 @@ async fn run_swarm(pages: usize, secs: u64, p2p: bool, tamper: Option<usize>) ->
     let ids: Vec<String> = (0..pages).map(|i| format!("p{i}")).collect();
     let mut browsers = Vec::new();
     for (i, id) in ids.iter().enumerate() {
-        browsers.push(Browser::launch(
+        browsers.push(launch_page(
             id,
             &page_url(&env, id, p2p, tamper == Some(i)),
         )?);
