@@ -67,7 +67,10 @@ impl Default for Config {
             max_chunks_per_request: 4,
             serve_queue_per_peer: 16,
             serve_queue_total: 96,
-            send_window_per_peer: 64 * 1024,
+            // 32 KiB (two chunks): on a loss-limited pair (~1 Mbit/s at 100 ms RTT) 64 KiB was
+            // half a second of queue in front of every other frame on the uplink. Sim, 50
+            // viewers, 300 s, seeds 1-4: offload 94.5/91.8/94.6/93.2 % -> 95.7/95.1/95.1/95.5 %.
+            send_window_per_peer: 32 * 1024,
             send_window_total: 160 * 1024,
             peer_stall_timeout: Duration::from_millis(1500),
             http_margin: Duration::from_millis(500),
