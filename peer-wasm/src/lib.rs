@@ -18,14 +18,13 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::fmt::Write as _;
 use std::rc::{Rc, Weak};
 
 use bytes::Bytes;
 use js_sys::{Function, Promise, Reflect, Uint8Array};
 use peer_core::{BanReason, Config, Event, Output, PeerCore, Time};
 use protocol::PeerId;
-use protocol::signaling::{ClientMsg, MAX_SIGNAL_LEN, ServerMsg, SignalData, swarm_id};
+use protocol::signaling::{ClientMsg, ServerMsg, SignalData, swarm_id};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{JsFuture, spawn_local};
@@ -53,6 +52,8 @@ const BACKOFF_MIN_MS: f64 = 500.0;
 const BACKOFF_MAX_MS: f64 = 30_000.0;
 /// Period of the housekeeping tick (pings, `stats` event).
 const TICK_MS: i32 = 1000;
+
+mod json;
 
 type Shared = Rc<RefCell<Inner>>;
 type Cb = Closure<dyn FnMut(JsValue)>;
@@ -184,6 +185,24 @@ fn perf_now() -> f64 {
         .map_or(0.0, |p| p.now())
 }
 
+/// A number for JavaScript (exact below 2^53).
+fn num(n: u64) -> JsValue {
+    JsValue::from_f64(n as f64)
+}
+
+fn set_all(o: &JsValue, fields: &[(&str, JsValue)]) {
+    for (k, v) in fields {
+        let _ = Reflect::set(o, &JsValue::from_str(k), v);
+    }
+}
+
+/// A plain object with `fields` in this order.
+fn obj(fields: &[(&str, JsValue)]) -> JsValue {
+    let o: JsValue = js_sys::Object::new().into();
+    set_all(&o, fields);
+    o
+}
+
 fn js_err(msg: &str) -> JsValue {
     js_sys::Error::new(msg).into()
 }
@@ -217,13 +236,11 @@ impl Inner {
         Time::from_secs_f64((perf_now() - self.t0).max(0.0) / 1000.0)
     }
 
-    fn emit(&mut self, name: &str, json: impl FnOnce() -> String) {
+    fn emit(&mut self, name: &str, arg: impl FnOnce() -> JsValue) {
         if !self.listeners.iter().any(|(n, _)| n == name) {
             return;
         }
-        let Ok(arg) = js_sys::JSON::parse(&json()) else {
-            return;
-        };
+        let arg = arg();
         for (n, f) in &self.listeners {
             if n == name {
                 self.deferred.push((f.clone(), arg.clone()));
@@ -302,11 +319,14 @@ impl Inner {
                         self.deferred.push((w.resolve, arr.clone()));
                     }
                 }
-                let len = data.len();
+                let len = data.len() as u64;
                 self.emit("segment", || {
-                    format!(
-                        "{{\"seq\":{seq},\"bytes\":{len},\"httpBytes\":{http_bytes},\"p2pBytes\":{p2p_bytes}}}"
-                    )
+                    obj(&[
+                        ("seq", num(seq)),
+                        ("bytes", num(len)),
+                        ("httpBytes", num(http_bytes)),
+                        ("p2pBytes", num(p2p_bytes)),
+                    ])
                 });
             }
             Output::Event(ev) => self.on_event(ev),
@@ -316,12 +336,12 @@ impl Inner {
     fn on_event(&mut self, ev: Event) {
         match ev {
             Event::PeerConnected { peer } => self.emit("peer", || {
-                format!("{{\"peer\":{peer},\"state\":\"connected\"}}")
+                obj(&[("peer", num(peer)), ("state", "connected".into())])
             }),
             Event::PeerDisconnected { peer } => {
                 self.conns.remove(&peer);
                 self.emit("peer", || {
-                    format!("{{\"peer\":{peer},\"state\":\"disconnected\"}}")
+                    obj(&[("peer", num(peer)), ("state", "disconnected".into())])
                 })
             }
             Event::PeerBanned { peer, reason } => {
@@ -335,18 +355,22 @@ impl Inner {
                     BanReason::Malformed(_) => "malformed",
                 };
                 self.emit("peer", || {
-                    format!("{{\"peer\":{peer},\"state\":\"banned\",\"reason\":\"{r}\"}}")
+                    obj(&[
+                        ("peer", num(peer)),
+                        ("state", "banned".into()),
+                        ("reason", r.into()),
+                    ])
                 })
             }
-            Event::IntegrityFailure { peer, seq, chunk } => {
-                let p = peer.map_or("null".to_string(), |p| p.to_string());
-                self.emit("integrity", || {
-                    format!("{{\"peer\":{p},\"seq\":{seq},\"chunk\":{chunk}}}")
-                })
-            }
+            Event::IntegrityFailure { peer, seq, chunk } => self.emit("integrity", || {
+                obj(&[
+                    ("peer", peer.map_or(JsValue::NULL, num)),
+                    ("seq", num(seq)),
+                    ("chunk", num(chunk as u64)),
+                ])
+            }),
             Event::SignalingError { code, .. } => {
-                let c = code.as_str();
-                self.emit("error", || format!("{{\"code\":\"{c}\"}}"))
+                self.emit("error", || obj(&[("code", code.as_str().into())]))
             }
         }
     }
@@ -371,39 +395,35 @@ impl Inner {
         }
     }
 
-    fn stats_json(&self) -> String {
-        let mut s = String::with_capacity(512);
+    fn stats_value(&self) -> JsValue {
         let peers = self.core.as_ref().map_or(0, |c| c.open_peers().count());
-        let _ = write!(
-            s,
-            "{{\"peers\":{peers},\"connections\":{}",
-            self.conns.len()
-        );
+        let o = obj(&[
+            ("peers", num(peers as u64)),
+            ("connections", num(self.conns.len() as u64)),
+        ]);
         if let Some(c) = &self.core {
             let st = c.stats();
-            let _ = write!(
-                s,
-                ",\"peerId\":{},\"httpBytes\":{},\"p2pBytes\":{},\"deliveredHttpBytes\":{},\"deliveredP2pBytes\":{},\"uploadedBytes\":{},\"segments\":{},\"integrityFailures\":{},\"peersBanned\":{},\"stalls\":{},\"httpRequests\":{},\"offload\":{}",
-                c.peer_id().map_or("null".into(), |p| p.to_string()),
-                st.http_bytes,
-                st.p2p_bytes,
-                st.delivered_http_bytes,
-                st.delivered_p2p_bytes,
-                st.uploaded_bytes,
-                st.segments_delivered,
-                st.integrity_failures,
-                st.peers_banned,
-                st.stalls,
-                st.http_requests,
-                st.offload(),
+            set_all(
+                &o,
+                &[
+                    ("peerId", c.peer_id().map_or(JsValue::NULL, num)),
+                    ("httpBytes", num(st.http_bytes)),
+                    ("p2pBytes", num(st.p2p_bytes)),
+                    ("deliveredHttpBytes", num(st.delivered_http_bytes)),
+                    ("deliveredP2pBytes", num(st.delivered_p2p_bytes)),
+                    ("uploadedBytes", num(st.uploaded_bytes)),
+                    ("segments", num(st.segments_delivered)),
+                    ("integrityFailures", num(st.integrity_failures.into())),
+                    ("peersBanned", num(st.peers_banned.into())),
+                    ("stalls", num(st.stalls.into())),
+                    ("httpRequests", num(st.http_requests)),
+                    ("offload", JsValue::from_f64(st.offload())),
+                ],
             );
         }
-        s.push_str(",\"banned\":[");
-        for (i, p) in self.banned.iter().enumerate() {
-            let _ = write!(s, "{}{p}", if i > 0 { "," } else { "" });
-        }
-        s.push_str("]}");
-        s
+        let banned: js_sys::Array = self.banned.iter().map(|p| num(*p)).collect();
+        set_all(&o, &[("banned", banned.into())]);
+        o
     }
 
     // ------------------------------------------------------------ signaling
@@ -471,13 +491,13 @@ impl Inner {
         if let Some(ws) = &self.ws
             && ws.ws.ready_state() == WebSocket::OPEN
         {
-            let _ = ws.ws.send_with_str(&msg.to_json());
+            let _ = ws.ws.send_with_str(&json::client_msg(msg));
         }
         // Otherwise dropped: after a reconnect the core joins again from `welcome`.
     }
 
     fn on_server_text(&mut self, text: &str) {
-        let Ok(msg) = ServerMsg::from_json(text, MAX_SIGNAL_LEN) else {
+        let Some(msg) = json::server_msg(text) else {
             return;
         };
         let now = self.now();
@@ -851,7 +871,7 @@ impl Inner {
         let Some(stem) = path.strip_suffix(".m3u8") else {
             return;
         };
-        u.set_pathname(&format!("{stem}.integrity.json"));
+        u.set_pathname(&[stem, ".integrity.json"].concat());
         u.set_hash("");
         let url = u.href();
         if self.manifests_loading.contains(&url) || self.manifests_loading.len() >= 8 {
@@ -872,7 +892,7 @@ impl Inner {
     }
 
     fn add_manifest(&mut self, url: &str, text: &str) {
-        let Ok(m) = protocol::Manifest::from_json(text) else {
+        let Some(m) = json::manifest(text) else {
             return;
         };
         let now = self.now();
@@ -946,19 +966,16 @@ impl Inner {
             self.last_ping = t;
             self.send_ws(&ClientMsg::Ping);
         }
-        let json = self.stats_json();
-        self.emit("stats", || json);
+        let stats = self.stats_value();
+        self.emit("stats", || stats);
     }
 
     fn destroy(&mut self) {
         self.destroyed = true;
         if let (Some(c), Some(ws)) = (self.core.as_ref(), self.ws.as_ref()) {
-            let _ = ws.ws.send_with_str(
-                &ClientMsg::Leave {
-                    swarm: c.config().swarm.clone(),
-                }
-                .to_json(),
-            );
+            let _ = ws.ws.send_with_str(&json::client_msg(&ClientMsg::Leave {
+                swarm: c.config().swarm.clone(),
+            }));
         }
         self.ws = None;
         self.conns.clear();
@@ -1002,7 +1019,11 @@ async fn http_fetch(
     init.set_signal(Some(signal));
     if let Some((start, end)) = range {
         let h = Headers::new()?;
-        h.set("Range", &format!("bytes={start}-{}", end.saturating_sub(1)))?;
+        let mut r = String::from("bytes=");
+        json::push_u64(&mut r, start);
+        r.push('-');
+        json::push_u64(&mut r, end.saturating_sub(1));
+        h.set("Range", &r)?;
         init.set_headers(&h);
     }
     let resp: Response = JsFuture::from(w.fetch_with_str_and_init(url, &init))
@@ -1229,11 +1250,10 @@ impl P2pPeer {
 
     /// Counters: bytes by source, uploaded bytes, peers, integrity failures, banned peers.
     pub fn stats(&self) -> JsValue {
-        let json = match self.inner.try_borrow() {
-            Ok(g) => g.stats_json(),
-            Err(_) => return JsValue::NULL,
-        };
-        js_sys::JSON::parse(&json).unwrap_or(JsValue::NULL)
+        match self.inner.try_borrow() {
+            Ok(g) => g.stats_value(),
+            Err(_) => JsValue::NULL,
+        }
     }
 
     /// Closes every connection and request; pending promises reject.
