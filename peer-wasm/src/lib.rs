@@ -17,7 +17,7 @@
 //! event loop, never while the state is borrowed.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
 
 use bytes::Bytes;
@@ -54,6 +54,9 @@ const BACKOFF_MAX_MS: f64 = 30_000.0;
 const TICK_MS: i32 = 1000;
 
 mod json;
+mod map;
+
+use map::IdMap;
 
 type Shared = Rc<RefCell<Inner>>;
 type Cb = Closure<dyn FnMut(JsValue)>;
@@ -151,15 +154,16 @@ struct Inner {
     ws_failures: u32,
     heartbeat_ms: f64,
     last_ping: f64,
-    conns: HashMap<PeerId, Conn>,
+    conns: IdMap<Conn>,
     epoch: u64,
-    http: HashMap<u64, AbortController>,
-    waiters: BTreeMap<u64, Vec<Waiter>>,
+    http: IdMap<AbortController>,
+    /// Pending `fetchSegment` promises by segment.
+    waiters: IdMap<Vec<Waiter>>,
     /// `fetchSegment` calls for segments whose manifest is still loading.
     parked: Vec<Parked>,
-    manifests_loading: HashSet<String>,
-    urls: HashMap<String, u64>,
-    url_order: VecDeque<String>,
+    manifests_loading: Vec<String>,
+    /// Absolute segment URL → seq, oldest first.
+    urls: VecDeque<(String, u64)>,
     listeners: Vec<(String, Function)>,
     /// Calls to make once the state is no longer borrowed.
     deferred: Vec<(Function, JsValue)>,
@@ -298,12 +302,12 @@ impl Inner {
             Output::Signal(msg) => self.send_ws(&msg),
             Output::Connect { peer } => self.connect_peer(peer),
             Output::Disconnect { peer, .. } => {
-                self.conns.remove(&peer);
+                self.conns.remove(peer);
             }
             Output::Send { peer, frame } => self.send_frame(peer, frame),
             Output::HttpStart { id, url, range, .. } => self.http_start(id, url, range),
             Output::HttpCancel { id } => {
-                if let Some(c) = self.http.remove(&id) {
+                if let Some(c) = self.http.remove(id) {
                     c.abort();
                 }
             }
@@ -313,7 +317,7 @@ impl Inner {
                 http_bytes,
                 p2p_bytes,
             } => {
-                if let Some(ws) = self.waiters.remove(&seq) {
+                if let Some(ws) = self.waiters.remove(seq) {
                     let arr: JsValue = Uint8Array::from(&data[..]).into();
                     for w in ws {
                         self.deferred.push((w.resolve, arr.clone()));
@@ -339,7 +343,7 @@ impl Inner {
                 obj(&[("peer", num(peer)), ("state", "connected".into())])
             }),
             Event::PeerDisconnected { peer } => {
-                self.conns.remove(&peer);
+                self.conns.remove(peer);
                 self.emit("peer", || {
                     obj(&[("peer", num(peer)), ("state", "disconnected".into())])
                 })
@@ -543,7 +547,7 @@ impl Inner {
     // ------------------------------------------------------------ WebRTC
 
     fn new_conn(&mut self, peer: PeerId, offerer: bool) -> Option<(u64, RtcPeerConnection)> {
-        self.conns.remove(&peer);
+        self.conns.remove(peer);
         if self.conns.len() >= MAX_CONNS {
             return None;
         }
@@ -654,14 +658,14 @@ impl Inner {
     }
 
     fn live(&self, peer: PeerId, epoch: u64) -> bool {
-        self.conns.get(&peer).is_some_and(|c| c.epoch == epoch)
+        self.conns.get(peer).is_some_and(|c| c.epoch == epoch)
     }
 
     fn conn_closed(&mut self, peer: PeerId, epoch: u64) {
         if !self.live(peer, epoch) {
             return;
         }
-        self.conns.remove(&peer);
+        self.conns.remove(peer);
         let now = self.now();
         if let Some(c) = self.core.as_mut() {
             c.handle_channel_closed(now, peer);
@@ -701,7 +705,7 @@ impl Inner {
         match data {
             SignalData::Offer { sdp } => {
                 let me_id = self.core.as_ref().and_then(|c| c.peer_id()).unwrap_or(0);
-                if let Some(c) = self.conns.get(&from)
+                if let Some(c) = self.conns.get(from)
                     && c.offerer
                     && me_id < from
                 {
@@ -747,7 +751,7 @@ impl Inner {
                 });
             }
             SignalData::Answer { sdp } => {
-                let Some(c) = self.conns.get(&from) else {
+                let Some(c) = self.conns.get(from) else {
                     return;
                 };
                 if !c.offerer || c.remote_set {
@@ -770,7 +774,7 @@ impl Inner {
                 sdp_mid,
                 sdp_m_line_index,
             } => {
-                let Some(c) = self.conns.get_mut(&from) else {
+                let Some(c) = self.conns.get_mut(from) else {
                     return;
                 };
                 if candidate.is_empty() {
@@ -790,7 +794,7 @@ impl Inner {
     }
 
     fn remote_set(&mut self, peer: PeerId, epoch: u64) {
-        let Some(c) = self.conns.get_mut(&peer) else {
+        let Some(c) = self.conns.get_mut(peer) else {
             return;
         };
         if c.epoch != epoch {
@@ -804,7 +808,7 @@ impl Inner {
     }
 
     fn send_frame(&mut self, peer: PeerId, frame: Bytes) {
-        let Some(c) = self.conns.get(&peer) else {
+        let Some(c) = self.conns.get(peer) else {
             return;
         };
         if c.dc.ready_state() != RtcDataChannelState::Open {
@@ -849,7 +853,7 @@ impl Inner {
         spawn_local(async move {
             let r = http_fetch(&me, id, &url, range, &signal).await;
             with_weak(&me, |i| {
-                if i.http.remove(&id).is_none() {
+                if i.http.remove(id).is_none() {
                     return; // cancelled
                 }
                 let now = i.now();
@@ -877,12 +881,12 @@ impl Inner {
         if self.manifests_loading.contains(&url) || self.manifests_loading.len() >= 8 {
             return;
         }
-        self.manifests_loading.insert(url.clone());
+        self.manifests_loading.push(url.clone());
         let me = self.me.clone();
         spawn_local(async move {
             let text = fetch_text(&url).await;
             with_weak(&me, |i| {
-                i.manifests_loading.remove(&url);
+                i.manifests_loading.retain(|u| *u != url);
                 if let Ok(text) = text {
                     i.add_manifest(&url, &text);
                 }
@@ -901,14 +905,11 @@ impl Inner {
                 continue;
             };
             let abs = abs.href();
-            if !self.urls.contains_key(&abs) {
-                if self.url_order.len() >= MAX_URLS
-                    && let Some(old) = self.url_order.pop_front()
-                {
-                    self.urls.remove(&old);
+            if !self.urls.iter().any(|(u, _)| *u == abs) {
+                if self.urls.len() >= MAX_URLS {
+                    self.urls.pop_front();
                 }
-                self.url_order.push_back(abs.clone());
-                self.urls.insert(abs.clone(), seg.seq);
+                self.urls.push_back((abs.clone(), seg.seq));
             }
             if let Some(c) = self.core.as_mut() {
                 c.add_segment(now, seg, abs);
@@ -917,7 +918,7 @@ impl Inner {
     }
 
     fn want(&mut self, seq: Option<u64>, url: &str, deadline_ms: f64, w: Waiter, retry: bool) {
-        let seq = seq.or_else(|| self.urls.get(url).copied());
+        let seq = seq.or_else(|| self.urls.iter().find(|(u, _)| u == url).map(|(_, s)| *s));
         let now = self.now();
         let deadline =
             now + std::time::Duration::from_micros((deadline_ms.max(0.0) * 1000.0) as u64);
@@ -927,15 +928,15 @@ impl Inner {
         };
         match res {
             Some(s) => {
-                if !self.waiters.contains_key(&s)
+                if !self.waiters.contains_key(s)
                     && self.waiters.len() >= MAX_WAITING_SEGMENTS
-                    && let Some((_, old)) = self.waiters.pop_first()
+                    && let Some(old) = self.waiters.pop_min()
                 {
                     for o in old {
                         self.deferred.push((o.reject, js_err("superseded")));
                     }
                 }
-                self.waiters.entry(s).or_default().push(w);
+                self.waiters.or_default(s).push(w);
             }
             None if self.parked.len() < 32 && (!self.manifests_loading.is_empty() || !retry) => {
                 // Probably newer than the manifest we hold: load it again and retry once.
@@ -979,7 +980,7 @@ impl Inner {
         }
         self.ws = None;
         self.conns.clear();
-        for (_, c) in self.http.drain() {
+        for (_, c) in self.http.take_all() {
             c.abort();
         }
         if let Some(w) = window() {
@@ -993,7 +994,7 @@ impl Inner {
                 w.clear_interval_with_handle(t);
             }
         }
-        for (_, ws) in std::mem::take(&mut self.waiters) {
+        for (_, ws) in self.waiters.take_all() {
             for w in ws {
                 let _ = w.reject.call1(&JsValue::NULL, &js_err("destroyed"));
             }
@@ -1048,7 +1049,7 @@ async fn http_fetch(
         let data = chunk.to_vec();
         let mut alive = false;
         with_weak(me, |i| {
-            if i.http.contains_key(&id) {
+            if i.http.contains_key(id) {
                 alive = true;
                 let now = i.now();
                 if let Some(c) = i.core.as_mut() {
@@ -1111,14 +1112,13 @@ impl P2pPeer {
                 ws_failures: 0,
                 heartbeat_ms: 30_000.0,
                 last_ping: 0.0,
-                conns: HashMap::new(),
+                conns: IdMap::default(),
                 epoch: 0,
-                http: HashMap::new(),
-                waiters: BTreeMap::new(),
+                http: IdMap::default(),
+                waiters: IdMap::default(),
                 parked: Vec::new(),
-                manifests_loading: HashSet::new(),
-                urls: HashMap::new(),
-                url_order: VecDeque::new(),
+                manifests_loading: Vec::new(),
+                urls: VecDeque::new(),
                 listeners: Vec::new(),
                 deferred: Vec::new(),
                 timer: None,
@@ -1216,7 +1216,7 @@ impl P2pPeer {
     pub fn cancel(&self, sn: f64) {
         let seq = sn as u64;
         with(&self.inner, |i| {
-            if let Some(ws) = i.waiters.remove(&seq) {
+            if let Some(ws) = i.waiters.remove(seq) {
                 for w in ws {
                     i.deferred.push((w.reject, js_err("cancelled")));
                 }

@@ -207,7 +207,8 @@ impl Manifest {
         let b64 = base64::engine::general_purpose::STANDARD;
         let encoded = segments;
         let mut segments = Vec::with_capacity(encoded.len());
-        let mut seen = std::collections::HashSet::with_capacity(encoded.len());
+        // A BTreeSet: the browser bundle holds its code already (peer-core), no HashSet needed.
+        let mut seen = std::collections::BTreeSet::new();
         for s in encoded {
             let seq = s.seq;
             if !seen.insert(seq) {
