@@ -69,9 +69,10 @@ fn install_system_deps() -> Result<()> {
     Ok(())
 }
 
-/// `npm ci` (binaryen for wasm-opt) when `node_modules` lacks it.
+/// `npm ci` (binaryen for wasm-opt, terser for the glue JS) when `node_modules` lacks them.
 pub fn install_npm_deps() -> Result<()> {
-    if root().join("node_modules/.bin/wasm-opt").exists() || !have("npm") {
+    let bin = root().join("node_modules/.bin");
+    if (bin.join("wasm-opt").exists() && bin.join("terser").exists()) || !have("npm") {
         return Ok(());
     }
     util::run(
