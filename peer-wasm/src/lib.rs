@@ -213,6 +213,17 @@ fn js_err(msg: &str) -> JsValue {
 
 /// Runs `f` on the state, performs the core's outputs, then makes the queued JS calls.
 fn with(rc: &Shared, f: impl FnOnce(&mut Inner)) {
+    let mut f = Some(f);
+    with_dyn(rc, &mut |i| {
+        if let Some(f) = f.take() {
+            f(i);
+        }
+    });
+}
+
+/// The body of [`with`], once in the bundle instead of once per caller's closure.
+#[inline(never)]
+fn with_dyn(rc: &Shared, f: &mut dyn FnMut(&mut Inner)) {
     let deferred = {
         let Ok(mut g) = rc.try_borrow_mut() else {
             return;
@@ -240,11 +251,15 @@ impl Inner {
         Time::from_secs_f64((perf_now() - self.t0).max(0.0) / 1000.0)
     }
 
+    /// Queues `arg()` for the listeners of `name` (built only when there is one).
     fn emit(&mut self, name: &str, arg: impl FnOnce() -> JsValue) {
-        if !self.listeners.iter().any(|(n, _)| n == name) {
-            return;
+        if self.listeners.iter().any(|(n, _)| n == name) {
+            let arg = arg();
+            self.emit_value(name, arg);
         }
-        let arg = arg();
+    }
+
+    fn emit_value(&mut self, name: &str, arg: JsValue) {
         for (n, f) in &self.listeners {
             if n == name {
                 self.deferred.push((f.clone(), arg.clone()));
