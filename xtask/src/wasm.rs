@@ -100,8 +100,17 @@ pub fn build(opt: bool) -> Result<()> {
             ),
         }
     }
+    let mut glue = std::fs::read_to_string(out.join("p2p-cdn.js"))?;
+    if opt {
+        match crate::wasm_names::shorten_imports(&std::fs::read(&wasm)?, &glue) {
+            Ok((w, g)) => {
+                std::fs::write(&wasm, w)?;
+                glue = g;
+            }
+            Err(e) => eprintln!("xtask: wasm import names left as generated: {e:#}"),
+        }
+    }
     // One script: the generated glue, then our hls.js integration.
-    let glue = std::fs::read_to_string(out.join("p2p-cdn.js"))?;
     let ours = std::fs::read_to_string(root().join("peer-wasm/js/p2p-cdn-hls.js"))?;
     let js = out.join("p2p-cdn.js");
     std::fs::write(&js, format!("{glue}\n{ours}"))?;
