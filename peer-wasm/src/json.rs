@@ -380,7 +380,176 @@ pub fn manifest(text: &str) -> Option<Manifest> {
     manifest_from(&js_sys::JSON::parse(text).ok()?)
 }
 
+/// Server messages that both decoders must take or refuse alike (the tests below).
 #[cfg(test)]
+const SERVER_TEXTS: &[&str] = &[
+    "",
+    "[]",
+    "null",
+    "1",
+    r#"{"type":"pong"}"#,
+    r#"{"v":2,"type":"pong"}"#,
+    r#"{"v":"1","type":"pong"}"#,
+    r#"{"v":-1,"type":"pong"}"#,
+    r#"{"v":1}"#,
+    r#"{"v":1,"type":"nope"}"#,
+    r#"{"v":1,"type":7}"#,
+    r#"{"v":1,"type":"pong","extra":[1,{"a":null}]}"#,
+    r#"{"v":1,"type":"welcome","peer_id":1}"#,
+    r#"{"v":1,"type":"welcome","peer_id":-1,"heartbeat_ms":5}"#,
+    r#"{"v":1,"type":"welcome","peer_id":1.5,"heartbeat_ms":5}"#,
+    r#"{"v":1,"type":"welcome","peer_id":1,"heartbeat_ms":4294967296}"#,
+    r#"{"v":1,"type":"welcome","peer_id":1,"heartbeat_ms":4294967295}"#,
+    r#"{"v":1,"type":"joined","swarm":"s","peers":[1,2],"slot":0,"slots":0}"#,
+    r#"{"v":1,"type":"joined","swarm":"s","peers":[1,2],"slot":2,"slots":2}"#,
+    r#"{"v":1,"type":"joined","swarm":"s","peers":[1,2],"slot":1,"slots":2}"#,
+    r#"{"v":1,"type":"joined","swarm":"s","peers":[1,"2"],"slot":1,"slots":2}"#,
+    r#"{"v":1,"type":"joined","swarm":"s","peers":{},"slot":1,"slots":2}"#,
+    r#"{"v":1,"type":"slot","swarm":"s","slot":1}"#,
+    r#"{"v":1,"type":"peers","swarm":null,"peers":[]}"#,
+    r#"{"v":1,"type":"peer_left","swarm":"s","peer":3}"#,
+    r#"{"v":1,"type":"signal","swarm":"s","from":9,"data":{"kind":"offer"}}"#,
+    r#"{"v":1,"type":"signal","swarm":"s","from":9,"data":{"kind":"bye","sdp":"x"}}"#,
+    r#"{"v":1,"type":"signal","swarm":"s","from":9,"data":"x"}"#,
+    r#"{"v":1,"type":"signal","swarm":"s","from":9,"data":{"kind":"candidate","candidate":"c"}}"#,
+    r#"{"v":1,"type":"signal","swarm":"s","from":9,"data":{"kind":"candidate","candidate":"c","sdp_mid":null,"sdp_m_line_index":null}}"#,
+    r#"{"v":1,"type":"signal","swarm":"s","from":9,"data":{"kind":"candidate","candidate":"c","sdp_mid":1}}"#,
+    r#"{"v":1,"type":"signal","swarm":"s","from":9,"data":{"kind":"candidate","candidate":"c","sdp_m_line_index":65536}}"#,
+    r#"{"v":1,"type":"error","code":"rate_limited","message":"m"}"#,
+    r#"{"v":1,"type":"error","code":"rate_limited","message":"m","swarm":null}"#,
+    r#"{"v":1,"type":"error","code":"rate_limited","message":"m","swarm":"s"}"#,
+    r#"{"v":1,"type":"error","code":"nope","message":"m"}"#,
+    r#"{"v":1,"type":"error","code":"rate_limited"}"#,
+    r#"{"v":1,"type":"reconnect","after_ms":-5}"#,
+    r#"{"v":1,"type":"reconnect","after_ms":100}"#,
+];
+
+/// A valid manifest, then variants of it that both decoders must take or refuse alike.
+#[cfg(test)]
+fn manifest_texts() -> Vec<String> {
+    let m = Manifest {
+        segments: vec![protocol::manifest::SegmentManifest::compute(
+            4,
+            "a.ts",
+            &[1u8; 20_000],
+        )],
+    };
+    let good = m.to_json();
+    vec![
+        good.clone(),
+        good.replace("\"v\":1", "\"v\":2"),
+        good.replace("\"v\":1", "\"v\":257"),
+        good.replace("\"chunk_size\":16384", "\"chunk_size\":1"),
+        good.replace("\"len\":20000", "\"len\":40000"),
+        good.replace("\"len\":20000", "\"len\":\"20000\""),
+        good.replace("\"seq\":4", "\"seq\":-4"),
+        good.replace("\"uri\":\"a.ts\"", "\"uri\":null"),
+        good.replace("\"sha256\":\"", "\"sha256\":\"0"),
+        good.replace("\"chunks\":\"", "\"chunks\":\"A"),
+        "{}".to_string(),
+    ]
+}
+
+/// One message of every kind, with strings that need escaping.
+#[cfg(test)]
+fn sample_server_msgs() -> Vec<ServerMsg> {
+    let s = "sw\"a\\rm\u{0}\u{1f}\n\té€😀".to_string();
+    let cand = |sdp_mid: Option<String>, sdp_m_line_index| SignalData::Candidate {
+        candidate: "candidate:1 1 udp 2122260223 10.0.0.1 5000 typ host".into(),
+        sdp_mid,
+        sdp_m_line_index,
+    };
+    let mut v = vec![
+        ServerMsg::Welcome {
+            peer_id: MAX_SAFE,
+            heartbeat_ms: u32::MAX,
+        },
+        ServerMsg::Joined {
+            swarm: s.clone(),
+            peers: vec![0, 1, MAX_SAFE],
+            slot: 2,
+            slots: 3,
+        },
+        ServerMsg::Peers {
+            swarm: s.clone(),
+            peers: vec![],
+        },
+        ServerMsg::Slot {
+            swarm: s.clone(),
+            slot: 0,
+            slots: 1,
+        },
+        ServerMsg::PeerLeft {
+            swarm: s.clone(),
+            peer: 7,
+        },
+        ServerMsg::Pong,
+        ServerMsg::Reconnect { after_ms: 1500 },
+    ];
+    for data in [
+        SignalData::Offer {
+            sdp: "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n".into(),
+        },
+        SignalData::Answer { sdp: s.clone() },
+        cand(None, None),
+        cand(Some("0".into()), Some(u16::MAX)),
+    ] {
+        v.push(ServerMsg::Signal {
+            swarm: s.clone(),
+            from: 42,
+            data,
+        });
+    }
+    for (k, code) in ERROR_CODES.iter().enumerate() {
+        v.push(ServerMsg::Error {
+            code: *code,
+            message: s.clone(),
+            swarm: (k % 2 == 0).then(|| s.clone()),
+        });
+    }
+    v
+}
+
+#[cfg(all(test, target_arch = "wasm32"))]
+mod browser_tests {
+    //! The browser path (`JSON.parse` + `Reflect`) against protocol's serde decoders, both
+    //! running in the browser: `cargo xtask test` runs these with wasm-bindgen-test-runner.
+    use super::*;
+    use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
+
+    wasm_bindgen_test_configure!(run_in_browser);
+
+    #[wasm_bindgen_test]
+    fn server_msgs_are_read_like_protocol() {
+        for m in sample_server_msgs() {
+            let text = m.to_json();
+            assert_eq!(server_msg(&text), Some(m), "{text}");
+        }
+        for text in SERVER_TEXTS {
+            assert_eq!(
+                server_msg(text),
+                ServerMsg::from_json(text, MAX_SIGNAL_LEN).ok(),
+                "{text}"
+            );
+        }
+        let long = format!(
+            "{{\"v\":1,\"type\":\"pong\",\"x\":\"{}\"}}",
+            "a".repeat(MAX_SIGNAL_LEN)
+        );
+        assert_eq!(server_msg(&long), None);
+    }
+
+    #[wasm_bindgen_test]
+    fn manifests_are_read_like_protocol() {
+        let texts = manifest_texts();
+        assert!(manifest(&texts[0]).is_some());
+        for text in &texts {
+            assert_eq!(manifest(text), Manifest::from_json(text).ok(), "{text}");
+        }
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     //! The codec against `protocol`'s serde implementation, natively: `serde_json::Value`
     //! stands in for what `JSON.parse` returns.
@@ -544,6 +713,13 @@ mod tests {
     }
 
     #[test]
+    fn samples_are_read_like_protocol() {
+        for m in sample_server_msgs() {
+            assert_eq!(same_server_msg(&m.to_json()), Some(m));
+        }
+    }
+
+    #[test]
     fn fixtures() {
         assert_eq!(
             client_msg(&ClientMsg::Join {
@@ -566,73 +742,18 @@ mod tests {
 
     #[test]
     fn refuses_what_protocol_refuses() {
-        for text in [
-            "",
-            "[]",
-            "null",
-            "1",
-            r#"{"type":"pong"}"#,
-            r#"{"v":2,"type":"pong"}"#,
-            r#"{"v":"1","type":"pong"}"#,
-            r#"{"v":-1,"type":"pong"}"#,
-            r#"{"v":1}"#,
-            r#"{"v":1,"type":"nope"}"#,
-            r#"{"v":1,"type":7}"#,
-            r#"{"v":1,"type":"pong","extra":[1,{"a":null}]}"#,
-            r#"{"v":1,"type":"welcome","peer_id":1}"#,
-            r#"{"v":1,"type":"welcome","peer_id":-1,"heartbeat_ms":5}"#,
-            r#"{"v":1,"type":"welcome","peer_id":1.5,"heartbeat_ms":5}"#,
-            r#"{"v":1,"type":"welcome","peer_id":1,"heartbeat_ms":4294967296}"#,
-            r#"{"v":1,"type":"welcome","peer_id":1,"heartbeat_ms":4294967295}"#,
-            r#"{"v":1,"type":"joined","swarm":"s","peers":[1,2],"slot":0,"slots":0}"#,
-            r#"{"v":1,"type":"joined","swarm":"s","peers":[1,2],"slot":2,"slots":2}"#,
-            r#"{"v":1,"type":"joined","swarm":"s","peers":[1,2],"slot":1,"slots":2}"#,
-            r#"{"v":1,"type":"joined","swarm":"s","peers":[1,"2"],"slot":1,"slots":2}"#,
-            r#"{"v":1,"type":"joined","swarm":"s","peers":{},"slot":1,"slots":2}"#,
-            r#"{"v":1,"type":"slot","swarm":"s","slot":1}"#,
-            r#"{"v":1,"type":"peers","swarm":null,"peers":[]}"#,
-            r#"{"v":1,"type":"peer_left","swarm":"s","peer":3}"#,
-            r#"{"v":1,"type":"signal","swarm":"s","from":9,"data":{"kind":"offer"}}"#,
-            r#"{"v":1,"type":"signal","swarm":"s","from":9,"data":{"kind":"bye","sdp":"x"}}"#,
-            r#"{"v":1,"type":"signal","swarm":"s","from":9,"data":"x"}"#,
-            r#"{"v":1,"type":"signal","swarm":"s","from":9,"data":{"kind":"candidate","candidate":"c"}}"#,
-            r#"{"v":1,"type":"signal","swarm":"s","from":9,"data":{"kind":"candidate","candidate":"c","sdp_mid":null,"sdp_m_line_index":null}}"#,
-            r#"{"v":1,"type":"signal","swarm":"s","from":9,"data":{"kind":"candidate","candidate":"c","sdp_mid":1}}"#,
-            r#"{"v":1,"type":"signal","swarm":"s","from":9,"data":{"kind":"candidate","candidate":"c","sdp_m_line_index":65536}}"#,
-            r#"{"v":1,"type":"error","code":"rate_limited","message":"m"}"#,
-            r#"{"v":1,"type":"error","code":"rate_limited","message":"m","swarm":null}"#,
-            r#"{"v":1,"type":"error","code":"rate_limited","message":"m","swarm":"s"}"#,
-            r#"{"v":1,"type":"error","code":"nope","message":"m"}"#,
-            r#"{"v":1,"type":"error","code":"rate_limited"}"#,
-            r#"{"v":1,"type":"reconnect","after_ms":-5}"#,
-            r#"{"v":1,"type":"reconnect","after_ms":100}"#,
-        ] {
+        for text in SERVER_TEXTS {
             same_server_msg(text);
         }
     }
 
     #[test]
     fn manifest_refusals() {
-        let m = Manifest {
-            segments: vec![SegmentManifest::compute(4, "a.ts", &[1u8; 20_000])],
-        };
-        let good = m.to_json();
-        for text in [
-            good.clone(),
-            good.replace("\"v\":1", "\"v\":2"),
-            good.replace("\"v\":1", "\"v\":257"),
-            good.replace("\"chunk_size\":16384", "\"chunk_size\":1"),
-            good.replace("\"len\":20000", "\"len\":40000"),
-            good.replace("\"len\":20000", "\"len\":\"20000\""),
-            good.replace("\"seq\":4", "\"seq\":-4"),
-            good.replace("\"uri\":\"a.ts\"", "\"uri\":null"),
-            good.replace("\"sha256\":\"", "\"sha256\":\"0"),
-            good.replace("\"chunks\":\"", "\"chunks\":\"A"),
-            "{}".to_string(),
-        ] {
-            let ours = parse(&text).and_then(|v| manifest_from(&v));
-            assert_eq!(ours, Manifest::from_json(&text).ok(), "{text}");
+        let texts = manifest_texts();
+        for text in &texts {
+            let ours = parse(text).and_then(|v| manifest_from(&v));
+            assert_eq!(ours, Manifest::from_json(text).ok(), "{text}");
         }
-        assert!(parse(&good).and_then(|v| manifest_from(&v)).is_some());
+        assert!(parse(&texts[0]).and_then(|v| manifest_from(&v)).is_some());
     }
 }
