@@ -17,15 +17,14 @@
 //! event loop, never while the state is borrowed.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::fmt::Write as _;
+use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
 
 use bytes::Bytes;
 use js_sys::{Function, Promise, Reflect, Uint8Array};
 use peer_core::{BanReason, Config, Event, Output, PeerCore, Time};
 use protocol::PeerId;
-use protocol::signaling::{ClientMsg, MAX_SIGNAL_LEN, ServerMsg, SignalData, swarm_id};
+use protocol::signaling::{ClientMsg, ServerMsg, SignalData, swarm_id};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{JsFuture, spawn_local};
@@ -53,6 +52,11 @@ const BACKOFF_MIN_MS: f64 = 500.0;
 const BACKOFF_MAX_MS: f64 = 30_000.0;
 /// Period of the housekeeping tick (pings, `stats` event).
 const TICK_MS: i32 = 1000;
+
+mod json;
+mod map;
+
+use map::IdMap;
 
 type Shared = Rc<RefCell<Inner>>;
 type Cb = Closure<dyn FnMut(JsValue)>;
@@ -150,15 +154,16 @@ struct Inner {
     ws_failures: u32,
     heartbeat_ms: f64,
     last_ping: f64,
-    conns: HashMap<PeerId, Conn>,
+    conns: IdMap<Conn>,
     epoch: u64,
-    http: HashMap<u64, AbortController>,
-    waiters: BTreeMap<u64, Vec<Waiter>>,
+    http: IdMap<AbortController>,
+    /// Pending `fetchSegment` promises by segment.
+    waiters: IdMap<Vec<Waiter>>,
     /// `fetchSegment` calls for segments whose manifest is still loading.
     parked: Vec<Parked>,
-    manifests_loading: HashSet<String>,
-    urls: HashMap<String, u64>,
-    url_order: VecDeque<String>,
+    manifests_loading: Vec<String>,
+    /// Absolute segment URL → seq, oldest first.
+    urls: VecDeque<(String, u64)>,
     listeners: Vec<(String, Function)>,
     /// Calls to make once the state is no longer borrowed.
     deferred: Vec<(Function, JsValue)>,
@@ -184,12 +189,41 @@ fn perf_now() -> f64 {
         .map_or(0.0, |p| p.now())
 }
 
+/// A number for JavaScript (exact below 2^53).
+fn num(n: u64) -> JsValue {
+    JsValue::from_f64(n as f64)
+}
+
+fn set_all(o: &JsValue, fields: &[(&str, JsValue)]) {
+    for (k, v) in fields {
+        let _ = Reflect::set(o, &JsValue::from_str(k), v);
+    }
+}
+
+/// A plain object with `fields` in this order.
+fn obj(fields: &[(&str, JsValue)]) -> JsValue {
+    let o: JsValue = js_sys::Object::new().into();
+    set_all(&o, fields);
+    o
+}
+
 fn js_err(msg: &str) -> JsValue {
     js_sys::Error::new(msg).into()
 }
 
 /// Runs `f` on the state, performs the core's outputs, then makes the queued JS calls.
 fn with(rc: &Shared, f: impl FnOnce(&mut Inner)) {
+    let mut f = Some(f);
+    with_dyn(rc, &mut |i| {
+        if let Some(f) = f.take() {
+            f(i);
+        }
+    });
+}
+
+/// The body of [`with`], once in the bundle instead of once per caller's closure.
+#[inline(never)]
+fn with_dyn(rc: &Shared, f: &mut dyn FnMut(&mut Inner)) {
     let deferred = {
         let Ok(mut g) = rc.try_borrow_mut() else {
             return;
@@ -217,13 +251,15 @@ impl Inner {
         Time::from_secs_f64((perf_now() - self.t0).max(0.0) / 1000.0)
     }
 
-    fn emit(&mut self, name: &str, json: impl FnOnce() -> String) {
-        if !self.listeners.iter().any(|(n, _)| n == name) {
-            return;
+    /// Queues `arg()` for the listeners of `name` (built only when there is one).
+    fn emit(&mut self, name: &str, arg: impl FnOnce() -> JsValue) {
+        if self.listeners.iter().any(|(n, _)| n == name) {
+            let arg = arg();
+            self.emit_value(name, arg);
         }
-        let Ok(arg) = js_sys::JSON::parse(&json()) else {
-            return;
-        };
+    }
+
+    fn emit_value(&mut self, name: &str, arg: JsValue) {
         for (n, f) in &self.listeners {
             if n == name {
                 self.deferred.push((f.clone(), arg.clone()));
@@ -281,12 +317,12 @@ impl Inner {
             Output::Signal(msg) => self.send_ws(&msg),
             Output::Connect { peer } => self.connect_peer(peer),
             Output::Disconnect { peer, .. } => {
-                self.conns.remove(&peer);
+                self.conns.remove(peer);
             }
             Output::Send { peer, frame } => self.send_frame(peer, frame),
             Output::HttpStart { id, url, range, .. } => self.http_start(id, url, range),
             Output::HttpCancel { id } => {
-                if let Some(c) = self.http.remove(&id) {
+                if let Some(c) = self.http.remove(id) {
                     c.abort();
                 }
             }
@@ -296,17 +332,20 @@ impl Inner {
                 http_bytes,
                 p2p_bytes,
             } => {
-                if let Some(ws) = self.waiters.remove(&seq) {
+                if let Some(ws) = self.waiters.remove(seq) {
                     let arr: JsValue = Uint8Array::from(&data[..]).into();
                     for w in ws {
                         self.deferred.push((w.resolve, arr.clone()));
                     }
                 }
-                let len = data.len();
+                let len = data.len() as u64;
                 self.emit("segment", || {
-                    format!(
-                        "{{\"seq\":{seq},\"bytes\":{len},\"httpBytes\":{http_bytes},\"p2pBytes\":{p2p_bytes}}}"
-                    )
+                    obj(&[
+                        ("seq", num(seq)),
+                        ("bytes", num(len)),
+                        ("httpBytes", num(http_bytes)),
+                        ("p2pBytes", num(p2p_bytes)),
+                    ])
                 });
             }
             Output::Event(ev) => self.on_event(ev),
@@ -316,12 +355,12 @@ impl Inner {
     fn on_event(&mut self, ev: Event) {
         match ev {
             Event::PeerConnected { peer } => self.emit("peer", || {
-                format!("{{\"peer\":{peer},\"state\":\"connected\"}}")
+                obj(&[("peer", num(peer)), ("state", "connected".into())])
             }),
             Event::PeerDisconnected { peer } => {
-                self.conns.remove(&peer);
+                self.conns.remove(peer);
                 self.emit("peer", || {
-                    format!("{{\"peer\":{peer},\"state\":\"disconnected\"}}")
+                    obj(&[("peer", num(peer)), ("state", "disconnected".into())])
                 })
             }
             Event::PeerBanned { peer, reason } => {
@@ -335,18 +374,22 @@ impl Inner {
                     BanReason::Malformed(_) => "malformed",
                 };
                 self.emit("peer", || {
-                    format!("{{\"peer\":{peer},\"state\":\"banned\",\"reason\":\"{r}\"}}")
+                    obj(&[
+                        ("peer", num(peer)),
+                        ("state", "banned".into()),
+                        ("reason", r.into()),
+                    ])
                 })
             }
-            Event::IntegrityFailure { peer, seq, chunk } => {
-                let p = peer.map_or("null".to_string(), |p| p.to_string());
-                self.emit("integrity", || {
-                    format!("{{\"peer\":{p},\"seq\":{seq},\"chunk\":{chunk}}}")
-                })
-            }
+            Event::IntegrityFailure { peer, seq, chunk } => self.emit("integrity", || {
+                obj(&[
+                    ("peer", peer.map_or(JsValue::NULL, num)),
+                    ("seq", num(seq)),
+                    ("chunk", num(chunk as u64)),
+                ])
+            }),
             Event::SignalingError { code, .. } => {
-                let c = code.as_str();
-                self.emit("error", || format!("{{\"code\":\"{c}\"}}"))
+                self.emit("error", || obj(&[("code", code.as_str().into())]))
             }
         }
     }
@@ -371,39 +414,35 @@ impl Inner {
         }
     }
 
-    fn stats_json(&self) -> String {
-        let mut s = String::with_capacity(512);
+    fn stats_value(&self) -> JsValue {
         let peers = self.core.as_ref().map_or(0, |c| c.open_peers().count());
-        let _ = write!(
-            s,
-            "{{\"peers\":{peers},\"connections\":{}",
-            self.conns.len()
-        );
+        let o = obj(&[
+            ("peers", num(peers as u64)),
+            ("connections", num(self.conns.len() as u64)),
+        ]);
         if let Some(c) = &self.core {
             let st = c.stats();
-            let _ = write!(
-                s,
-                ",\"peerId\":{},\"httpBytes\":{},\"p2pBytes\":{},\"deliveredHttpBytes\":{},\"deliveredP2pBytes\":{},\"uploadedBytes\":{},\"segments\":{},\"integrityFailures\":{},\"peersBanned\":{},\"stalls\":{},\"httpRequests\":{},\"offload\":{}",
-                c.peer_id().map_or("null".into(), |p| p.to_string()),
-                st.http_bytes,
-                st.p2p_bytes,
-                st.delivered_http_bytes,
-                st.delivered_p2p_bytes,
-                st.uploaded_bytes,
-                st.segments_delivered,
-                st.integrity_failures,
-                st.peers_banned,
-                st.stalls,
-                st.http_requests,
-                st.offload(),
+            set_all(
+                &o,
+                &[
+                    ("peerId", c.peer_id().map_or(JsValue::NULL, num)),
+                    ("httpBytes", num(st.http_bytes)),
+                    ("p2pBytes", num(st.p2p_bytes)),
+                    ("deliveredHttpBytes", num(st.delivered_http_bytes)),
+                    ("deliveredP2pBytes", num(st.delivered_p2p_bytes)),
+                    ("uploadedBytes", num(st.uploaded_bytes)),
+                    ("segments", num(st.segments_delivered)),
+                    ("integrityFailures", num(st.integrity_failures.into())),
+                    ("peersBanned", num(st.peers_banned.into())),
+                    ("stalls", num(st.stalls.into())),
+                    ("httpRequests", num(st.http_requests)),
+                    ("offload", JsValue::from_f64(st.offload())),
+                ],
             );
         }
-        s.push_str(",\"banned\":[");
-        for (i, p) in self.banned.iter().enumerate() {
-            let _ = write!(s, "{}{p}", if i > 0 { "," } else { "" });
-        }
-        s.push_str("]}");
-        s
+        let banned: js_sys::Array = self.banned.iter().map(|p| num(*p)).collect();
+        set_all(&o, &[("banned", banned.into())]);
+        o
     }
 
     // ------------------------------------------------------------ signaling
@@ -471,13 +510,13 @@ impl Inner {
         if let Some(ws) = &self.ws
             && ws.ws.ready_state() == WebSocket::OPEN
         {
-            let _ = ws.ws.send_with_str(&msg.to_json());
+            let _ = ws.ws.send_with_str(&json::client_msg(msg));
         }
         // Otherwise dropped: after a reconnect the core joins again from `welcome`.
     }
 
     fn on_server_text(&mut self, text: &str) {
-        let Ok(msg) = ServerMsg::from_json(text, MAX_SIGNAL_LEN) else {
+        let Some(msg) = json::server_msg(text) else {
             return;
         };
         let now = self.now();
@@ -523,7 +562,7 @@ impl Inner {
     // ------------------------------------------------------------ WebRTC
 
     fn new_conn(&mut self, peer: PeerId, offerer: bool) -> Option<(u64, RtcPeerConnection)> {
-        self.conns.remove(&peer);
+        self.conns.remove(peer);
         if self.conns.len() >= MAX_CONNS {
             return None;
         }
@@ -634,14 +673,14 @@ impl Inner {
     }
 
     fn live(&self, peer: PeerId, epoch: u64) -> bool {
-        self.conns.get(&peer).is_some_and(|c| c.epoch == epoch)
+        self.conns.get(peer).is_some_and(|c| c.epoch == epoch)
     }
 
     fn conn_closed(&mut self, peer: PeerId, epoch: u64) {
         if !self.live(peer, epoch) {
             return;
         }
-        self.conns.remove(&peer);
+        self.conns.remove(peer);
         let now = self.now();
         if let Some(c) = self.core.as_mut() {
             c.handle_channel_closed(now, peer);
@@ -681,7 +720,7 @@ impl Inner {
         match data {
             SignalData::Offer { sdp } => {
                 let me_id = self.core.as_ref().and_then(|c| c.peer_id()).unwrap_or(0);
-                if let Some(c) = self.conns.get(&from)
+                if let Some(c) = self.conns.get(from)
                     && c.offerer
                     && me_id < from
                 {
@@ -727,7 +766,7 @@ impl Inner {
                 });
             }
             SignalData::Answer { sdp } => {
-                let Some(c) = self.conns.get(&from) else {
+                let Some(c) = self.conns.get(from) else {
                     return;
                 };
                 if !c.offerer || c.remote_set {
@@ -750,7 +789,7 @@ impl Inner {
                 sdp_mid,
                 sdp_m_line_index,
             } => {
-                let Some(c) = self.conns.get_mut(&from) else {
+                let Some(c) = self.conns.get_mut(from) else {
                     return;
                 };
                 if candidate.is_empty() {
@@ -770,7 +809,7 @@ impl Inner {
     }
 
     fn remote_set(&mut self, peer: PeerId, epoch: u64) {
-        let Some(c) = self.conns.get_mut(&peer) else {
+        let Some(c) = self.conns.get_mut(peer) else {
             return;
         };
         if c.epoch != epoch {
@@ -784,7 +823,7 @@ impl Inner {
     }
 
     fn send_frame(&mut self, peer: PeerId, frame: Bytes) {
-        let Some(c) = self.conns.get(&peer) else {
+        let Some(c) = self.conns.get(peer) else {
             return;
         };
         if c.dc.ready_state() != RtcDataChannelState::Open {
@@ -829,7 +868,7 @@ impl Inner {
         spawn_local(async move {
             let r = http_fetch(&me, id, &url, range, &signal).await;
             with_weak(&me, |i| {
-                if i.http.remove(&id).is_none() {
+                if i.http.remove(id).is_none() {
                     return; // cancelled
                 }
                 let now = i.now();
@@ -851,18 +890,18 @@ impl Inner {
         let Some(stem) = path.strip_suffix(".m3u8") else {
             return;
         };
-        u.set_pathname(&format!("{stem}.integrity.json"));
+        u.set_pathname(&[stem, ".integrity.json"].concat());
         u.set_hash("");
         let url = u.href();
         if self.manifests_loading.contains(&url) || self.manifests_loading.len() >= 8 {
             return;
         }
-        self.manifests_loading.insert(url.clone());
+        self.manifests_loading.push(url.clone());
         let me = self.me.clone();
         spawn_local(async move {
             let text = fetch_text(&url).await;
             with_weak(&me, |i| {
-                i.manifests_loading.remove(&url);
+                i.manifests_loading.retain(|u| *u != url);
                 if let Ok(text) = text {
                     i.add_manifest(&url, &text);
                 }
@@ -872,7 +911,7 @@ impl Inner {
     }
 
     fn add_manifest(&mut self, url: &str, text: &str) {
-        let Ok(m) = protocol::Manifest::from_json(text) else {
+        let Some(m) = json::manifest(text) else {
             return;
         };
         let now = self.now();
@@ -881,14 +920,11 @@ impl Inner {
                 continue;
             };
             let abs = abs.href();
-            if !self.urls.contains_key(&abs) {
-                if self.url_order.len() >= MAX_URLS
-                    && let Some(old) = self.url_order.pop_front()
-                {
-                    self.urls.remove(&old);
+            if !self.urls.iter().any(|(u, _)| *u == abs) {
+                if self.urls.len() >= MAX_URLS {
+                    self.urls.pop_front();
                 }
-                self.url_order.push_back(abs.clone());
-                self.urls.insert(abs.clone(), seg.seq);
+                self.urls.push_back((abs.clone(), seg.seq));
             }
             if let Some(c) = self.core.as_mut() {
                 c.add_segment(now, seg, abs);
@@ -897,7 +933,7 @@ impl Inner {
     }
 
     fn want(&mut self, seq: Option<u64>, url: &str, deadline_ms: f64, w: Waiter, retry: bool) {
-        let seq = seq.or_else(|| self.urls.get(url).copied());
+        let seq = seq.or_else(|| self.urls.iter().find(|(u, _)| u == url).map(|(_, s)| *s));
         let now = self.now();
         let deadline =
             now + std::time::Duration::from_micros((deadline_ms.max(0.0) * 1000.0) as u64);
@@ -907,15 +943,15 @@ impl Inner {
         };
         match res {
             Some(s) => {
-                if !self.waiters.contains_key(&s)
+                if !self.waiters.contains_key(s)
                     && self.waiters.len() >= MAX_WAITING_SEGMENTS
-                    && let Some((_, old)) = self.waiters.pop_first()
+                    && let Some(old) = self.waiters.pop_min()
                 {
                     for o in old {
                         self.deferred.push((o.reject, js_err("superseded")));
                     }
                 }
-                self.waiters.entry(s).or_default().push(w);
+                self.waiters.or_default(s).push(w);
             }
             None if self.parked.len() < 32 && (!self.manifests_loading.is_empty() || !retry) => {
                 // Probably newer than the manifest we hold: load it again and retry once.
@@ -946,23 +982,20 @@ impl Inner {
             self.last_ping = t;
             self.send_ws(&ClientMsg::Ping);
         }
-        let json = self.stats_json();
-        self.emit("stats", || json);
+        let stats = self.stats_value();
+        self.emit("stats", || stats);
     }
 
     fn destroy(&mut self) {
         self.destroyed = true;
         if let (Some(c), Some(ws)) = (self.core.as_ref(), self.ws.as_ref()) {
-            let _ = ws.ws.send_with_str(
-                &ClientMsg::Leave {
-                    swarm: c.config().swarm.clone(),
-                }
-                .to_json(),
-            );
+            let _ = ws.ws.send_with_str(&json::client_msg(&ClientMsg::Leave {
+                swarm: c.config().swarm.clone(),
+            }));
         }
         self.ws = None;
         self.conns.clear();
-        for (_, c) in self.http.drain() {
+        for (_, c) in self.http.take_all() {
             c.abort();
         }
         if let Some(w) = window() {
@@ -976,7 +1009,7 @@ impl Inner {
                 w.clear_interval_with_handle(t);
             }
         }
-        for (_, ws) in std::mem::take(&mut self.waiters) {
+        for (_, ws) in self.waiters.take_all() {
             for w in ws {
                 let _ = w.reject.call1(&JsValue::NULL, &js_err("destroyed"));
             }
@@ -1002,7 +1035,11 @@ async fn http_fetch(
     init.set_signal(Some(signal));
     if let Some((start, end)) = range {
         let h = Headers::new()?;
-        h.set("Range", &format!("bytes={start}-{}", end.saturating_sub(1)))?;
+        let mut r = String::from("bytes=");
+        json::push_u64(&mut r, start);
+        r.push('-');
+        json::push_u64(&mut r, end.saturating_sub(1));
+        h.set("Range", &r)?;
         init.set_headers(&h);
     }
     let resp: Response = JsFuture::from(w.fetch_with_str_and_init(url, &init))
@@ -1027,7 +1064,7 @@ async fn http_fetch(
         let data = chunk.to_vec();
         let mut alive = false;
         with_weak(me, |i| {
-            if i.http.contains_key(&id) {
+            if i.http.contains_key(id) {
                 alive = true;
                 let now = i.now();
                 if let Some(c) = i.core.as_mut() {
@@ -1090,14 +1127,13 @@ impl P2pPeer {
                 ws_failures: 0,
                 heartbeat_ms: 30_000.0,
                 last_ping: 0.0,
-                conns: HashMap::new(),
+                conns: IdMap::default(),
                 epoch: 0,
-                http: HashMap::new(),
-                waiters: BTreeMap::new(),
+                http: IdMap::default(),
+                waiters: IdMap::default(),
                 parked: Vec::new(),
-                manifests_loading: HashSet::new(),
-                urls: HashMap::new(),
-                url_order: VecDeque::new(),
+                manifests_loading: Vec::new(),
+                urls: VecDeque::new(),
                 listeners: Vec::new(),
                 deferred: Vec::new(),
                 timer: None,
@@ -1195,7 +1231,7 @@ impl P2pPeer {
     pub fn cancel(&self, sn: f64) {
         let seq = sn as u64;
         with(&self.inner, |i| {
-            if let Some(ws) = i.waiters.remove(&seq) {
+            if let Some(ws) = i.waiters.remove(seq) {
                 for w in ws {
                     i.deferred.push((w.reject, js_err("cancelled")));
                 }
@@ -1229,11 +1265,10 @@ impl P2pPeer {
 
     /// Counters: bytes by source, uploaded bytes, peers, integrity failures, banned peers.
     pub fn stats(&self) -> JsValue {
-        let json = match self.inner.try_borrow() {
-            Ok(g) => g.stats_json(),
-            Err(_) => return JsValue::NULL,
-        };
-        js_sys::JSON::parse(&json).unwrap_or(JsValue::NULL)
+        match self.inner.try_borrow() {
+            Ok(g) => g.stats_value(),
+            Err(_) => JsValue::NULL,
+        }
     }
 
     /// Closes every connection and request; pending promises reject.

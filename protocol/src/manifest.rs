@@ -136,18 +136,21 @@ pub struct Manifest {
 struct ManifestJson {
     v: u8,
     chunk_size: u32,
-    segments: Vec<SegmentJson>,
+    segments: Vec<EncodedSegment>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct SegmentJson {
-    seq: u64,
-    uri: String,
-    len: u64,
+/// One entry of the JSON sidecar's `segments` as written, hashes still encoded: what
+/// [`Manifest::from_encoded`] validates. For decoders that walk the JSON themselves (the
+/// browser peer parses it with the browser's `JSON.parse`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncodedSegment {
+    pub seq: u64,
+    pub uri: String,
+    pub len: u64,
     /// Hex SHA-256 of the whole segment.
-    sha256: String,
+    pub sha256: String,
     /// Base64 (standard, padded) of the concatenated 32-byte SHA-256 of each chunk.
-    chunks: String,
+    pub chunks: String,
 }
 
 impl Manifest {
@@ -160,7 +163,7 @@ impl Manifest {
             segments: self
                 .segments
                 .iter()
-                .map(|s| SegmentJson {
+                .map(|s| EncodedSegment {
                     seq: s.seq,
                     uri: s.uri.clone(),
                     len: s.len,
@@ -181,19 +184,32 @@ impl Manifest {
     pub fn from_json(text: &str) -> Result<Self, ManifestError> {
         let json: ManifestJson =
             serde_json::from_str(text).map_err(|e| ManifestError::Json(e.to_string()))?;
-        if json.v != MANIFEST_VERSION {
-            return Err(ManifestError::Version(json.v));
+        Self::from_encoded(json.v, json.chunk_size, json.segments)
+    }
+
+    /// Validates a manifest whose JSON was already taken apart: `v`, `chunk_size` and the
+    /// `segments` entries as written. Every check of [`Manifest::from_json`] but the JSON
+    /// syntax is made here.
+    pub fn from_encoded(
+        v: u8,
+        chunk_size: u32,
+        segments: Vec<EncodedSegment>,
+    ) -> Result<Self, ManifestError> {
+        if v != MANIFEST_VERSION {
+            return Err(ManifestError::Version(v));
         }
-        if json.chunk_size as usize != CHUNK_SIZE {
-            return Err(ManifestError::ChunkSize(json.chunk_size));
+        if chunk_size as usize != CHUNK_SIZE {
+            return Err(ManifestError::ChunkSize(chunk_size));
         }
-        if json.segments.len() > MAX_SEGMENTS {
-            return Err(ManifestError::TooManySegments(json.segments.len()));
+        if segments.len() > MAX_SEGMENTS {
+            return Err(ManifestError::TooManySegments(segments.len()));
         }
         let b64 = base64::engine::general_purpose::STANDARD;
-        let mut segments = Vec::with_capacity(json.segments.len());
-        let mut seen = std::collections::HashSet::with_capacity(json.segments.len());
-        for s in json.segments {
+        let encoded = segments;
+        let mut segments = Vec::with_capacity(encoded.len());
+        // A BTreeSet: the browser bundle holds its code already (peer-core), no HashSet needed.
+        let mut seen = std::collections::BTreeSet::new();
+        for s in encoded {
             let seq = s.seq;
             if !seen.insert(seq) {
                 return Err(ManifestError::DuplicateSeq { seq });
@@ -261,6 +277,28 @@ mod tests {
         };
         let back = Manifest::from_json(&m.to_json()).expect("round trip");
         assert_eq!(back, m);
+    }
+
+    #[test]
+    fn from_encoded_is_from_json_without_the_syntax() {
+        let m = Manifest {
+            segments: vec![SegmentManifest::compute(3, "c.ts", &[7u8; 40_000])],
+        };
+        let json: ManifestJson = serde_json::from_str(&m.to_json()).expect("json");
+        assert_eq!(
+            Manifest::from_encoded(json.v, json.chunk_size, json.segments.clone()),
+            Ok(m)
+        );
+        assert_eq!(
+            Manifest::from_encoded(2, json.chunk_size, json.segments.clone()),
+            Err(ManifestError::Version(2))
+        );
+        let mut bad = json.segments;
+        bad[0].sha256.pop();
+        assert_eq!(
+            Manifest::from_encoded(1, CHUNK_SIZE as u32, bad),
+            Err(ManifestError::BadHash { seq: 3 })
+        );
     }
 
     #[test]

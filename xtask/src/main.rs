@@ -9,6 +9,7 @@ mod sim;
 mod test;
 mod util;
 mod wasm;
+mod wasm_names;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

@@ -3,7 +3,8 @@
 //! On a fresh Debian machine (as root) it installs, only when missing: Chromium and
 //! chromedriver (the headless browser swarm tests in `tests/tests/browser.rs`), Node.js + npm
 //! (to `npm ci` the pinned binaryen whose `wasm-opt` shrinks the bundle) and Debian's binaryen.
-//! Then it builds the wasm bundle into `dist/` and runs the workspace tests.
+//! Then it builds the wasm bundle into `dist/`, runs the workspace tests, and peer-wasm's
+//! browser-side tests under wasm-bindgen-test-runner (installed from crates.io on first use).
 
 use std::path::Path;
 use std::process::Command;
@@ -69,15 +70,64 @@ fn install_system_deps() -> Result<()> {
     Ok(())
 }
 
-/// `npm ci` (binaryen for wasm-opt) when `node_modules` lacks it.
+/// `npm ci` (binaryen for wasm-opt, terser for the glue JS) when `node_modules` lacks them.
 pub fn install_npm_deps() -> Result<()> {
-    if root().join("node_modules/.bin/wasm-opt").exists() || !have("npm") {
+    let bin = root().join("node_modules/.bin");
+    if (bin.join("wasm-opt").exists() && bin.join("terser").exists()) || !have("npm") {
         return Ok(());
     }
     util::run(
         Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund"])
             .current_dir(root()),
+    )
+}
+
+/// wasm-bindgen's version (peer-wasm pins it exactly): the test runner must be the same.
+const WASM_BINDGEN_VERSION: &str = "0.2.130";
+
+/// peer-wasm's tests inside headless Chromium (its JSON codec through the browser's
+/// `JSON.parse`, against protocol's serde decoders). `wasm-bindgen-test-runner` comes from
+/// crates.io into `<target>/tools` the first time (a few minutes of build).
+fn wasm_browser_tests() -> Result<()> {
+    let chromedriver = Path::new("/usr/bin/chromedriver");
+    if !chromedriver.exists() {
+        if std::env::var_os("CI").is_some() {
+            anyhow::bail!("/usr/bin/chromedriver is missing and CI is set");
+        }
+        eprintln!("xtask: SKIPPED peer-wasm browser tests: no /usr/bin/chromedriver");
+        return Ok(());
+    }
+    let tools = crate::wasm::target_dir().join("tools");
+    let runner = tools.join("bin/wasm-bindgen-test-runner");
+    let installed = Command::new(tools.join("bin/wasm-bindgen"))
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim_end()
+                .ends_with(WASM_BINDGEN_VERSION)
+        });
+    if !installed || !runner.exists() {
+        util::run(
+            cargo()
+                .args(["install", "wasm-bindgen-cli", "--force", "--version"])
+                .arg(WASM_BINDGEN_VERSION)
+                .arg("--root")
+                .arg(&tools),
+        )?;
+    }
+    util::run(
+        cargo()
+            .args([
+                "test",
+                "-p",
+                "peer-wasm",
+                "--target",
+                "wasm32-unknown-unknown",
+            ])
+            .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", &runner)
+            .env("CHROMEDRIVER", chromedriver),
     )
 }
 
@@ -97,6 +147,7 @@ pub fn run_tests() -> Result<()> {
     // The bundle the browser tests serve.
     crate::wasm::build(true)?;
     util::run(cargo().args(["test", "--workspace", "--release"]))?;
+    wasm_browser_tests()?;
     Ok(())
 }
 

@@ -2,9 +2,13 @@
 //!
 //! cargo (`--profile wasm-release`) → wasm-bindgen (the `wasm-bindgen-cli-support` library,
 //! pinned to the exact `wasm-bindgen` version of Cargo.lock, so no CLI install) in `no-modules`
-//! mode → `wasm-opt -Oz` (npm `binaryen`, see [`wasm_opt`]) → `dist/p2p-cdn.js` = the generated glue followed by
-//! `peer-wasm/js/p2p-cdn-hls.js` (hls.js loader, script-tag attach), plus
+//! mode → `wasm-opt` (npm `binaryen`, see [`wasm_opt`] and [`WASM_OPT_PASSES`]) →
+//! `dist/p2p-cdn.js` = the generated glue followed by `peer-wasm/js/p2p-cdn-hls.js` (hls.js
+//! loader, script-tag attach), minified by npm `terser` when installed, plus
 //! `dist/p2p-cdn_bg.wasm` and `dist/p2p-cdn.d.ts`.
+//!
+//! What counts is the gzip size (`cargo xtask bundle-size`); docs/BUNDLE.md says where the
+//! bytes go.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,17 +20,25 @@ use crate::util::{self, cargo, root};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Skip wasm-opt even when it is installed.
+    /// Skip wasm-opt and the JS minifier even when they are installed.
     #[arg(long)]
     pub no_opt: bool,
 }
+
+/// wasm-opt's optimisation flags, chosen for the gzip size, the size that travels. `-Oz` gives
+/// the smallest raw file but a larger gzip (+8 KB measured): it inlines every function that
+/// has one caller, which turns many similar small bodies (that gzip folds together) into
+/// large unique ones. `-O2` with one-caller inlining limited to tiny functions compresses best
+/// of the settings tried (`-Oz`/`-Os`/`-O1..4`, with and without `--converge` and
+/// inlining limits).
+const WASM_OPT_PASSES: [&str; 3] = ["-O2", "--one-caller-inline-max-function-size", "10"];
 
 /// Where the bundle goes.
 pub fn dist() -> PathBuf {
     root().join("dist")
 }
 
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .map(|p| if p.is_absolute() { p } else { root().join(p) })
@@ -66,8 +78,8 @@ pub fn build(opt: bool) -> Result<()> {
         match wasm_opt() {
             Some(bin) => util::run(
                 Command::new(bin)
+                    .args(WASM_OPT_PASSES)
                     .args([
-                        "-Oz",
                         // The features rustc enables for wasm32 by default; wasm-bindgen's
                         // externref table needs reference types.
                         "--enable-reference-types",
@@ -88,10 +100,28 @@ pub fn build(opt: bool) -> Result<()> {
             ),
         }
     }
+    let mut glue = std::fs::read_to_string(out.join("p2p-cdn.js"))?;
+    if opt {
+        match crate::wasm_names::shorten_imports(&std::fs::read(&wasm)?, &glue) {
+            Ok((w, g)) => {
+                std::fs::write(&wasm, w)?;
+                glue = g;
+            }
+            Err(e) => eprintln!("xtask: wasm import names left as generated: {e:#}"),
+        }
+    }
     // One script: the generated glue, then our hls.js integration.
-    let glue = std::fs::read_to_string(out.join("p2p-cdn.js"))?;
     let ours = std::fs::read_to_string(root().join("peer-wasm/js/p2p-cdn-hls.js"))?;
-    std::fs::write(out.join("p2p-cdn.js"), format!("{glue}\n{ours}"))?;
+    let js = out.join("p2p-cdn.js");
+    std::fs::write(&js, format!("{glue}\n{ours}"))?;
+    if opt {
+        match terser() {
+            // Compress and mangle local names; top-level names (`__p2pCdnWasm`) and property
+            // names (the wasm imports, the public API) stay.
+            Some(bin) => util::run(Command::new(bin).arg(&js).args(["-c", "-m", "-o"]).arg(&js))?,
+            None => eprintln!("xtask: no terser (run `npm ci`); p2p-cdn.js left unminified"),
+        }
+    }
     let dts = std::fs::read_to_string(out.join("p2p-cdn.d.ts")).unwrap_or_default();
     let ours_dts = std::fs::read_to_string(root().join("peer-wasm/js/p2p-cdn-hls.d.ts"))?;
     std::fs::write(out.join("p2p-cdn.d.ts"), format!("{dts}\n{ours_dts}"))?;
@@ -110,6 +140,12 @@ fn wasm_opt() -> Option<PathBuf> {
     let text = String::from_utf8_lossy(&out.stdout);
     let version: u32 = text.split_whitespace().find_map(|w| w.parse().ok())?;
     (version >= 116).then(|| PathBuf::from("wasm-opt"))
+}
+
+/// `node_modules/.bin/terser` (npm `terser`, pinned in package.json).
+fn terser() -> Option<PathBuf> {
+    let bin = root().join("node_modules/.bin/terser");
+    bin.exists().then_some(bin)
 }
 
 fn gzip_len(path: &Path) -> Result<u64> {
