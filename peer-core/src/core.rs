@@ -427,7 +427,7 @@ impl PeerCore {
             }
         }
         for rem in self.peers.values() {
-            if !rem.open {
+            if !rem.hello {
                 at(rem.since + self.cfg.connect_timeout);
             }
         }
@@ -1198,7 +1198,9 @@ impl PeerCore {
         let timed_out: Vec<PeerId> = self
             .peers
             .iter()
-            .filter(|(_, r)| !r.open && now >= r.since + self.cfg.connect_timeout)
+            // Not open, or open but silent (no `Hello`): a channel that never speaks would
+            // hold a connection slot for good. `since` restarts when the channel opens.
+            .filter(|(_, r)| !r.hello && now >= r.since + self.cfg.connect_timeout)
             .map(|(p, _)| *p)
             .collect();
         for p in timed_out {

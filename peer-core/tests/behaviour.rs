@@ -516,3 +516,18 @@ fn malformed_frame_bans() {
     assert!(matches!(bans[0].1, BanReason::Malformed(_)));
     assert!(h.core.is_banned(100));
 }
+
+/// A peer whose channel opens but that never says `Hello` is dropped after `connect_timeout`
+/// (it would otherwise hold a connection slot for as long as we stay), and not banned.
+#[test]
+fn silent_peer_is_dropped_after_connect_timeout() {
+    let cfg = config();
+    let timeout_ms = cfg.connect_timeout.as_millis() as u64;
+    let mut h = Harness::new(cfg, &[(5, 4 * CHUNK_SIZE)]);
+    assert!(h.connect(100, FakePeer::new(PeerBehaviour::Mute, [])));
+    h.run_until(at_ms(timeout_ms - 100));
+    assert!(h.disconnects(100).is_empty(), "dropped too early");
+    h.run_until(at_ms(timeout_ms + 100));
+    assert_eq!(h.disconnects(100), vec![DisconnectReason::Timeout]);
+    assert!(h.ban_events(100).is_empty());
+}

@@ -82,6 +82,8 @@ pub enum PeerBehaviour {
     Short,
     /// Never answers.
     Stall,
+    /// Opens its channel and never sends anything, not even `Hello`.
+    Mute,
     /// Answers this many chunks (over all requests), then never again.
     StallAfter(usize),
     /// Answers every request with `Absent`.
@@ -382,6 +384,9 @@ impl Harness {
             swarm: SWARM.to_string(),
             max_inflight: 16,
         }];
+        if matches!(p.behaviour, PeerBehaviour::Mute) {
+            return;
+        }
         let entries: Vec<HaveEntry> = p
             .holds
             .iter()
@@ -539,7 +544,7 @@ impl Harness {
                     Some(d.slice(a as usize..b as usize))
                 };
                 match p.behaviour.clone() {
-                    PeerBehaviour::Stall => {}
+                    PeerBehaviour::Stall | PeerBehaviour::Mute => {}
                     PeerBehaviour::Absent(reason) => out.push((
                         now + p.latency + p.latency,
                         Frame::Absent { req_id, reason },
