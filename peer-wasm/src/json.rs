@@ -231,42 +231,6 @@ fn get_peers(o: &impl Tree) -> Option<Vec<u64>> {
         .collect()
 }
 
-/// Every [`ErrorCode`], for reading them back from [`ErrorCode::as_str`].
-const ERROR_CODES: [ErrorCode; 12] = [
-    ErrorCode::BadMessage,
-    ErrorCode::UnsupportedVersion,
-    ErrorCode::TooLarge,
-    ErrorCode::BinaryFrame,
-    ErrorCode::RateLimited,
-    ErrorCode::TooManySwarms,
-    ErrorCode::BadSwarm,
-    ErrorCode::NotInSwarm,
-    ErrorCode::UnknownPeer,
-    ErrorCode::Unauthorized,
-    ErrorCode::ServerFull,
-    ErrorCode::ShuttingDown,
-];
-
-/// Never called: it stops compiling when `protocol` adds an error code that
-/// [`ERROR_CODES`] lacks.
-#[allow(dead_code)]
-fn error_codes_complete(c: ErrorCode) {
-    match c {
-        ErrorCode::BadMessage
-        | ErrorCode::UnsupportedVersion
-        | ErrorCode::TooLarge
-        | ErrorCode::BinaryFrame
-        | ErrorCode::RateLimited
-        | ErrorCode::TooManySwarms
-        | ErrorCode::BadSwarm
-        | ErrorCode::NotInSwarm
-        | ErrorCode::UnknownPeer
-        | ErrorCode::Unauthorized
-        | ErrorCode::ServerFull
-        | ErrorCode::ShuttingDown => {}
-    }
-}
-
 fn signal_data_from(d: &impl Tree) -> Option<SignalData> {
     Some(match get_str(d, "kind")?.as_str() {
         "offer" => SignalData::Offer {
@@ -325,7 +289,7 @@ pub fn server_msg_from(o: &impl Tree) -> Option<ServerMsg> {
         "error" => {
             let code = get_str(o, "code")?;
             ServerMsg::Error {
-                code: *ERROR_CODES.iter().find(|c| c.as_str() == code)?,
+                code: *ErrorCode::ALL.iter().find(|c| c.as_str() == code)?,
                 message: get_str(o, "message")?,
                 swarm: get_opt_str(o, "swarm")?,
             }
@@ -500,7 +464,7 @@ fn sample_server_msgs() -> Vec<ServerMsg> {
             data,
         });
     }
-    for (k, code) in ERROR_CODES.iter().enumerate() {
+    for (k, code) in ErrorCode::ALL.iter().enumerate() {
         v.push(ServerMsg::Error {
             code: *code,
             message: s.clone(),
@@ -640,7 +604,7 @@ mod tests {
     }
 
     fn error_code() -> impl Strategy<Value = ErrorCode> {
-        proptest::sample::select(ERROR_CODES.to_vec())
+        proptest::sample::select(ErrorCode::ALL.to_vec())
     }
 
     fn server_msg_s() -> impl Strategy<Value = ServerMsg> {

@@ -99,6 +99,42 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order (metrics label sets, decoders that map strings back).
+    pub const ALL: [ErrorCode; 12] = [
+        ErrorCode::BadMessage,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::TooLarge,
+        ErrorCode::BinaryFrame,
+        ErrorCode::RateLimited,
+        ErrorCode::TooManySwarms,
+        ErrorCode::BadSwarm,
+        ErrorCode::NotInSwarm,
+        ErrorCode::UnknownPeer,
+        ErrorCode::Unauthorized,
+        ErrorCode::ServerFull,
+        ErrorCode::ShuttingDown,
+    ];
+
+    /// Never called: it stops compiling when a code is added, as a reminder to extend
+    /// [`ErrorCode::ALL`].
+    #[allow(dead_code)]
+    fn all_is_complete(self) {
+        match self {
+            ErrorCode::BadMessage
+            | ErrorCode::UnsupportedVersion
+            | ErrorCode::TooLarge
+            | ErrorCode::BinaryFrame
+            | ErrorCode::RateLimited
+            | ErrorCode::TooManySwarms
+            | ErrorCode::BadSwarm
+            | ErrorCode::NotInSwarm
+            | ErrorCode::UnknownPeer
+            | ErrorCode::Unauthorized
+            | ErrorCode::ServerFull
+            | ErrorCode::ShuttingDown => {}
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadMessage => "bad_message",

@@ -208,20 +208,7 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 // Signaling
 
-const ERROR_CODES: [ErrorCode; 12] = [
-    ErrorCode::BadMessage,
-    ErrorCode::UnsupportedVersion,
-    ErrorCode::TooLarge,
-    ErrorCode::BinaryFrame,
-    ErrorCode::RateLimited,
-    ErrorCode::TooManySwarms,
-    ErrorCode::BadSwarm,
-    ErrorCode::NotInSwarm,
-    ErrorCode::UnknownPeer,
-    ErrorCode::Unauthorized,
-    ErrorCode::ServerFull,
-    ErrorCode::ShuttingDown,
-];
+const ERROR_CODES: [ErrorCode; 12] = ErrorCode::ALL;
 
 /// Any Unicode text, including characters JSON must escape.
 fn text() -> impl Strategy<Value = String> {

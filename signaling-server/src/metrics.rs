@@ -17,20 +17,7 @@ pub const MSG_KINDS: [&str; 7] = [
     "other",
 ];
 
-pub const ERROR_CODES: [ErrorCode; 12] = [
-    ErrorCode::BadMessage,
-    ErrorCode::UnsupportedVersion,
-    ErrorCode::TooLarge,
-    ErrorCode::BinaryFrame,
-    ErrorCode::RateLimited,
-    ErrorCode::TooManySwarms,
-    ErrorCode::BadSwarm,
-    ErrorCode::NotInSwarm,
-    ErrorCode::UnknownPeer,
-    ErrorCode::Unauthorized,
-    ErrorCode::ServerFull,
-    ErrorCode::ShuttingDown,
-];
+pub const ERROR_CODES: [ErrorCode; 12] = ErrorCode::ALL;
 
 /// Why a connection was refused or closed by the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
