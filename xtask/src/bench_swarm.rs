@@ -132,12 +132,11 @@ fn f(v: &Value, k: &str) -> f64 {
 
 pub fn run(args: Args) -> Result<()> {
     let sample = args.sample || args.browsers > 0;
-    if args.browsers > 0 && !std::path::Path::new("/usr/bin/chromium").exists() {
-        bail!("--browsers needs /usr/bin/chromium (apt-get install chromium)");
+    if args.browsers > 0 {
+        crate::preflight::ensure(crate::preflight::Needs { browser: true })?;
     }
     if args.browsers > 0 && !args.no_build {
         // The page's bundle (dist/), from this tree, with the pinned wasm-opt like the tests.
-        crate::test::install_npm_deps()?;
         crate::wasm::build(true)?;
     }
     if !args.no_build {

@@ -14,8 +14,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    // The pinned wasm-opt (npm), so the demo serves the same bundle as the tests.
-    crate::test::install_npm_deps()?;
+    // The wasm target and the pinned wasm-opt (npm), so the demo serves the same bundle as the
+    // tests; no browser needed.
+    crate::preflight::ensure(crate::preflight::Needs { browser: false })?;
     crate::wasm::build(true)?;
     util::run(
         cargo()

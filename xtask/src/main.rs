@@ -5,6 +5,7 @@ mod bench_origin;
 mod bench_signaling;
 mod bench_swarm;
 mod demo;
+mod preflight;
 mod sim;
 mod test;
 mod util;

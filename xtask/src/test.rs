@@ -1,9 +1,8 @@
 //! `cargo xtask test`: every test, installing what they need first.
 //!
-//! On a fresh Debian machine (as root) it installs, only when missing: Chromium and
-//! chromedriver (the headless browser swarm tests in `tests/tests/browser.rs`), Node.js + npm
-//! (to `npm ci` the pinned binaryen whose `wasm-opt` shrinks the bundle) and Debian's binaryen.
-//! Then it builds the wasm bundle into `dist/` and runs the workspace tests; with
+//! On a fresh machine it first installs what is missing ([`preflight`]): the wasm target, Chromium
+//! and chromedriver (the headless browser tests), npm and the pinned npm build tools. Then it
+//! builds the wasm bundle into `dist/` and runs the workspace tests; with
 //! `--wasm-browser`, also peer-wasm's browser-side tests under wasm-bindgen-test-runner
 //! (installed from crates.io on first use).
 
@@ -12,7 +11,8 @@ use std::process::Command;
 
 use anyhow::Result;
 
-use crate::util::{self, cargo, root};
+use crate::preflight;
+use crate::util::{self, cargo};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -22,73 +22,6 @@ pub struct Args {
     /// browser swarm tests already run that codec end to end (every join and SDP relay).
     #[arg(long)]
     pub wasm_browser: bool,
-}
-
-fn have(bin: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {bin} >/dev/null 2>&1")])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-/// apt-get installs the Debian packages whose binaries are missing (nothing when all exist).
-fn install_system_deps() -> Result<()> {
-    let wanted = [
-        ("/usr/bin/chromium", "chromium"),
-        ("/usr/bin/chromedriver", "chromium-driver"),
-        ("/usr/bin/wasm-opt", "binaryen"),
-        ("/usr/bin/npm", "npm"),
-    ];
-    let missing: Vec<&str> = wanted
-        .iter()
-        .filter(|(bin, _)| {
-            !Path::new(bin).exists()
-                && !have(
-                    Path::new(bin)
-                        .file_name()
-                        .and_then(|f| f.to_str())
-                        .unwrap_or(bin),
-                )
-        })
-        .map(|(_, pkg)| *pkg)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    if !have("apt-get") || !is_root() {
-        eprintln!(
-            "xtask: missing {missing:?}; install them (apt-get as root) or the browser tests fail under CI"
-        );
-        return Ok(());
-    }
-    util::run(Command::new("apt-get").arg("update"))?;
-    util::run(
-        Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
-    Ok(())
-}
-
-/// `npm ci` (binaryen for wasm-opt, terser for the glue JS) when `node_modules` lacks them.
-pub fn install_npm_deps() -> Result<()> {
-    let bin = root().join("node_modules/.bin");
-    if (bin.join("wasm-opt").exists() && bin.join("terser").exists()) || !have("npm") {
-        return Ok(());
-    }
-    util::run(
-        Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(root()),
-    )
 }
 
 /// wasm-bindgen's version (peer-wasm pins it exactly): the test runner must be the same.
@@ -140,8 +73,9 @@ fn wasm_browser_tests() -> Result<()> {
 }
 
 pub fn run_tests(wasm_browser: bool) -> Result<()> {
-    install_system_deps()?;
-    install_npm_deps()?;
+    // Everything from outside the clone first, so a fresh machine fails (if at all) in the
+    // first seconds with a message naming what to install, not after a long build.
+    preflight::ensure(preflight::Needs { browser: true })?;
     // The IO-free crates must build for the browser.
     util::run(cargo().args([
         "build",

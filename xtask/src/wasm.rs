@@ -53,6 +53,10 @@ pub fn run(args: Args) -> Result<()> {
 
 /// Builds the bundle into `dist/`.
 pub fn build(opt: bool) -> Result<()> {
+    crate::preflight::ensure_wasm_target()?;
+    if opt {
+        crate::preflight::ensure_npm_tools()?;
+    }
     util::run(cargo().args([
         "build",
         "-p",
