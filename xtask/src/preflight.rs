@@ -123,8 +123,9 @@ pub fn ensure_debian_packages(wanted: &[(&str, &str)]) -> Result<()> {
         .iter()
         .filter(|(bin, _)| {
             let p = Path::new(bin);
-            !(p.is_absolute() && p.exists())
-                && !have(p.file_name().and_then(|f| f.to_str()).unwrap_or(bin))
+            let present = (p.is_absolute() && p.exists())
+                || have(p.file_name().and_then(|f| f.to_str()).unwrap_or(bin));
+            !present
         })
         .map(|(_, pkg)| *pkg)
         .collect();
