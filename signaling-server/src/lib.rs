@@ -1,7 +1,7 @@
 //! Signaling server: swarms, introductions and WebRTC handshake relay.
 //!
-//! [`registry`] is the IO-free heart (shared with the simulator); [`router`] wraps it in an axum
-//! app:
+//! [`registry`] (the `swarm-registry` crate, shared with the simulator) is the IO-free heart;
+//! [`router`] wraps it in an axum app:
 //!
 //! | route          | what                                                               |
 //! |----------------|--------------------------------------------------------------------|
@@ -35,7 +35,6 @@
 
 pub mod config;
 pub mod metrics;
-pub mod registry;
 mod session;
 pub mod state;
 pub mod token;
@@ -54,6 +53,7 @@ use tokio::net::TcpListener;
 
 pub use config::Config;
 pub use state::AppState;
+pub use swarm_registry as registry;
 
 /// Errors of the library (the connection handling itself never fails: clients get `error`
 /// messages and bad ones are cut off).

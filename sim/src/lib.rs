@@ -7,7 +7,7 @@
 //!   viewers has an RTT drawn from a range, a loss rate (each lost packet costs one RTT, and the
 //!   pair's throughput is capped at what a loss-limited congestion controller gets, Mathis et
 //!   al.), and delivers in order like a reliable ordered data channel;
-//! * **signaling**: the real [`signaling_server::registry::Registry`] behind a fixed latency;
+//! * **signaling**: the real [`swarm_registry::Registry`] behind a fixed latency;
 //!   connection setup costs the SDP relay plus two RTTs;
 //! * a **model player** per viewer: joins, polls the playlist every segment duration (random
 //!   phase), starts `live_delay` segments behind the live edge, plays at 1×, counts stalls;
@@ -26,7 +26,7 @@ use protocol::signaling::{ClientMsg, ServerMsg};
 use protocol::{Frame, PeerId, SegmentManifest};
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
-use signaling_server::registry::{Registry, RegistryConfig};
+use swarm_registry::{Registry, RegistryConfig};
 
 /// Simulation parameters. Defaults are the realistic setting of the project's issue.
 #[derive(Debug, Clone)]
