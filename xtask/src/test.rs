@@ -2,8 +2,9 @@
 //!
 //! On a fresh machine it first installs what is missing ([`preflight`]): the wasm target, Chromium
 //! and chromedriver (the headless browser tests), npm and the pinned npm build tools. Then it
-//! builds the wasm bundle into `dist/` and runs the workspace tests; with
-//! `--wasm-browser`, also peer-wasm's browser-side tests under wasm-bindgen-test-runner
+//! builds the wasm bundle into `dist/` and runs the workspace tests under the `ci` profile
+//! (release optimisations with overflow checks and debug assertions on; see the root
+//! `Cargo.toml`); with `--wasm-browser`, also peer-wasm's browser-side tests under wasm-bindgen-test-runner
 //! (installed from crates.io on first use).
 
 use std::path::Path;
@@ -23,6 +24,10 @@ pub struct Args {
     #[arg(long)]
     pub wasm_browser: bool,
 }
+
+/// The cargo profile of the tests: `release` plus overflow checks and debug
+/// assertions.
+const PROFILE: &str = "ci";
 
 /// wasm-bindgen's version (peer-wasm pins it exactly): the test runner must be the same.
 const WASM_BINDGEN_VERSION: &str = "0.2.130";
@@ -76,7 +81,8 @@ pub fn run_tests(wasm_browser: bool) -> Result<()> {
     // Everything from outside the clone first, so a fresh machine fails (if at all) in the
     // first seconds with a message naming what to install, not after a long build.
     preflight::ensure(preflight::Needs { browser: true })?;
-    // The IO-free crates must build for the browser.
+    // The IO-free crates must build for the browser (same profile: its build scripts and proc
+    // macros are the tests' ones).
     util::run(cargo().args([
         "build",
         "--target",
@@ -85,10 +91,12 @@ pub fn run_tests(wasm_browser: bool) -> Result<()> {
         "protocol",
         "-p",
         "peer-core",
+        "--profile",
+        PROFILE,
     ]))?;
     // The bundle the browser tests serve.
     crate::wasm::build(true)?;
-    util::run(cargo().args(["test", "--workspace", "--release"]))?;
+    util::run(cargo().args(["test", "--workspace", "--profile", PROFILE]))?;
     if wasm_browser {
         wasm_browser_tests()?;
     }
