@@ -2,9 +2,10 @@
 //!
 //! On a fresh machine it first installs what is missing ([`preflight`]): the wasm target, Chromium
 //! and chromedriver (the headless browser tests), npm and the pinned npm build tools. Then it
-//! builds the wasm bundle into `dist/` and runs the workspace tests under the `ci` profile
-//! (release optimisations with overflow checks and debug assertions on; see the root
-//! `Cargo.toml`); with `--wasm-browser`, also peer-wasm's browser-side tests under wasm-bindgen-test-runner
+//! runs clippy (the workspace, and peer-wasm for wasm32) so that a lint fails in minutes, builds
+//! the wasm bundle into `dist/` and runs the workspace tests under the `ci` profile (release
+//! optimisations with overflow checks and debug assertions on; see the root `Cargo.toml`); with
+//! `--wasm-browser`, also peer-wasm's browser-side tests under wasm-bindgen-test-runner
 //! (installed from crates.io on first use).
 
 use std::path::Path;
@@ -25,8 +26,8 @@ pub struct Args {
     pub wasm_browser: bool,
 }
 
-/// The cargo profile of the tests: `release` plus overflow checks and debug
-/// assertions.
+/// The cargo profile of the tests and lints: `release` plus overflow checks and debug
+/// assertions. Clippy under the same profile reuses the tests' build scripts and proc macros.
 const PROFILE: &str = "ci";
 
 /// wasm-bindgen's version (peer-wasm pins it exactly): the test runner must be the same.
@@ -77,12 +78,42 @@ fn wasm_browser_tests() -> Result<()> {
     )
 }
 
+const DENY_WARNINGS: [&str; 3] = ["--", "-D", "warnings"];
+
 pub fn run_tests(wasm_browser: bool) -> Result<()> {
     // Everything from outside the clone first, so a fresh machine fails (if at all) in the
     // first seconds with a message naming what to install, not after a long build.
     preflight::ensure(preflight::Needs { browser: true })?;
-    // The IO-free crates must build for the browser (same profile: its build scripts and proc
-    // macros are the tests' ones).
+    // Lints before the long test build, so that a warning fails fast.
+    util::run(
+        cargo()
+            .args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--profile",
+                PROFILE,
+            ])
+            .args(DENY_WARNINGS),
+    )?;
+    // peer-wasm as the browser gets it: wasm-bindgen's macros expand differently for wasm32,
+    // and its in-browser tests exist only there.
+    util::run(
+        cargo()
+            .args([
+                "clippy",
+                "-p",
+                "peer-wasm",
+                "--all-targets",
+                "--target",
+                "wasm32-unknown-unknown",
+                "--profile",
+                PROFILE,
+            ])
+            .args(DENY_WARNINGS),
+    )?;
+    // The IO-free crates must build for the browser (same profile as the rest, so build
+    // scripts and proc macros are shared).
     util::run(cargo().args([
         "build",
         "--target",
