@@ -7,12 +7,13 @@
 //! * [`swarm::run_swarm`]: N viewers against any deployment, with ramp, churn, tampered peers,
 //!   and headless Chromium viewers ([`browser`]) in the same swarm.
 
-pub mod browser;
 pub mod hls;
 pub mod peer;
 pub mod player;
 pub mod rtc;
 pub mod swarm;
+
+pub use test_support::browser;
 
 pub use peer::{PeerOptions, PeerReport, run_peer};
 pub use swarm::{BrowserSetup, SwarmOptions, SwarmReport, run_swarm, run_swarm_until};

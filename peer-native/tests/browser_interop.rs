@@ -5,7 +5,7 @@
 //! across the native/browser boundary (the newcomer usually makes the offer). Both drivers open
 //! the one data channel as negotiated (id 0); see `peer_native::rtc`.
 //!
-//! Uses the `tests` crate's harness (origin with `media/sample` live, signaling server, demo site
+//! Uses test-support's harness (origin with `media/sample` live, signaling server, demo site
 //! and `dist/` bundle). Skipped with a message when `/usr/bin/chromium` is missing and `CI` is
 //! unset (like the browser tests). Chromium's log: `<tmp>/p2p-cdn-native-interop-page.log`.
 
@@ -13,10 +13,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use peer_native::browser::{Chromium, ChromiumOptions, DEFAULT_CHROMIUM, PageReport};
 use peer_native::{PeerOptions, PeerReport, run_peer};
 use serde_json::Value;
-use tests::harness::{self, Env, root};
+use test_support::browser::{Chromium, ChromiumOptions, DEFAULT_CHROMIUM, PageReport};
+use test_support::harness::{self, Env, root};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 

@@ -17,10 +17,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use peer_native::browser::{Chromium, ChromiumOptions};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tests::harness::{self, Env, root};
+use test_support::browser::{Chromium, ChromiumOptions};
+use test_support::harness::{self, Env, root};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 

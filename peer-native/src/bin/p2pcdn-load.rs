@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use peer_native::browser::DEFAULT_CHROMIUM;
 use peer_native::swarm::{BrowserSetup, SwarmOptions, run_swarm_until};
+use test_support::browser::DEFAULT_CHROMIUM;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -9,7 +9,7 @@ async fn main() -> Result<()> {
         .nth(1)
         .and_then(|p| p.parse().ok())
         .unwrap_or(8080);
-    let env = tests::harness::start(port).await?;
+    let env = test_support::harness::start(port).await?;
     println!("origin      http://{}/live/sample/index.m3u8", env.origin);
     println!(
         "signaling   ws://{}/ws  (dashboard http://{}/)",

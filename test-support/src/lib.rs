@@ -1,14 +1,24 @@
-//! Cross-crate integration tests live in tests/tests/.
+//! What the browser tests, `cargo xtask demo` and `p2pcdn-load --browsers` share.
 //!
-//! [`harness`]: origin (live `media/sample`) + signaling server + a static server for
-//! `demo-site/` and `dist/`, all in-process on port 0. Used by the browser tests and by
-//! `cargo xtask demo` (binary `p2p-demo`).
+//! * [`browser`]: headless Chromium viewers of the demo page, the page server and the report
+//!   collector (used by `p2pcdn-load --browsers` and the browser tests).
+//! * [`harness`] (feature `harness`): origin (live `media/sample`) + signaling server + a static
+//!   server for `demo-site/` and `dist/`, all in-process on port 0. Used by the browser tests
+//!   (`tests/`, peer-native's native <-> Chromium interop test) and by `cargo xtask demo`
+//!   (binary `p2p-demo` of `tests/`).
+//!
+//! Depends on neither peer crate, so both `peer-native` and `tests` can use it.
 
+pub mod browser;
+
+#[cfg(feature = "harness")]
 pub mod harness {
     use std::net::SocketAddr;
     use std::path::PathBuf;
 
     use anyhow::Result;
+
+    pub use crate::browser::enc;
 
     /// The workspace root.
     pub fn root() -> PathBuf {
@@ -16,8 +26,8 @@ pub mod harness {
     }
 
     /// Latest `POST /report?id=` body of each page (the same page server and collector as
-    /// `p2pcdn-load --browsers`: `peer_native::browser`).
-    pub type Reports = peer_native::browser::Reports;
+    /// `p2pcdn-load --browsers`: [`crate::browser`]).
+    pub type Reports = crate::browser::Reports;
 
     pub struct Env {
         pub origin: SocketAddr,
@@ -40,7 +50,7 @@ pub mod harness {
         let (signal, signal_handle) = signaling_server::try_spawn(Default::default()).await?;
         let reports = Reports::default();
         // Files of `demo-site/`, then `dist/`.
-        let web = peer_native::browser::serve_pages(
+        let web = crate::browser::serve_pages(
             SocketAddr::from(([127, 0, 0, 1], web_port)),
             vec![root().join("demo-site"), root().join("dist")],
             reports.clone(),
@@ -55,8 +65,6 @@ pub mod harness {
             signal_handle,
         })
     }
-
-    pub use peer_native::browser::enc;
 
     impl Env {
         /// The demo page for this environment.

@@ -1,6 +1,7 @@
 //! Headless Chromium viewers: the demo page (hls.js + the wasm browser peer, `demo-site/` and
 //! the `dist/` bundle) in the same swarm as native viewers. Shared by `p2pcdn-load --browsers`,
-//! the browser tests' harness (`tests::harness`) and the native <-> Chromium interop test.
+//! this crate's `harness` (the browser tests, `cargo xtask demo`) and the native <-> Chromium
+//! interop test.
 //!
 //! * [`page_router`]: serves the page's files from a list of folders and collects what each
 //!   page reports: with `report=1` the demo page POSTs its counters to `/report?id=<id>` every
