@@ -2,7 +2,8 @@
 //!
 //! On a fresh machine it first installs what is missing ([`preflight`]): the wasm target, Chromium
 //! and chromedriver (the headless browser tests), npm and the pinned npm build tools. Then it
-//! runs clippy (the workspace, and peer-wasm for wasm32) so that a lint fails in minutes, builds
+//! checks that the simulator's build has no tokio, axum or hyper (`cargo tree`, a second), runs
+//! clippy (the workspace, and peer-wasm for wasm32) so that a lint fails in minutes, builds
 //! the wasm bundle into `dist/` and runs the workspace tests under the `ci` profile (release
 //! optimisations with overflow checks and debug assertions on; see the root `Cargo.toml`); with
 //! `--wasm-browser`, also peer-wasm's browser-side tests under wasm-bindgen-test-runner
@@ -11,7 +12,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::Result;
+use anyhow::{Context, Result, ensure};
 
 use crate::preflight;
 use crate::util::{self, cargo};
@@ -80,10 +81,36 @@ fn wasm_browser_tests() -> Result<()> {
 
 const DENY_WARNINGS: [&str; 3] = ["--", "-D", "warnings"];
 
+/// The simulator runs the real swarm registry, not the server around it: no async runtime or
+/// HTTP stack may enter its build (`swarm-registry` depends on `protocol` and `rand` only).
+fn sim_has_no_io_stack() -> Result<()> {
+    let out = cargo()
+        .args(["tree", "-p", "sim", "-e", "normal", "--prefix", "none"])
+        .args(["--format", "{p}"])
+        .output()
+        .context("running cargo tree")?;
+    ensure!(out.status.success(), "cargo tree -p sim failed");
+    let tree = String::from_utf8_lossy(&out.stdout);
+    let io: Vec<&str> = tree
+        .lines()
+        .filter(|l| {
+            ["tokio ", "axum ", "hyper "]
+                .iter()
+                .any(|c| l.starts_with(c))
+        })
+        .collect();
+    ensure!(
+        io.is_empty(),
+        "sim depends on {io:?} (`cargo tree -p sim -e normal -i <crate>` says through what)"
+    );
+    Ok(())
+}
+
 pub fn run_tests(wasm_browser: bool) -> Result<()> {
     // Everything from outside the clone first, so a fresh machine fails (if at all) in the
     // first seconds with a message naming what to install, not after a long build.
     preflight::ensure(preflight::Needs { browser: true })?;
+    sim_has_no_io_stack()?;
     // Lints before the long test build, so that a warning fails fast.
     util::run(
         cargo()
