@@ -2,7 +2,7 @@
 //!
 //! * [`browser`]: headless Chromium viewers of the demo page, the page server and the report
 //!   collector (used by `p2pcdn-load --browsers` and the browser tests).
-//! * [`harness`] (feature `harness`): origin (live `media/sample`) + signaling server + a static
+//! * `harness` (feature `harness`): origin (live `media/sample`) + signaling server + a static
 //!   server for `demo-site/` and `dist/`, all in-process on port 0. Used by the browser tests
 //!   (`tests/`, peer-native's native <-> Chromium interop test) and by `cargo xtask demo`
 //!   (binary `p2p-demo` of `tests/`).
