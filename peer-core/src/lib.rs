@@ -49,6 +49,7 @@ mod core;
 pub mod http;
 pub mod manifest;
 pub mod remotes;
+pub mod replay;
 pub mod scheduler;
 pub mod session;
 mod stats;
