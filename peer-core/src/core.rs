@@ -44,9 +44,16 @@ pub struct PeerCore {
 }
 
 impl PeerCore {
-    /// A new peer. Its first outputs (connect to signaling, fetch the manifest) are queued
-    /// already: drain [`PeerCore::poll_output`] right away.
+    /// A new peer whose clock starts at [`Time::ZERO`]. Its first outputs (connect to
+    /// signaling, fetch the manifest) are queued already: drain [`PeerCore::poll_output`] right
+    /// away.
     pub fn new(cfg: Config) -> Self {
+        Self::new_at(cfg, Time::ZERO)
+    }
+
+    /// A new peer made at `now` (for drivers whose clock does not start with the peer, like the
+    /// simulator's).
+    pub fn new_at(cfg: Config, now: Time) -> Self {
         let mut rng = SmallRng::seed_from_u64(cfg.seed);
         let instance = rng.r#gen::<u64>() | 1;
         let upload = Upload::new(&cfg);
@@ -68,8 +75,9 @@ impl PeerCore {
             closed: false,
             cfg,
         };
-        core.start_session(Time::ZERO);
-        core.poll_manifest(Time::ZERO);
+        core.now = now;
+        core.start_session(now);
+        core.poll_manifest(now);
         core
     }
 
