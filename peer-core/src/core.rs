@@ -131,28 +131,70 @@ impl PeerCore {
     /// Feeds one input. `now` must not go backwards (an earlier time is taken as the latest).
     pub fn handle(&mut self, now: Time, input: Input) {
         let now = now.max(self.now);
-        self.now = now;
         if self.closed {
+            self.now = now;
             return;
         }
-        match input {
+        // Whether a timer of the transfer machinery is due: housekeeping wake-ups (pings,
+        // manifest polls) must not run a scheduling pass with nothing new to decide on, which
+        // only re-rolls peer picks (measured: it costs offload).
+        let work_due = self.next_work_timer().is_some_and(|t| t <= now);
+        self.now = now;
+        let changed = match input {
             Input::Timeout => {
                 self.session_timers(now);
                 self.manifest_timers(now);
                 self.remote_timers(now);
+                work_due
             }
-            Input::SignalOpened => self.on_signal_opened(now),
-            Input::SignalMessage(msg) => self.on_server_msg(now, msg),
-            Input::SignalClosed => self.on_signal_closed(now),
-            Input::RtcLocal { conn, data } => self.on_rtc_local(conn, data),
-            Input::RtcRemoteApplied { conn } => self.on_rtc_remote_applied(conn),
-            Input::RtcOpen { conn } => self.on_rtc_open(now, conn),
-            Input::RtcMessage { conn, data } => self.on_rtc_message(now, conn, data),
-            Input::RtcBuffered { conn, amount } => self.on_rtc_buffered(conn, amount),
-            Input::RtcClosed { conn } => self.on_rtc_closed(now, conn),
-            Input::HttpData { id, data } => self.on_http_data(now, id, &data),
-            Input::HttpDone { id } => self.on_http_done(now, id),
-            Input::HttpFailed { id } => self.on_http_failed(now, id),
+            Input::SignalOpened => {
+                self.on_signal_opened(now);
+                false
+            }
+            Input::SignalMessage(msg) => {
+                self.on_server_msg(now, msg);
+                true
+            }
+            Input::SignalClosed => {
+                self.on_signal_closed(now);
+                false
+            }
+            Input::RtcLocal { conn, data } => {
+                self.on_rtc_local(conn, data);
+                false
+            }
+            Input::RtcRemoteApplied { conn } => {
+                self.on_rtc_remote_applied(conn);
+                false
+            }
+            Input::RtcOpen { conn } => {
+                self.on_rtc_open(now, conn);
+                true
+            }
+            Input::RtcMessage { conn, data } => {
+                self.on_rtc_message(now, conn, data);
+                true
+            }
+            Input::RtcBuffered { conn, amount } => {
+                self.on_rtc_buffered(conn, amount);
+                true
+            }
+            Input::RtcClosed { conn } => {
+                self.on_rtc_closed(now, conn);
+                true
+            }
+            Input::HttpData { id, data } => {
+                self.on_http_data(now, id, &data);
+                true
+            }
+            Input::HttpDone { id } => {
+                self.on_http_done(now, id);
+                true
+            }
+            Input::HttpFailed { id } => {
+                self.on_http_failed(now, id);
+                true
+            }
             Input::ManifestLoaded { url, manifest } => self.on_manifest(now, &url, Some(manifest)),
             Input::ManifestFailed { url } => self.on_manifest(now, &url, None),
             Input::Want {
@@ -160,12 +202,45 @@ impl PeerCore {
                 seq,
                 deadline,
                 duration,
-            } => self.on_want(now, url, seq, deadline, duration),
-            Input::Cancel { url } => self.on_cancel(url),
-            Input::Stall => self.stats.stalls += 1,
-            Input::Close => return self.close(now),
+            } => {
+                self.on_want(now, url, seq, deadline, duration);
+                true
+            }
+            Input::Cancel { url } => {
+                self.on_cancel(url);
+                true
+            }
+            Input::Stall => {
+                self.stats.stalls += 1;
+                false
+            }
+            Input::Close => {
+                self.close(now);
+                false
+            }
+        };
+        if changed || work_due {
+            self.step(now);
         }
-        self.step(now);
+    }
+
+    /// The earliest timer after the latest input that needs a pass of [`PeerCore::step`]
+    /// (everything but pings, reconnects and manifest polls).
+    fn next_work_timer(&self) -> Option<Time> {
+        let now = self.now;
+        let mut t: Option<Time> = None;
+        let mut at = |x: Time| {
+            if x > now {
+                t = Some(t.map_or(x, |y: Time| y.min(x)));
+            }
+        };
+        if self.session.joined {
+            at(self.stats_at);
+        }
+        self.scheduler_timeouts(&mut at);
+        self.remote_timeouts(&mut at);
+        self.upload_timeouts(&mut at);
+        t
     }
 
     /// When the driver must call `handle(now, Input::Timeout)` next.
@@ -180,14 +255,11 @@ impl PeerCore {
                 t = Some(t.map_or(x, |y: Time| y.min(x)));
             }
         };
-        if self.session.joined {
-            at(self.stats_at);
-        }
         self.session_timeouts(&mut at);
         self.manifest_timeouts(&mut at);
-        self.scheduler_timeouts(&mut at);
-        self.remote_timeouts(&mut at);
-        self.upload_timeouts(&mut at);
+        if let Some(w) = self.next_work_timer() {
+            at(w);
+        }
         t
     }
 

@@ -1,9 +1,13 @@
 //! The integrity manifest and the player's wants.
 //!
-//! * **Polling**: the manifest is fetched at start, then every [`Config::manifest_poll`] while
-//!   it keeps changing (a live stream), every [`Config::manifest_idle_poll`] once it has not
-//!   changed for [`Config::manifest_idle_after`] (VOD, an ended stream), and at once when the
-//!   player wants a segment it does not list yet.
+//! * **Polling**: the manifest is fetched at start and at once when the player wants a segment
+//!   it does not list yet. While it keeps changing (a live stream) the core learns when new
+//!   segments appear (the phase of the live edge, from the fetches that first saw each one) and
+//!   polls just before the next one is due, then every quarter of [`Config::manifest_poll`]
+//!   until it shows up (at most [`FAST_POLLS`] times, then every `manifest_poll`): the live edge
+//!   is found about as fast as with a 4× faster cadence, for about one or two fetches per
+//!   segment. Once it has not changed for [`Config::manifest_idle_after`] (VOD, an ended
+//!   stream) it is polled every [`Config::manifest_idle_poll`].
 //! * **Wants**: the player asks by URL (and sequence number when it knows it). A want for a
 //!   segment the manifest does not list yet waits (bounded) for the next manifest; if that one
 //!   does not list it either, it fails and the player loads the segment itself.
@@ -20,6 +24,9 @@ use crate::{Config, Output, PeerCore, Time};
 
 /// Wants waiting for a manifest that lists their segment.
 pub const MAX_PARKED: usize = 32;
+/// Quick polls around the expected arrival of the next live segment before falling back to
+/// the normal cadence.
+pub const FAST_POLLS: u32 = 8;
 
 #[derive(Debug)]
 pub struct Parked {
@@ -38,6 +45,13 @@ pub struct Manifests {
     pub next_at: Time,
     /// Last time a fetch added a segment.
     pub changed_at: Time,
+    /// The newest segment listed, and when it appeared (estimated between the start of the
+    /// last fetch that did not list it and the first that did).
+    pub edge: Option<(u64, Time)>,
+    /// Start of the previous fetch.
+    pub last_start: Option<Time>,
+    /// Fetches in a row that found nothing new.
+    pub misses: u32,
     /// The player's newest want: sequence number, deadline, segment duration.
     pub anchor: Option<(u64, Time, Duration)>,
     pub parked: Vec<Parked>,
@@ -50,6 +64,9 @@ impl Manifests {
             inflight: None,
             next_at: Time::ZERO,
             changed_at: Time::ZERO,
+            edge: None,
+            last_start: None,
+            misses: 0,
             anchor: None,
             parked: Vec::new(),
         }
@@ -63,6 +80,7 @@ impl PeerCore {
         };
         if self.manifests.inflight.is_none() {
             self.manifests.inflight = Some(now);
+            self.stats.manifest_fetches += 1;
             self.out.push_back(Output::FetchManifest { url });
         }
     }
@@ -79,12 +97,16 @@ impl PeerCore {
         }
     }
 
-    pub(crate) fn on_manifest(&mut self, now: Time, url: &str, manifest: Option<Manifest>) {
+    /// Returns whether anything changed for the scheduler (new segments, wants resolved).
+    pub(crate) fn on_manifest(&mut self, now: Time, url: &str, manifest: Option<Manifest>) -> bool {
         if self.manifests.url.as_deref() != Some(url) {
-            return;
+            return false;
         }
         let started = self.manifests.inflight.take().unwrap_or(now);
         let mut added = Vec::new();
+        let newest = manifest
+            .as_ref()
+            .and_then(|m| m.segments.iter().map(|s| s.seq).max());
         if let Some(m) = manifest {
             for seg in m.segments {
                 let abs = resolve(url, &seg.uri);
@@ -94,6 +116,7 @@ impl PeerCore {
                 }
             }
         }
+        let changed = !added.is_empty() || !self.manifests.parked.is_empty();
         if !added.is_empty() {
             self.manifests.changed_at = now;
         }
@@ -108,13 +131,7 @@ impl PeerCore {
                 }
             }
         }
-        let idle = now.since(self.manifests.changed_at) >= self.cfg.manifest_idle_after;
-        self.manifests.next_at = now
-            + if idle {
-                self.cfg.manifest_idle_poll
-            } else {
-                self.cfg.manifest_poll
-            };
+        self.manifests.next_at = self.next_poll(now, started, newest);
         // Parked wants: served now, or failed if this manifest (fetched after they parked)
         // does not list them either.
         for p in std::mem::take(&mut self.manifests.parked) {
@@ -124,6 +141,51 @@ impl PeerCore {
                 self.out.push_back(Output::WantFailed { url: p.url });
             }
         }
+        changed
+    }
+
+    /// When to fetch the manifest next, after a fetch that started at `started` listed
+    /// `newest` (see the module docs). Counts from the fetch's start, so the round trip does
+    /// not stretch the cadence.
+    fn next_poll(&mut self, now: Time, started: Time, newest: Option<u64>) -> Time {
+        let m = &mut self.manifests;
+        let prev = m.last_start.replace(started);
+        match (newest, m.edge) {
+            (Some(n), Some((e, _))) if n > e => {
+                // It appeared after the previous fetch started (if that one missed it).
+                let at = prev.map_or(started, |p| {
+                    Time(p.0 + (started.0 - p.0.min(started.0)) / 2)
+                });
+                m.edge = Some((n, at));
+                m.misses = 0;
+            }
+            (Some(n), None) => {
+                m.edge = Some((n, started));
+                m.misses = 0;
+            }
+            _ => m.misses += 1,
+        }
+        let idle = now.since(m.changed_at) >= self.cfg.manifest_idle_after;
+        if idle {
+            return (started + self.cfg.manifest_idle_poll).max(now);
+        }
+        let every = self.cfg.manifest_poll;
+        let fast = every / 4;
+        let next = match (m.edge, m.anchor) {
+            (Some((_, appeared)), Some((_, _, dur))) if !dur.is_zero() => {
+                // The next segment is due one duration after the last one appeared.
+                let due = appeared + dur;
+                if started + fast < due - fast {
+                    (due - fast).min(started + every)
+                } else if m.misses < FAST_POLLS {
+                    started + fast
+                } else {
+                    started + every
+                }
+            }
+            _ => started + every,
+        };
+        next.max(now)
     }
 
     fn resolve_want(&self, url: &str, seq: Option<u64>) -> Option<u64> {

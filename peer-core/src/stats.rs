@@ -52,6 +52,8 @@ pub struct Stats {
     pub http_backup: u64,
     pub http_late: u64,
     pub http_alone: u64,
+    /// Integrity manifest fetches.
+    pub manifest_fetches: u64,
     /// Signaling connections lost (or closed on the server's `reconnect`).
     pub signal_reconnects: u32,
 }

@@ -143,6 +143,8 @@ pub struct Report {
     pub http_late: u64,
     pub http_alone: u64,
     pub peer_timeouts: u64,
+    /// Integrity manifest fetches, all viewers.
+    pub manifest_fetches: u64,
 }
 
 impl Report {
@@ -168,7 +170,7 @@ impl Report {
             "{} viewers ({} joins, {} bad), {:.0} s: offload {:.1} % (honest viewers {:.1} %, limit {:.1} %), stalls {}, startup p50 {:.0} ms\n\
              origin sent {:.1} MB, peers sent {:.1} MB; delivered {:.1} MB HTTP + {:.1} MB P2P in {} segments\n\
              integrity: {} corrupt segments to players, {}/{} bad peers banned, {} honest banned; {} events\n\
-             origin requests: {} designated, {} backup, {} deadline, {} alone; {} peer request timeouts",
+             origin requests: {} designated, {} backup, {} deadline, {} alone; {} peer request timeouts; {:.1} manifest fetches per viewer-minute",
             self.viewers,
             self.joins,
             self.bad,
@@ -192,7 +194,8 @@ impl Report {
             self.http_backup,
             self.http_late,
             self.http_alone,
-            self.peer_timeouts
+            self.peer_timeouts,
+            self.manifest_fetches as f64 / (self.joins.max(1) as f64 * self.seconds / 60.0)
         )
     }
 }
@@ -647,7 +650,9 @@ impl Sim {
                     .handle(self.now, Input::HttpData { id, data });
                 if last {
                     self.viewers[v].http_active.remove(&id);
-                    self.viewers[v].core.handle(self.now, Input::HttpDone { id });
+                    self.viewers[v]
+                        .core
+                        .handle(self.now, Input::HttpDone { id });
                 }
                 self.drain(v);
             }
@@ -840,7 +845,8 @@ impl Sim {
                 }
                 SignalData::Answer { .. } => {
                     self.at(self.now, Ev::Input(v, Input::RtcRemoteApplied { conn }));
-                    if let Some((&peer, _)) = self.viewers[v].conns.iter().find(|(_, c)| **c == conn)
+                    if let Some((&peer, _)) =
+                        self.viewers[v].conns.iter().find(|(_, c)| **c == conn)
                     {
                         self.at(self.now, Ev::Connected { v, peer });
                     }
@@ -1173,6 +1179,7 @@ impl Sim {
             r.http_late += s.http_late;
             r.http_alone += s.http_alone;
             r.peer_timeouts += s.peer_request_timeouts;
+            r.manifest_fetches += s.manifest_fetches;
         }
         r.offload_honest = honest_p2p as f64 / (honest_http + honest_p2p).max(1) as f64;
         let total = r.delivered_http + r.delivered_p2p;
