@@ -11,7 +11,7 @@
 //!   only for the page's `stats` event.
 //! * `fetchSegment` promises wait, by URL, for [`Output::SegmentReady`] / [`Output::WantFailed`].
 //!
-//! Time is microseconds since the peer was created (`performance.now()`).
+//! Time is microseconds since the core was created (`performance.now()`).
 //!
 //! Re-entrancy: all state sits in one `Rc<RefCell<Inner>>`. User callbacks and promise
 //! resolutions are queued while it is borrowed and called after the borrow ends, so a listener
@@ -239,6 +239,9 @@ impl Inner {
         if let Some(m) = o.max_peers {
             cfg.max_peers = m;
         }
+        // The core's clock starts at zero when it is created (its first timers count from
+        // there): so does ours.
+        self.t0 = perf_now();
         self.core = Some(PeerCore::new(cfg));
     }
 
