@@ -47,7 +47,7 @@ pub struct Remote {
     /// When the attempt started, or when the channel opened.
     pub since: Time,
     pub hello: bool,
-    pub instance: u64,
+    pub instance: Option<u64>,
     pub their_max_inflight: usize,
     pub have: BTreeMap<u64, HaveEntry>,
     pub inflight: usize,
@@ -73,7 +73,7 @@ impl Remote {
             open: false,
             since: now,
             hello: false,
-            instance: 0,
+            instance: None,
             their_max_inflight: 8,
             have: BTreeMap::new(),
             inflight: 0,
@@ -248,7 +248,7 @@ impl PeerCore {
         let hello = Frame::Hello {
             swarm: self.cfg.swarm.clone(),
             max_inflight: self.cfg.serve_queue_per_peer.min(u16::MAX as usize) as u16,
-            instance: self.instance,
+            instance: Some(self.instance),
         };
         self.send(peer, &hello);
         let entries: Vec<HaveEntry> = self
@@ -316,7 +316,7 @@ impl PeerCore {
                 if swarm != self.cfg.swarm {
                     return self.drop_peer(now, peer, DisconnectReason::WrongSwarm);
                 }
-                let twin = instance != 0
+                let twin = instance.is_some()
                     && self
                         .remotes
                         .peers

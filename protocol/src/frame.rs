@@ -117,12 +117,12 @@ pub enum Frame {
     /// First frame each side sends: the swarm it joined (must match), how many chunks it
     /// serves at once for this peer, and the sender's `instance`: a random number fixed for the
     /// life of its peer (it survives signaling reconnects, which change the peer id), so that two
-    /// connections to the same viewer are recognised as one. Encoded after `max_inflight`;
-    /// a frame without it decodes as instance 0 (unknown).
+    /// connections to the same viewer are recognised as one. Encoded as 8 bytes after
+    /// `max_inflight`, or absent (`None`: a peer that predates it).
     Hello {
         swarm: String,
         max_inflight: u16,
-        instance: u64,
+        instance: Option<u64>,
     },
     /// Chunks held (additive: a later entry for the same segment replaces the earlier one).
     Have { entries: Vec<HaveEntry> },
@@ -222,7 +222,9 @@ impl Frame {
                 b.put_u8(s.len() as u8);
                 b.put_slice(s);
                 b.put_u16(*max_inflight);
-                b.put_u64(*instance);
+                if let Some(i) = instance {
+                    b.put_u64(*i);
+                }
             }
             Frame::Have { entries } => {
                 b.put_u8(T_HAVE);
@@ -307,7 +309,7 @@ impl Frame {
                     .map_err(|_| DecodeError::BadUtf8)?
                     .to_owned();
                 let max_inflight = buf.get_u16();
-                let instance = if buf.remaining() >= 8 { buf.get_u64() } else { 0 };
+                let instance = (buf.remaining() >= 8).then(|| buf.get_u64());
                 Frame::Hello {
                     swarm,
                     max_inflight,
