@@ -516,8 +516,10 @@ impl P2pPeer {
                 .filter(|x| x.is_finite() && *x >= 0.0)
         };
         let seq = get("sn").filter(|x| x.fract() == 0.0).map(|x| x as u64);
-        let deadline = Duration::from_secs_f64(get("deadline").unwrap_or(6000.0).min(1e9) / 1000.0);
-        let duration = Duration::from_secs_f64(get("duration").unwrap_or(0.0).min(1e6));
+        // `as` saturates (no panic path in the bundle, unlike `Duration::from_secs_f64`).
+        let micros = |x: f64| Duration::from_micros(x as u64);
+        let deadline = micros(get("deadline").unwrap_or(6000.0) * 1e3);
+        let duration = micros(get("duration").unwrap_or(0.0) * 1e6);
         let inner = self.inner.clone();
         let url = url.to_string();
         Promise::new(&mut |resolve, reject| {
