@@ -1,10 +1,35 @@
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 /// Tunables of a peer. Defaults are what the browser and native drivers use.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Config {
     /// Swarm id (stream URL without query + rendition); checked in the peers' `Hello`.
     pub swarm: String,
+    /// Join token handed to the signaling server (when the operator requires one).
+    pub token: Option<String>,
+    /// Integrity manifest to poll (see [`crate::sidecar_url`]); `None`: no manifest, so every
+    /// want fails over to the player's own loader.
+    pub manifest_url: Option<String>,
+    /// How often the manifest is polled while it changes (a live stream); a manifest that has
+    /// not changed for [`Config::manifest_idle_after`] is polled every
+    /// [`Config::manifest_idle_poll`] (VOD, ended streams).
+    pub manifest_poll: Duration,
+    pub manifest_idle_after: Duration,
+    pub manifest_idle_poll: Duration,
+    /// Signaling reconnect backoff: doubles per failure from `min` to `max`, ±50 % jitter.
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    /// A signaling connection that has not said `welcome` after this long is dropped.
+    pub signal_timeout: Duration,
+    /// After our data channel opens, how long we stay silent unless the other side speaks
+    /// first. Zero for browsers. The native driver needs 300 ms: webrtc-rs drops messages that
+    /// reach a negotiated channel before its own side counts it as open (webrtc-rs#748).
+    pub open_grace: Duration,
+    /// Test hook: corrupt the payload of every chunk we upload (ban-logic tests, the sim's bad
+    /// peers, the browser's `__tamper`). One copy, here.
+    pub corrupt_uploads: bool,
     /// Seed of the core's random choices (peer picks, tie breaks).
     pub seed: u64,
     /// Most peer connections (incoming and outgoing together).
@@ -17,11 +42,12 @@ pub struct Config {
     pub upload_cap: Option<u64>,
     /// Segment store capacity in bytes (LRU beyond it).
     pub store_cap: usize,
-    /// Chunks we keep in flight towards one peer.
+    /// Chunks we keep in flight towards one peer (a count of chunks, not of requests).
     pub max_inflight_per_peer: usize,
     /// Chunks per request frame.
     pub max_chunks_per_request: u16,
-    /// Chunks we queue for one requester before answering `Busy`.
+    /// Chunks we queue for one requester before answering `Busy`; sent in our `Hello` as
+    /// `max_inflight` (a count of chunks).
     pub serve_queue_per_peer: usize,
     /// Chunks we queue for all requesters together before answering `Busy`.
     pub serve_queue_total: usize,
@@ -47,7 +73,8 @@ pub struct Config {
     /// How long chunks fetched from the origin are announced to one neighbour each
     /// (super-seeding) before they are announced to all.
     pub super_seed_time: Duration,
-    /// A connection attempt not open after this long is dropped.
+    /// A connection attempt whose channel has not opened and said `Hello` after this long is
+    /// dropped (it restarts when the channel opens: an open channel must say `Hello` in time).
     pub connect_timeout: Duration,
     /// Known segments kept (metadata), oldest dropped first.
     pub max_known_segments: usize,
@@ -57,6 +84,16 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             swarm: String::new(),
+            token: None,
+            manifest_url: None,
+            manifest_poll: Duration::from_millis(500),
+            manifest_idle_after: Duration::from_secs(20),
+            manifest_idle_poll: Duration::from_secs(15),
+            reconnect_min: Duration::from_millis(500),
+            reconnect_max: Duration::from_secs(30),
+            signal_timeout: Duration::from_secs(10),
+            open_grace: Duration::ZERO,
+            corrupt_uploads: false,
             seed: 0,
             max_peers: 12,
             p2p: true,

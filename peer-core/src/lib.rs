@@ -1,11 +1,28 @@
-//! The sans-IO brain of a viewer: swarm membership, a deadline-aware scheduler, chunk-level
-//! multi-source transfer with cut-through relay, integrity checks, a bounded store, an upload
-//! policy and stats.
+//! The sans-IO brain of a viewer: the signaling session, peer connections, swarm membership, a
+//! deadline-aware scheduler, chunk-level multi-source transfer with cut-through relay,
+//! integrity checks, a bounded store, an upload policy, manifest polling and stats.
 //!
-//! It never performs IO and never reads a clock: drivers (browser, native, simulator) feed it
-//! inputs through `handle_*` / `add_segment` / `want_segment` with the current [`Time`], drain
-//! [`PeerCore::poll_output`], and call [`PeerCore::handle_timeout`] at
-//! [`PeerCore::poll_timeout`].
+//! It never performs IO and never reads a clock. A driver (browser, native, simulator) is a
+//! short loop, as in str0m:
+//! * turn whatever happened (a socket message, a finished fetch, a timer) into one [`Input`] and
+//!   call [`PeerCore::handle`] with the current [`Time`];
+//! * perform every [`Output`] from [`PeerCore::poll_output`];
+//! * call `handle(now, Input::Timeout)` at [`PeerCore::poll_timeout`].
+//!
+//! Every policy lives here: reconnect backoff, ping cadence, who offers, glare, pending ICE
+//! candidates, open and Hello timers, re-offers, manifest polling, prefetch, scheduling. Both
+//! enums serialize, so a session is a list of `(Time, Input)` that can be recorded and
+//! replayed (`cargo xtask replay`).
+//!
+//! ## State, one owner each (one module each)
+//! * [`session`]: the signaling connection (connect, welcome, join, backoff, pings).
+//! * [`remotes`]: peers: connections, handshake, Hello, their `Have`s, bans, candidates.
+//! * [`store`]: segments and their chunks, the byte budget and eviction; segment URLs.
+//! * [`http`]: origin requests in flight and the origin's measured RTT and rate.
+//! * [`scheduler`]: what to fetch from whom and when (live-edge seeding, deadlines).
+//! * [`upload`]: serving requests under the send windows and the upload cap.
+//! * [`manifest`]: polling the integrity manifest; wants from the player; prefetch.
+//! * `stats`: counters ([`Stats`]).
 //!
 //! ## How a segment is fetched
 //! * Each segment is split in 16 KiB chunks; the origin's manifest gives each chunk's SHA-256.
@@ -16,81 +33,193 @@
 //! * **Live edge**: the signaling server gives every member a slot. Each segment is split into
 //!   `k = min(origin_seeders, slots)` parts; the member with slot `(seq + j) % slots` fetches
 //!   part `j` from the origin by Range as soon as the segment is announced, and super-seeds it
-//!   (each chunk shown to one neighbour until it has been uploaded once). If no neighbour holds
-//!   any chunk of a part `backup_seed_delay` later, the next slot's member fetches that part too.
-//!   See docs/ARCHITECTURE.md.
+//!   (each chunk shown to one neighbour until it has been uploaded once). Backups: see
+//!   [`Config::backup_seed_delay`] and docs/ARCHITECTURE.md.
 //! * **Deadline**: at `deadline − 1.5 × (expected HTTP time) − http_margin` every chunk still
 //!   missing (or still in flight from a peer) is fetched from the origin by Range; the expected
 //!   time uses the measured HTTP round trip and throughput.
 //! * A peer request with no progress for `peer_stall_timeout` is cancelled and its chunks go
 //!   elsewhere.
 //! * A peer that sends a chunk failing verification, a chunk not asked for, more bytes than a
-//!   chunk holds, or a malformed frame is disconnected and banned for the life of this core.
+//!   chunk holds, or a malformed frame is disconnected and banned (the ban list is bounded:
+//!   beyond [`remotes::MAX_BANNED`] the oldest ban is forgotten).
 
 mod config;
 mod core;
+pub mod http;
+pub mod manifest;
+pub mod remotes;
+pub mod replay;
+pub mod scheduler;
+pub mod session;
 mod stats;
+pub mod store;
 mod time;
+pub mod upload;
 
 pub use crate::config::Config;
 pub use crate::core::PeerCore;
-pub use crate::stats::Stats;
+pub use crate::stats::{HttpCause, Stats};
 pub use crate::time::Time;
 
+use std::time::Duration;
+
 use bytes::Bytes;
-use protocol::PeerId;
-use protocol::signaling::{ClientMsg, ErrorCode};
+use protocol::signaling::{ClientMsg, ErrorCode, ServerMsg, SignalData};
+use protocol::{Manifest, PeerId};
+use serde::{Deserialize, Serialize};
+
+/// A peer connection attempt, numbered by the core. A new attempt to the same peer (a re-offer,
+/// glare) gets a new id: inputs for an old one are ignored.
+pub type ConnId = u64;
+
+/// Everything that can happen to a peer. Fed with the time to [`PeerCore::handle`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Input {
+    /// A timer from [`PeerCore::poll_timeout`] (or any wake-up: extra ones are harmless).
+    Timeout,
+
+    // ---- signaling transport ([`Output::SignalConnect`] and friends)
+    /// The WebSocket to the signaling server opened.
+    SignalOpened,
+    /// A message from the signaling server (the driver decodes the JSON).
+    SignalMessage(ServerMsg),
+    /// The WebSocket closed, failed to open, or sent something undecodable.
+    SignalClosed,
+
+    // ---- peer connections ([`Output::RtcCreate`] and friends)
+    /// The connection produced a local description (the offer or answer the core asked for
+    /// with [`Output::RtcCreate`] / [`Output::RtcRemote`]) or a local ICE candidate.
+    RtcLocal { conn: ConnId, data: SignalData },
+    /// A remote offer or answer was applied (`setRemoteDescription` succeeded): queued remote
+    /// candidates may now be added.
+    RtcRemoteApplied { conn: ConnId },
+    /// The data channel opened.
+    RtcOpen { conn: ConnId },
+    /// A binary message from the data channel (a text message is passed as empty bytes: it
+    /// is malformed input).
+    RtcMessage { conn: ConnId, data: Bytes },
+    /// Bytes waiting in the channel's send buffer now (`bufferedAmount`), reported whenever it
+    /// drops (e.g. on `bufferedamountlow`) and after sends.
+    RtcBuffered { conn: ConnId, amount: usize },
+    /// The connection or its channel closed or failed (any step of its setup included).
+    RtcClosed { conn: ConnId },
+
+    // ---- origin requests ([`Output::HttpStart`])
+    /// Bytes of a response body, in order.
+    HttpData { id: u64, data: Bytes },
+    /// The response ended.
+    HttpDone { id: u64 },
+    /// The request failed (network error, bad status).
+    HttpFailed { id: u64 },
+
+    // ---- integrity manifest ([`Output::FetchManifest`])
+    /// The manifest at `url` was fetched and validated (the driver decodes the JSON).
+    ManifestLoaded { url: String, manifest: Manifest },
+    /// Fetching or validating it failed.
+    ManifestFailed { url: String },
+
+    // ---- the player
+    /// The player wants the segment at `url` (media sequence number `seq` when the player
+    /// knows it) by `deadline`; it lasts `duration`. Answered by [`Output::SegmentReady`] or
+    /// [`Output::WantFailed`] carrying the same `url`.
+    Want {
+        url: String,
+        seq: Option<u64>,
+        deadline: Time,
+        duration: Duration,
+    },
+    /// The player no longer needs the segment at `url` (seek, quality switch, abort).
+    Cancel { url: String },
+    /// The player stalled (its buffer ran dry).
+    Stall,
+    /// The viewer leaves: the core says goodbye to the server and closes everything.
+    Close,
+}
 
 /// What the driver must do.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Output {
-    /// Send this message to the signaling server.
-    Signal(ClientMsg),
-    /// Open a WebRTC connection to `peer` (we make the offer).
-    Connect {
+    /// Open the WebSocket to the signaling server (closing any previous one).
+    SignalConnect,
+    /// Send this message on the open WebSocket (dropped when it is not open).
+    SignalSend(ClientMsg),
+    /// Close the WebSocket (no [`Input::SignalClosed`] expected for it).
+    SignalClose,
+
+    /// Create a peer connection for `peer` with the protocol's negotiated data channel (id 0,
+    /// reliable, ordered). When `offerer`, create an offer, set it as the local description and
+    /// report it as [`Input::RtcLocal`]. Report local ICE candidates as they come.
+    RtcCreate {
+        conn: ConnId,
         peer: PeerId,
+        offerer: bool,
     },
-    /// Close the connection to `peer`.
-    Disconnect {
-        peer: PeerId,
-        reason: DisconnectReason,
+    /// Apply what the remote side sent: an offer (set it, then create, set and report an
+    /// answer), an answer (set it), or a candidate (add it). Report
+    /// [`Input::RtcRemoteApplied`] after an offer or answer is set.
+    RtcRemote {
+        conn: ConnId,
+        data: SignalData,
     },
-    /// Send a binary frame on `peer`'s data channel.
-    Send {
-        peer: PeerId,
+    /// Send a binary frame on the data channel.
+    RtcSend {
+        conn: ConnId,
         frame: Bytes,
     },
-    /// GET `url` (with `Range: bytes=start-(end-1)` when `range` is set) and feed the body to
-    /// `handle_http_data` / `handle_http_done` / `handle_http_failed` with `id`.
+    /// Close the connection (no [`Input::RtcClosed`] expected for it).
+    RtcClose {
+        conn: ConnId,
+    },
+
+    /// GET `url` (with `Range: bytes=start-(end-1)` when `range` is set) and report the body
+    /// with [`Input::HttpData`] / [`Input::HttpDone`] / [`Input::HttpFailed`] and `id`.
     HttpStart {
         id: u64,
-        seq: u64,
         url: String,
         range: Option<(u64, u64)>,
     },
-    /// Abort HTTP request `id`; feed nothing more for it.
+    /// Abort HTTP request `id`; report nothing more for it.
     HttpCancel {
         id: u64,
     },
-    /// A verified segment for the player, with how many of its bytes came from where.
+    /// Fetch and decode the integrity manifest at `url`; answer with
+    /// [`Input::ManifestLoaded`] or [`Input::ManifestFailed`].
+    FetchManifest {
+        url: String,
+    },
+
+    /// A verified segment for the player (answers [`Input::Want`] for `url`), with how many of
+    /// its bytes came from where.
     SegmentReady {
+        url: String,
         seq: u64,
         data: Bytes,
         http_bytes: u64,
         p2p_bytes: u64,
     },
+    /// The core will not deliver the segment at `url` (unknown to the integrity manifest, or
+    /// too many waiting): the player loads it itself.
+    WantFailed {
+        url: String,
+    },
     Event(Event),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DisconnectReason {
     Banned,
     Left,
     Timeout,
     WrongSwarm,
+    /// A second connection to a viewer we are already connected to (its `Hello` instance).
+    Duplicate,
+    /// The peer sent a new offer: the old connection is replaced.
+    Reoffered,
+    Closing,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BanReason {
     /// A chunk failed verification against the manifest.
     BadChunk,
@@ -102,13 +231,14 @@ pub enum BanReason {
     Malformed(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
     PeerConnected {
         peer: PeerId,
     },
     PeerDisconnected {
         peer: PeerId,
+        reason: DisconnectReason,
     },
     PeerBanned {
         peer: PeerId,
@@ -124,10 +254,41 @@ pub enum Event {
         code: ErrorCode,
         message: String,
     },
+    /// The signaling server welcomed us under this id (again after a reconnect).
+    Welcomed {
+        peer_id: PeerId,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CoreError {
     #[error("segment {0} is not in the integrity manifest")]
     UnknownSegment(u64),
+}
+
+/// The integrity manifest published next to a media playlist: `<dir>/<name>.integrity.json`
+/// for `<dir>/<name>.m3u8`, query kept (signed URLs), fragment dropped. `None` when the URL
+/// does not end in `.m3u8`.
+pub fn sidecar_url(playlist: &str) -> Option<String> {
+    let playlist = playlist.split('#').next().unwrap_or(playlist);
+    let (path, query) = match playlist.find('?') {
+        Some(i) => playlist.split_at(i),
+        None => (playlist, ""),
+    };
+    let stem = path.strip_suffix(".m3u8")?;
+    Some(format!("{stem}.integrity.json{query}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sidecar_url;
+
+    #[test]
+    fn sidecar_next_to_playlist() {
+        assert_eq!(
+            sidecar_url("http://o/live/index.m3u8?tok=1#x").as_deref(),
+            Some("http://o/live/index.integrity.json?tok=1")
+        );
+        assert_eq!(sidecar_url("http://o/a.mpd"), None);
+    }
 }

@@ -5,6 +5,8 @@ declare namespace P2PCDN {
     signal?: string;
     /** Swarm id override (default: playlist URL without query, `|`, empty rendition). */
     swarm?: string;
+    /** Join token for signaling servers that require one. */
+    token?: string;
     iceServers?: RTCIceServer[];
     /** Upload cap in bytes per second. */
     uploadCap?: number;
@@ -28,8 +30,10 @@ declare namespace P2PCDN {
     readonly ready: Promise<Peer | null>;
     on(event: "segment" | "peer" | "integrity" | "stats" | "error", fn: (e: any) => void): void;
     playlistLoaded(url: string): void;
-    fetchSegment(url: string, opts?: { sn?: number; deadline?: number }): Promise<Uint8Array>;
-    cancel(sn: number): void;
+    /** `sn`: media sequence number; `deadline`: ms until the player needs it; `duration`: s. */
+    fetchSegment(url: string, opts?: { sn?: number; deadline?: number; duration?: number }): Promise<Uint8Array>;
+    /** The player no longer needs the segment at `url`: its pending promises reject. */
+    cancel(url: string): void;
     reportStall(): void;
     stats(): any;
     destroy(): void;

@@ -57,7 +57,7 @@
     if (!this.inner) return Promise.reject(new Error("p2p not ready"));
     return this.inner.fetchSegment(url, opts || {});
   };
-  Peer.prototype.cancel = function (sn) { if (this.inner) this.inner.cancel(sn); };
+  Peer.prototype.cancel = function (url) { if (this.inner) this.inner.cancel(url); };
   Peer.prototype.reportStall = function () { if (this.inner) this.inner.reportStall(); };
   Peer.prototype.stats = function () { return this.inner ? this.inner.stats() : null; };
   Peer.prototype.destroy = function () {
@@ -102,7 +102,7 @@
       this.context = null;
       this.callbacks = null;
       this.pending = false;
-      this.sn = null;
+      this.url = null;
       this.timer = null;
     }
     P2PLoader.prototype.load = function (context, config, callbacks) {
@@ -117,7 +117,7 @@
       }
       this.context = context;
       this.callbacks = callbacks;
-      this.sn = sn;
+      this.url = context.url;
       this.pending = true;
       var stats = (this.stats = newStats());
       stats.loading.start = performance.now();
@@ -126,7 +126,7 @@
         if (!self.pending) return;
         self.pending = false;
         clearTimeout(self.timer);
-        peer.cancel(sn);
+        peer.cancel(context.url);
         if (hooks && hooks.onFallback) hooks.onFallback(sn, err ? String(err.message || err) : "timeout");
         self.inner.load(context, config, callbacks);
         self.stats = self.inner.stats;
@@ -134,7 +134,7 @@
       // Safety net: the core already falls back to HTTP before the deadline; this only
       // catches a stuck driver.
       this.timer = setTimeout(fallback, Math.max(deadline, 2000) + 4000);
-      peer.fetchSegment(context.url, { sn: sn, deadline: deadline }).then(function (bytes) {
+      peer.fetchSegment(context.url, { sn: sn, deadline: deadline, duration: frag.duration }).then(function (bytes) {
         if (!self.pending) return;
         self.pending = false;
         clearTimeout(self.timer);
@@ -150,7 +150,7 @@
       if (this.pending) {
         this.pending = false;
         clearTimeout(this.timer);
-        peer.cancel(this.sn);
+        peer.cancel(this.url);
         this.stats.aborted = true;
         if (this.callbacks && this.callbacks.onAbort) this.callbacks.onAbort(this.stats, this.context, null);
       } else {
@@ -158,7 +158,7 @@
       }
     };
     P2PLoader.prototype.destroy = function () {
-      if (this.pending) { this.pending = false; clearTimeout(this.timer); peer.cancel(this.sn); }
+      if (this.pending) { this.pending = false; clearTimeout(this.timer); peer.cancel(this.url); }
       this.callbacks = null;
       this.inner.destroy();
     };

@@ -37,29 +37,11 @@ impl<V> IdMap<V> {
         let i = self.position(k)?;
         Some(self.0.swap_remove(i).1)
     }
-    /// Removes the entry with the smallest key.
-    pub fn pop_min(&mut self) -> Option<V> {
-        let k = self.0.iter().map(|(x, _)| *x).min()?;
-        self.remove(k)
-    }
     pub fn clear(&mut self) {
         self.0.clear();
     }
     pub fn take_all(&mut self) -> Vec<(u64, V)> {
         std::mem::take(&mut self.0)
-    }
-}
-
-impl<V: Default> IdMap<V> {
-    pub fn or_default(&mut self, k: u64) -> &mut V {
-        let i = match self.position(k) {
-            Some(i) => i,
-            None => {
-                self.0.push((k, V::default()));
-                self.0.len() - 1
-            }
-        };
-        &mut self.0[i].1
     }
 }
 
@@ -76,12 +58,14 @@ mod tests {
         assert_eq!(m.len(), 2);
         assert_eq!(m.get(5), Some(&"c"));
         assert!(m.contains_key(3) && !m.contains_key(4));
-        assert_eq!(m.pop_min(), Some("b"));
+        assert_eq!(m.remove(3), Some("b"));
         assert_eq!(m.remove(5), Some("c"));
         assert_eq!(m.remove(5), None);
         let mut w: IdMap<Vec<u8>> = IdMap::default();
-        w.or_default(1).push(1);
-        w.or_default(1).push(2);
+        w.insert(1, vec![1]);
+        if let Some(v) = w.get_mut(1) {
+            v.push(2);
+        }
         assert_eq!(w.get(1), Some(&vec![1, 2]));
         assert_eq!(w.take_all(), vec![(1, vec![1, 2])]);
         assert_eq!(w.len(), 0);

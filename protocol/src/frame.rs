@@ -114,9 +114,16 @@ impl HaveEntry {
 /// One data-channel frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    /// First frame each side sends: the swarm it joined (must match) and how many requests it
-    /// serves at once for this peer.
-    Hello { swarm: String, max_inflight: u16 },
+    /// First frame each side sends: the swarm it joined (must match), how many chunks it
+    /// serves at once for this peer, and the sender's `instance`: a random number fixed for the
+    /// life of its peer (it survives signaling reconnects, which change the peer id), so that two
+    /// connections to the same viewer are recognised as one. Encoded as 8 bytes after
+    /// `max_inflight`, or absent (`None`: a peer that predates it).
+    Hello {
+        swarm: String,
+        max_inflight: u16,
+        instance: Option<u64>,
+    },
     /// Chunks held (additive: a later entry for the same segment replaces the earlier one).
     Have { entries: Vec<HaveEntry> },
     /// Segments no longer held (evicted from the store).
@@ -206,6 +213,7 @@ impl Frame {
             Frame::Hello {
                 swarm,
                 max_inflight,
+                instance,
             } => {
                 b.put_u8(T_HELLO);
                 // Over-long ids are cut at a char boundary: cutting inside a UTF-8 sequence would
@@ -214,6 +222,9 @@ impl Frame {
                 b.put_u8(s.len() as u8);
                 b.put_slice(s);
                 b.put_u16(*max_inflight);
+                if let Some(i) = instance {
+                    b.put_u64(*i);
+                }
             }
             Frame::Have { entries } => {
                 b.put_u8(T_HAVE);
@@ -298,9 +309,11 @@ impl Frame {
                     .map_err(|_| DecodeError::BadUtf8)?
                     .to_owned();
                 let max_inflight = buf.get_u16();
+                let instance = (buf.remaining() >= 8).then(|| buf.get_u64());
                 Frame::Hello {
                     swarm,
                     max_inflight,
+                    instance,
                 }
             }
             T_HAVE => {

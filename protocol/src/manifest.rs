@@ -69,8 +69,9 @@ pub enum ManifestError {
     DuplicateSeq { seq: u64 },
 }
 
-/// Integrity data of one segment.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Integrity data of one segment. (Serde derives are for recording peer sessions; the wire
+/// format is [`EncodedSegment`].)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentManifest {
     /// Media sequence number of the segment in its playlist.
     pub seq: u64,
@@ -127,7 +128,7 @@ impl SegmentManifest {
 }
 
 /// A manifest: the integrity data of the segments of one media playlist.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Manifest {
     pub segments: Vec<SegmentManifest>,
 }

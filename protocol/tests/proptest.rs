@@ -60,10 +60,15 @@ fn absent_reason() -> impl Strategy<Value = AbsentReason> {
 /// Every frame variant, within the limits of `docs/PROTOCOL.md` and the 64 KiB frame size.
 fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
-        (swarm(), any::<u16>()).prop_map(|(swarm, max_inflight)| Frame::Hello {
-            swarm,
-            max_inflight
-        }),
+        (swarm(), any::<u16>(), any::<Option<u64>>()).prop_map(
+            |(swarm, max_inflight, instance)| {
+                Frame::Hello {
+                    swarm,
+                    max_inflight,
+                    instance,
+                }
+            }
+        ),
         // Few entries with up to the full 4096 chunks (at most 8 * 522 bytes)...
         vec(have_entry(MAX_CHUNKS), 0..8).prop_map(|entries| Frame::Have { entries }),
         // ...or up to the full 512 entries of small segments (at most 512 * 18 bytes).
@@ -137,6 +142,10 @@ proptest! {
                     prop_assert!(is_chunk, "only chunks have a valid prefix");
                     prop_assert_eq!(data.len(), cut - CHUNK_HEADER_LEN);
                 }
+                // The instance is optional on the wire: the Hello without it.
+                Ok(Frame::Hello { instance: None, .. })
+                    if cut + 8 == bytes.len()
+                        && matches!(f, Frame::Hello { instance: Some(_), .. }) => {}
                 Ok(other) => prop_assert!(false, "cut at {}/{}: {:?}", cut, bytes.len(), other),
             }
         }

@@ -16,6 +16,7 @@ fn every_swarm_id_fits_in_a_hello_frame() {
         let hello = Frame::Hello {
             swarm: id.clone(),
             max_inflight: 4,
+            instance: Some(7),
         };
         assert_eq!(Frame::decode(&hello.encode()), Ok(hello), "{len}");
     }
@@ -33,13 +34,15 @@ fn over_long_hello_swarm_is_cut_at_a_char_boundary() {
     let bytes = Frame::Hello {
         swarm,
         max_inflight: 1,
+        instance: Some(2),
     }
     .encode();
     assert_eq!(
         Frame::decode(&bytes),
         Ok(Frame::Hello {
             swarm: "a".repeat(254),
-            max_inflight: 1
+            max_inflight: 1,
+            instance: Some(2),
         })
     );
 }
@@ -103,4 +106,19 @@ fn slot_out_of_range_is_rejected() {
     }
     let ok = r#"{"v":1,"type":"slot","swarm":"s","slot":2,"slots":3}"#;
     assert!(ServerMsg::from_json(ok, MAX_SIGNAL_LEN).is_ok());
+}
+
+/// A `Hello` from a peer of before the `instance` field (no trailing 8 bytes) still decodes,
+/// as no instance (never taken for a duplicate).
+#[test]
+fn hello_without_instance_decodes_as_unknown() {
+    let bytes = [1u8, 1, 1, b's', 0, 8];
+    assert_eq!(
+        Frame::decode(&bytes),
+        Ok(Frame::Hello {
+            swarm: "s".into(),
+            max_inflight: 8,
+            instance: None,
+        })
+    );
 }

@@ -7,12 +7,17 @@
 //!   viewers has an RTT drawn from a range, a loss rate (each lost packet costs one RTT, and the
 //!   pair's throughput is capped at what a loss-limited congestion controller gets, Mathis et
 //!   al.), and delivers in order like a reliable ordered data channel;
-//! * **signaling**: the real [`swarm_registry::Registry`] behind a fixed latency;
-//!   connection setup costs the SDP relay plus two RTTs;
+//! * **signaling**: the real [`swarm_registry::Registry`] (the signaling server's) behind a
+//!   fixed latency, relaying the cores' handshakes; connection setup costs the SDP relay plus
+//!   two RTTs;
 //! * a **model player** per viewer: joins, polls the playlist every segment duration (random
 //!   phase), starts `live_delay` segments behind the live edge, plays at 1×, counts stalls;
 //! * **churn** (viewers leaving and replaced) and **bad peers** that corrupt every chunk they
-//!   upload.
+//!   upload (the core's own `corrupt_uploads` hook).
+//!
+//! The simulator is a driver like the browser and native ones: it feeds each core only
+//! [`peer_core::Input`]s and performs its [`peer_core::Output`]s — the signaling session, the
+//! handshakes, the manifest polling and the prefetch are the shipped core's.
 
 pub use peer_core;
 
@@ -21,9 +26,9 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::Duration;
 
 use bytes::Bytes;
-use peer_core::{Config, Event, Output, PeerCore, Time};
-use protocol::signaling::{ClientMsg, ServerMsg};
-use protocol::{Frame, PeerId, SegmentManifest};
+use peer_core::{Config, ConnId, Event, Input, Output, PeerCore, Time};
+use protocol::signaling::{ClientMsg, ServerMsg, SignalData};
+use protocol::{Manifest, PeerId, SegmentManifest};
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
 use swarm_registry::{Registry, RegistryConfig};
@@ -56,8 +61,8 @@ pub struct SimConfig {
     pub live_delay_segments: u64,
     /// Segments in the live playlist window.
     pub playlist_window: u64,
-    /// The driver polls the integrity manifest this often (live) and prefetches new segments;
-    /// 0 turns it off (then only the player's playlist polls discover segments).
+    /// The cores poll the integrity manifest this often while it changes (their
+    /// `Config::manifest_poll`).
     pub manifest_poll_secs: f64,
     /// VOD: seconds of media the player buffers ahead.
     pub buffer_ahead_secs: f64,
@@ -67,6 +72,8 @@ pub struct SimConfig {
     pub http_only: bool,
     /// Check every core's internal invariants after every event (tests).
     pub check_invariants: bool,
+    /// Print a line for every stall (debugging).
+    pub trace_stalls: bool,
 }
 
 impl Default for SimConfig {
@@ -95,6 +102,7 @@ impl Default for SimConfig {
             core: Config::default(),
             http_only: false,
             check_invariants: false,
+            trace_stalls: false,
         }
     }
 }
@@ -129,9 +137,14 @@ pub struct Report {
     pub joins: usize,
     pub segments_played: u64,
     pub events: u64,
-    /// Origin requests by cause (designated, backup, late, alone) and peer request timeouts.
-    pub http_causes: [u64; 4],
+    /// Origin requests by cause, and peer request timeouts.
+    pub http_designated: u64,
+    pub http_backup: u64,
+    pub http_late: u64,
+    pub http_alone: u64,
     pub peer_timeouts: u64,
+    /// Integrity manifest fetches, all viewers.
+    pub manifest_fetches: u64,
 }
 
 impl Report {
@@ -157,7 +170,7 @@ impl Report {
             "{} viewers ({} joins, {} bad), {:.0} s: offload {:.1} % (honest viewers {:.1} %, limit {:.1} %), stalls {}, startup p50 {:.0} ms\n\
              origin sent {:.1} MB, peers sent {:.1} MB; delivered {:.1} MB HTTP + {:.1} MB P2P in {} segments\n\
              integrity: {} corrupt segments to players, {}/{} bad peers banned, {} honest banned; {} events\n\
-             origin requests: {} designated, {} backup, {} deadline, {} alone; {} peer request timeouts",
+             origin requests: {} designated, {} backup, {} deadline, {} alone; {} peer request timeouts; {:.1} manifest fetches per viewer-minute",
             self.viewers,
             self.joins,
             self.bad,
@@ -177,11 +190,12 @@ impl Report {
             self.bad,
             self.banned_honest,
             self.events,
-            self.http_causes[0],
-            self.http_causes[1],
-            self.http_causes[2],
-            self.http_causes[3],
-            self.peer_timeouts
+            self.http_designated,
+            self.http_backup,
+            self.http_late,
+            self.http_alone,
+            self.peer_timeouts,
+            self.manifest_fetches as f64 / (self.joins.max(1) as f64 * self.seconds / 60.0)
         )
     }
 }
@@ -193,14 +207,15 @@ enum Ev {
     Join(V),
     Churn,
     ToServer(V, ClientMsg),
+    /// The server accepted `v`'s WebSocket.
+    SignalUp(V),
     ToViewer(V, ServerMsg),
-    Offer {
-        from: V,
-        to: V,
-    },
-    Answer {
-        from: V,
-        to: V,
+    /// A core's input that the model produces after a delay (handshake steps, closes).
+    Input(V, Input),
+    /// The offerer `v` applied the answer of `peer`: the pair's transport comes up.
+    Connected {
+        v: V,
+        peer: V,
     },
     Open {
         v: V,
@@ -210,6 +225,7 @@ enum Ev {
     Closed {
         v: V,
         peer: V,
+        epoch: u64,
     },
     /// A frame reached `to`'s downlink.
     Arrive {
@@ -236,8 +252,8 @@ enum Ev {
         data: Bytes,
         last: bool,
     },
+    Manifest(V, String),
     Poll(V),
-    ManifestPoll(V),
     PlayerCheck {
         v: V,
         seq: u64,
@@ -263,8 +279,6 @@ struct Player {
     stall_total: Duration,
     /// Newest segment in the player's playlist view.
     known_max: Option<u64>,
-    /// Newest segment the driver added to the core (playlist or manifest poll).
-    added_max: Option<u64>,
 }
 
 struct Viewer {
@@ -277,6 +291,8 @@ struct Viewer {
     timer: Option<Time>,
     http_active: BTreeSet<u64>,
     signal_ms: f64,
+    /// The core's connection to each peer.
+    conns: BTreeMap<V, ConnId>,
 }
 
 #[derive(Default)]
@@ -311,12 +327,25 @@ pub struct Sim {
     processed: u64,
 }
 
+const MANIFEST_URL: &str = "sim://live/index.integrity.json";
+
 fn t_secs(s: f64) -> Time {
     Time::from_secs_f64(s)
 }
 
 fn dur(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.0))
+}
+
+fn seg_url(seq: u64) -> String {
+    format!("sim://live/seg_{seq}.bin")
+}
+
+fn url_seq(url: &str) -> Option<u64> {
+    url.strip_prefix("sim://live/seg_")?
+        .strip_suffix(".bin")?
+        .parse()
+        .ok()
 }
 
 impl Sim {
@@ -392,13 +421,16 @@ impl Sim {
         let mut core_cfg = self.cfg.core.clone();
         core_cfg.swarm = self.swarm.clone();
         core_cfg.seed = self.cfg.seed.wrapping_mul(1_000_003).wrapping_add(v as u64);
+        core_cfg.manifest_url = Some(MANIFEST_URL.into());
+        core_cfg.manifest_poll = dur(self.cfg.manifest_poll_secs);
+        core_cfg.corrupt_uploads = bad;
         if self.cfg.http_only {
             core_cfg.p2p = false;
             core_cfg.upload = false;
         }
         let signal_ms = self.cfg.signal_ms * (0.5 + self.rng.r#gen::<f64>());
         self.viewers.push(Viewer {
-            core: PeerCore::new(core_cfg),
+            core: PeerCore::new_at(core_cfg, t),
             alive: false,
             bad,
             player: Player {
@@ -411,13 +443,13 @@ impl Sim {
                 stalled_since: None,
                 stall_total: Duration::ZERO,
                 known_max: None,
-                added_max: None,
             },
             up_free: Time::ZERO,
             down_free: Time::ZERO,
             timer: None,
             http_active: BTreeSet::new(),
             signal_ms,
+            conns: BTreeMap::new(),
         });
         self.at(t, Ev::Join(v));
         v
@@ -467,27 +499,46 @@ impl Sim {
         (self.cfg.seconds / self.cfg.segment_secs) as u64 + 2
     }
 
+    /// The segments the origin lists at `now` (its playlist window; the whole VOD).
+    fn listed(&self) -> Option<(u64, u64)> {
+        if self.cfg.vod {
+            return Some((0, self.total_vod_segments() - 1));
+        }
+        let newest = self.live_newest();
+        if newest < 0 {
+            return None;
+        }
+        let first = (newest - self.cfg.playlist_window as i64 + 1).max(0) as u64;
+        Some((first, newest as u64))
+    }
+
+    /// Newest live segment the origin lists at `now` (the response left it one latency ago).
+    fn live_newest(&self) -> i64 {
+        let t_origin = self.now - dur(self.cfg.origin_ms / 1000.0);
+        // The live stream has been running for a minute when the simulation starts, so early
+        // joiners see a full playlist window, as with a real encoder.
+        ((t_origin.as_secs_f64() + 60.0) / self.cfg.segment_secs).floor() as i64 - 1
+    }
+
     // ------------------------------------------------------------------ events
+
+    fn input(&mut self, v: V, input: Input) {
+        if self.viewers[v].alive {
+            self.viewers[v].core.handle(self.now, input);
+            self.drain(v);
+        }
+    }
 
     fn handle(&mut self, ev: Ev) {
         match ev {
             Ev::Join(v) => {
                 self.viewers[v].alive = true;
                 self.viewers[v].player.joined = self.now;
-                let lat = self.viewers[v].signal_ms / 1000.0;
-                let msg = ServerMsg::Welcome {
-                    peer_id: Self::id(v),
-                    heartbeat_ms: 20_000,
-                };
-                self.at(self.now + dur(2.0 * lat), Ev::ToViewer(v, msg));
                 self.at(
                     self.now + dur(2.0 * self.cfg.origin_ms / 1000.0),
                     Ev::Poll(v),
                 );
-                if !self.cfg.vod && self.cfg.manifest_poll_secs > 0.0 {
-                    let first = self.rng.r#gen::<f64>() * self.cfg.manifest_poll_secs;
-                    self.at(self.now + dur(first), Ev::ManifestPoll(v));
-                }
+                self.drain(v);
             }
             Ev::Churn => {
                 let alive: Vec<V> = (0..self.viewers.len())
@@ -503,31 +554,23 @@ impl Sim {
                 self.at(self.now + dur(t), Ev::Churn);
             }
             Ev::ToServer(v, msg) => self.server(v, msg),
-            Ev::ToViewer(v, msg) => {
-                if self.viewers[v].alive {
-                    self.viewers[v].core.handle_signal(self.now, msg);
-                    self.drain(v);
-                }
+            Ev::SignalUp(v) => {
+                self.input(v, Input::SignalOpened);
+                let lat = self.viewers[v].signal_ms / 1000.0;
+                let msg = ServerMsg::Welcome {
+                    peer_id: Self::id(v),
+                    heartbeat_ms: 20_000,
+                };
+                self.at(self.now + dur(lat), Ev::ToViewer(v, msg));
             }
-            Ev::Offer { from, to } => {
-                if !self.viewers[to].alive || !self.viewers[from].alive {
+            Ev::ToViewer(v, msg) => self.input(v, Input::SignalMessage(msg)),
+            Ev::Input(v, input) => self.input(v, input),
+            Ev::Connected { v, peer } => {
+                // `v` made the offer; ICE + DTLS + SCTP take about two round trips.
+                if !self.viewers[v].alive || !self.viewers[peer].alive {
                     return;
                 }
-                if self.viewers[to]
-                    .core
-                    .accept_incoming(self.now, Self::id(from))
-                {
-                    let lat = (self.viewers[to].signal_ms + self.viewers[from].signal_ms) / 1000.0;
-                    self.at(self.now + dur(lat), Ev::Answer { from: to, to: from });
-                }
-                self.drain(to);
-            }
-            Ev::Answer { from, to } => {
-                // `to` made the offer; ICE + DTLS + SCTP take about two round trips.
-                if !self.viewers[to].alive || !self.viewers[from].alive {
-                    return;
-                }
-                let key = (from.min(to), from.max(to));
+                let key = (v.min(peer), v.max(peer));
                 let link = self.links.entry(key).or_default();
                 link.epoch += 1;
                 link.open = true;
@@ -535,43 +578,24 @@ impl Sim {
                 link.last_arrive = [Time::ZERO; 2];
                 link.buffered = [0; 2];
                 let epoch = link.epoch;
-                let rtt = self.rtt(from, to);
-                self.at(
-                    self.now + dur(2.0 * rtt),
-                    Ev::Open {
-                        v: to,
-                        peer: from,
-                        epoch,
-                    },
-                );
-                self.at(
-                    self.now + dur(2.5 * rtt),
-                    Ev::Open {
-                        v: from,
-                        peer: to,
-                        epoch,
-                    },
-                );
+                let rtt = self.rtt(v, peer);
+                self.at(self.now + dur(2.0 * rtt), Ev::Open { v, peer, epoch });
+                let (v, peer) = (peer, v);
+                self.at(self.now + dur(2.5 * rtt), Ev::Open { v, peer, epoch });
             }
             Ev::Open { v, peer, epoch } => {
-                let key = (v.min(peer), v.max(peer));
-                let ok = self
-                    .links
-                    .get(&key)
-                    .is_some_and(|l| l.open && l.epoch == epoch);
-                if ok && self.viewers[v].alive {
-                    self.viewers[v]
-                        .core
-                        .handle_channel_open(self.now, Self::id(peer));
-                    self.drain(v);
+                if self.link_live(v, peer, epoch)
+                    && let Some(&conn) = self.viewers[v].conns.get(&peer)
+                {
+                    self.input(v, Input::RtcOpen { conn });
                 }
             }
-            Ev::Closed { v, peer } => {
-                if self.viewers[v].alive {
-                    self.viewers[v]
-                        .core
-                        .handle_channel_closed(self.now, Self::id(peer));
-                    self.drain(v);
+            Ev::Closed { v, peer, epoch } => {
+                let key = (v.min(peer), v.max(peer));
+                if self.links.get(&key).is_some_and(|l| l.epoch == epoch)
+                    && let Some(conn) = self.viewers[v].conns.remove(&peer)
+                {
+                    self.input(v, Input::RtcClosed { conn });
                 }
             }
             Ev::Arrive {
@@ -600,16 +624,10 @@ impl Sim {
                 epoch,
                 frame,
             } => {
-                let key = (to.min(from), to.max(from));
-                let ok = self
-                    .links
-                    .get(&key)
-                    .is_some_and(|l| l.open && l.epoch == epoch);
-                if ok && self.viewers[to].alive {
-                    self.viewers[to]
-                        .core
-                        .handle_frame(self.now, Self::id(from), frame);
-                    self.drain(to);
+                if self.link_live(to, from, epoch)
+                    && let Some(&conn) = self.viewers[to].conns.get(&from)
+                {
+                    self.input(to, Input::RtcMessage { conn, data: frame });
                 }
             }
             Ev::HttpArrive { v, id, data, last } => {
@@ -627,12 +645,25 @@ impl Sim {
                 if !self.viewers[v].alive || !self.viewers[v].http_active.contains(&id) {
                     return;
                 }
-                self.viewers[v].core.handle_http_data(self.now, id, &data);
+                self.viewers[v]
+                    .core
+                    .handle(self.now, Input::HttpData { id, data });
                 if last {
                     self.viewers[v].http_active.remove(&id);
-                    self.viewers[v].core.handle_http_done(self.now, id);
+                    self.viewers[v]
+                        .core
+                        .handle(self.now, Input::HttpDone { id });
                 }
                 self.drain(v);
+            }
+            Ev::Manifest(v, url) => {
+                let mut manifest = Manifest::default();
+                if let Some((first, last)) = self.listed() {
+                    for seq in first..=last {
+                        manifest.segments.push(self.segment(seq).1);
+                    }
+                }
+                self.input(v, Input::ManifestLoaded { url, manifest });
             }
             Ev::Sent {
                 v,
@@ -650,51 +681,69 @@ impl Sim {
                 }
                 l.buffered[dir] = l.buffered[dir].saturating_sub(len);
                 let amount = l.buffered[dir];
-                if self.viewers[v].alive {
-                    self.viewers[v]
-                        .core
-                        .handle_buffered(self.now, Self::id(peer), amount);
-                    self.drain(v);
+                if let Some(&conn) = self.viewers[v].conns.get(&peer) {
+                    self.input(v, Input::RtcBuffered { conn, amount });
                 }
             }
             Ev::Poll(v) => self.poll(v),
-            Ev::ManifestPoll(v) => self.manifest_poll(v),
             Ev::PlayerCheck { v, seq } => self.player_check(v, seq),
             Ev::Timer(v, t) => {
                 if self.viewers[v].alive && self.viewers[v].timer == Some(t) {
                     self.viewers[v].timer = None;
-                    self.viewers[v].core.handle_timeout(self.now);
-                    self.drain(v);
+                    self.input(v, Input::Timeout);
                 }
             }
         }
+    }
+
+    fn link_live(&self, v: V, peer: V, epoch: u64) -> bool {
+        let key = (v.min(peer), v.max(peer));
+        self.viewers[v].alive
+            && self
+                .links
+                .get(&key)
+                .is_some_and(|l| l.open && l.epoch == epoch)
+    }
+
+    /// Closes the pair's transport; the other side hears of it half a round trip later.
+    fn close_link(&mut self, v: V, other: V) {
+        let key = (v.min(other), v.max(other));
+        let Some(l) = self.links.get_mut(&key) else {
+            return;
+        };
+        if !l.open {
+            return;
+        }
+        l.open = false;
+        let epoch = l.epoch;
+        let rtt = self.rtt(v, other);
+        self.at(
+            self.now + dur(rtt / 2.0),
+            Ev::Closed {
+                v: other,
+                peer: v,
+                epoch,
+            },
+        );
     }
 
     fn leave(&mut self, v: V) {
         if !self.viewers[v].alive {
             return;
         }
+        // The core says goodbye (its `leave` reaches the server) and closes its connections.
+        self.viewers[v].core.handle(self.now, Input::Close);
+        self.drain(v);
         self.viewers[v].alive = false;
-        let keys: Vec<(V, V)> = self
+        let others: Vec<V> = self
             .links
             .iter()
             .filter(|(k, l)| l.open && (k.0 == v || k.1 == v))
-            .map(|(k, _)| *k)
+            .map(|(k, _)| if k.0 == v { k.1 } else { k.0 })
             .collect();
-        for k in keys {
-            let other = if k.0 == v { k.1 } else { k.0 };
-            if let Some(l) = self.links.get_mut(&k) {
-                l.open = false;
-            }
-            let rtt = self.rtt(v, other);
-            self.at(self.now + dur(rtt / 2.0), Ev::Closed { v: other, peer: v });
+        for other in others {
+            self.close_link(v, other);
         }
-        let lat = self.viewers[v].signal_ms / 1000.0;
-        let swarm = self.swarm.clone();
-        self.at(
-            self.now + dur(lat),
-            Ev::ToServer(v, ClientMsg::Leave { swarm }),
-        );
     }
 
     fn server(&mut self, v: V, msg: ClientMsg) {
@@ -717,7 +766,20 @@ impl Sim {
                 vec![(me, ServerMsg::Peers { swarm, peers })]
             }
             ClientMsg::Leave { swarm } => self.registry.leave(&swarm, me),
-            _ => Vec::new(),
+            ClientMsg::Signal { swarm, to, data } => {
+                if !self.viewers[v].alive || !self.registry.is_member(&swarm, to) {
+                    return;
+                }
+                vec![(
+                    to,
+                    ServerMsg::Signal {
+                        swarm,
+                        from: me,
+                        data,
+                    },
+                )]
+            }
+            ClientMsg::Stats { .. } | ClientMsg::Ping => Vec::new(),
         };
         for (p, m) in notices {
             let to = Self::idx(p);
@@ -731,45 +793,7 @@ impl Sim {
     /// Performs everything viewer `v`'s core asked for.
     fn drain(&mut self, v: V) {
         while let Some(out) = self.viewers[v].core.poll_output() {
-            match out {
-                Output::Signal(msg) => {
-                    let lat = self.viewers[v].signal_ms / 1000.0;
-                    self.at(self.now + dur(lat), Ev::ToServer(v, msg));
-                }
-                Output::Connect { peer } => {
-                    let to = Self::idx(peer);
-                    if to < self.viewers.len() {
-                        let lat = (self.viewers[v].signal_ms + self.viewers[to].signal_ms) / 1000.0;
-                        self.at(self.now + dur(lat), Ev::Offer { from: v, to });
-                    }
-                }
-                Output::Disconnect { peer, .. } => {
-                    let other = Self::idx(peer);
-                    let key = (v.min(other), v.max(other));
-                    if let Some(l) = self.links.get_mut(&key)
-                        && l.open
-                    {
-                        l.open = false;
-                        let rtt = self.rtt(v, other);
-                        self.at(self.now + dur(rtt / 2.0), Ev::Closed { v: other, peer: v });
-                    }
-                }
-                Output::Send { peer, frame } => self.send(v, Self::idx(peer), frame),
-                Output::HttpStart { id, seq, range, .. } => self.http(v, id, seq, range),
-                Output::HttpCancel { id } => {
-                    self.viewers[v].http_active.remove(&id);
-                }
-                Output::SegmentReady {
-                    seq,
-                    data,
-                    http_bytes,
-                    p2p_bytes,
-                } => self.segment_ready(v, seq, data, http_bytes, p2p_bytes),
-                Output::Event(Event::PeerBanned { peer, .. }) => {
-                    self.banned_by.entry(Self::idx(peer)).or_default().insert(v);
-                }
-                Output::Event(_) => {}
-            }
+            self.perform(v, out);
         }
         if self.cfg.check_invariants
             && let Err(e) = self.viewers[v].core.check_invariants()
@@ -790,7 +814,100 @@ impl Sim {
         }
     }
 
-    fn send(&mut self, from: V, to: V, mut frame: Bytes) {
+    fn perform(&mut self, v: V, out: Output) {
+        let lat = self.viewers[v].signal_ms / 1000.0;
+        match out {
+            Output::SignalConnect => self.at(self.now + dur(lat), Ev::SignalUp(v)),
+            Output::SignalSend(msg) => self.at(self.now + dur(lat), Ev::ToServer(v, msg)),
+            Output::SignalClose => {}
+            Output::RtcCreate {
+                conn,
+                peer,
+                offerer,
+            } => {
+                let peer = Self::idx(peer);
+                if let Some(old) = self.viewers[v].conns.insert(peer, conn)
+                    && old != conn
+                {
+                    self.close_link(v, peer);
+                }
+                if offerer {
+                    // The sim has no SDP: a placeholder offer, created at once.
+                    let data = SignalData::Offer { sdp: String::new() };
+                    self.at(self.now, Ev::Input(v, Input::RtcLocal { conn, data }));
+                }
+            }
+            Output::RtcRemote { conn, data } => match data {
+                SignalData::Offer { .. } => {
+                    self.at(self.now, Ev::Input(v, Input::RtcRemoteApplied { conn }));
+                    let data = SignalData::Answer { sdp: String::new() };
+                    self.at(self.now, Ev::Input(v, Input::RtcLocal { conn, data }));
+                }
+                SignalData::Answer { .. } => {
+                    self.at(self.now, Ev::Input(v, Input::RtcRemoteApplied { conn }));
+                    if let Some((&peer, _)) =
+                        self.viewers[v].conns.iter().find(|(_, c)| **c == conn)
+                    {
+                        self.at(self.now, Ev::Connected { v, peer });
+                    }
+                }
+                SignalData::Candidate { .. } => {}
+            },
+            Output::RtcClose { conn } => {
+                let peer = self.viewers[v]
+                    .conns
+                    .iter()
+                    .find(|(_, c)| **c == conn)
+                    .map(|(p, _)| *p);
+                if let Some(peer) = peer {
+                    self.viewers[v].conns.remove(&peer);
+                    self.close_link(v, peer);
+                }
+            }
+            Output::RtcSend { conn, frame } => {
+                let peer = self.viewers[v]
+                    .conns
+                    .iter()
+                    .find(|(_, c)| **c == conn)
+                    .map(|(p, _)| *p);
+                if let Some(peer) = peer {
+                    self.send(v, peer, frame);
+                }
+            }
+            Output::HttpStart { id, url, range } => {
+                if let Some(seq) = url_seq(&url) {
+                    self.http(v, id, seq, range);
+                } else {
+                    self.at(self.now, Ev::Input(v, Input::HttpFailed { id }));
+                }
+            }
+            Output::HttpCancel { id } => {
+                self.viewers[v].http_active.remove(&id);
+            }
+            Output::FetchManifest { url } => {
+                let rtt = 2.0 * self.cfg.origin_ms / 1000.0;
+                self.at(self.now + dur(rtt), Ev::Manifest(v, url));
+            }
+            Output::SegmentReady {
+                seq,
+                data,
+                http_bytes,
+                p2p_bytes,
+                ..
+            } => self.segment_ready(v, seq, data, http_bytes, p2p_bytes),
+            Output::WantFailed { url } => {
+                if let Some(seq) = url_seq(&url) {
+                    self.viewers[v].player.wanted.remove(&seq);
+                }
+            }
+            Output::Event(Event::PeerBanned { peer, .. }) => {
+                self.banned_by.entry(Self::idx(peer)).or_default().insert(v);
+            }
+            Output::Event(_) => {}
+        }
+    }
+
+    fn send(&mut self, from: V, to: V, frame: Bytes) {
         if to >= self.viewers.len() {
             return;
         }
@@ -803,9 +920,6 @@ impl Sim {
             return;
         }
         let epoch = link.epoch;
-        if self.viewers[from].bad {
-            frame = corrupt_chunk(frame);
-        }
         let len = frame.len() as f64;
         let rtt = self.rtt(from, to);
         let up = self.cfg.up_bps / 8.0;
@@ -912,36 +1026,18 @@ impl Sim {
         }
     }
 
+    /// The player's playlist refresh (hls.js polls a live playlist every target duration).
     fn poll(&mut self, v: V) {
         if !self.viewers[v].alive {
             return;
         }
         let d = self.cfg.segment_secs;
-        // The playlist response left the origin one latency ago.
-        let newest = self.live_newest();
-        let (first, last) = if self.cfg.vod {
-            (0, self.total_vod_segments() as i64 - 1)
-        } else {
-            (newest - self.cfg.playlist_window as i64 + 1, newest)
-        };
-        if last < 0 {
+        let Some((first, last)) = self.listed() else {
             self.at(self.now + dur(d), Ev::Poll(v));
             return;
-        }
-        let first = first.max(0) as u64;
-        let last = last as u64;
-        let from = self.viewers[v]
-            .player
-            .added_max
-            .map_or(first, |k| (k + 1).max(first));
-        for seq in from..=last {
-            let (_, m) = self.segment(seq);
-            let url = m.uri.clone();
-            self.viewers[v].core.add_segment(self.now, m, url);
-        }
+        };
         let p = &mut self.viewers[v].player;
         p.known_max = Some(p.known_max.map_or(last, |k| k.max(last)));
-        p.added_max = Some(p.added_max.map_or(last, |k| k.max(last)));
         if p.start_seq.is_none() {
             let s0 = if self.cfg.vod {
                 0
@@ -955,45 +1051,19 @@ impl Sim {
         self.want_more(v);
         self.drain(v);
         if !self.cfg.vod {
-            // hls.js refreshes a live playlist every target duration.
             self.at(self.now + dur(d), Ev::Poll(v));
         }
     }
 
-    /// Newest live segment the origin lists at `now` (the response left it one latency ago).
-    fn live_newest(&self) -> i64 {
-        let t_origin = self.now - dur(self.cfg.origin_ms / 1000.0);
-        // The live stream has been running for a minute when the simulation starts, so early
-        // joiners see a full playlist window, as with a real encoder.
-        ((t_origin.as_secs_f64() + 60.0) / self.cfg.segment_secs).floor() as i64 - 1
-    }
-
-    /// The driver's own poll of the integrity manifest: new live segments are prefetched.
-    fn manifest_poll(&mut self, v: V) {
-        if !self.viewers[v].alive {
-            return;
-        }
-        let newest = self.live_newest();
-        let started = self.viewers[v].player.start_seq.is_some();
-        let known = self.viewers[v].player.added_max;
-        if started && newest >= 0 && known.is_some_and(|k| (newest as u64) > k) {
-            let from = known.map_or(0, |k| k + 1);
-            for seq in from..=newest as u64 {
-                let (_, m) = self.segment(seq);
-                let url = m.uri.clone();
-                self.viewers[v].core.add_segment(self.now, m, url);
-                let deadline = self.deadline(v, seq);
-                let _ = self.viewers[v]
-                    .core
-                    .prefetch_segment(self.now, seq, deadline);
-            }
-            self.viewers[v].player.added_max = Some(newest as u64);
-            self.drain(v);
-        }
-        self.at(
-            self.now + dur(self.cfg.manifest_poll_secs),
-            Ev::ManifestPoll(v),
-        );
+    fn want(&mut self, v: V, seq: u64) {
+        let deadline = self.deadline(v, seq);
+        let input = Input::Want {
+            url: seg_url(seq),
+            seq: Some(seq),
+            deadline,
+            duration: dur(self.cfg.segment_secs),
+        };
+        self.viewers[v].core.handle(self.now, input);
     }
 
     fn want_more(&mut self, v: V) {
@@ -1003,36 +1073,17 @@ impl Sim {
         let last = known.min(p.next_needed + ahead);
         let from = p.next_needed;
         for seq in from..=last {
-            if self.viewers[v].player.wanted.contains(&seq)
-                || self.viewers[v].player.ready.contains(&seq)
-            {
+            let p = &self.viewers[v].player;
+            if p.wanted.contains(&seq) || p.ready.contains(&seq) {
                 continue;
             }
-            let deadline = self.deadline(v, seq);
-            if self.viewers[v]
-                .core
-                .want_segment(self.now, seq, deadline)
-                .is_ok()
-            {
-                self.viewers[v].player.wanted.insert(seq);
-            }
+            self.viewers[v].player.wanted.insert(seq);
+            self.want(v, seq);
         }
     }
 
     fn segment_ready(&mut self, v: V, seq: u64, data: Bytes, http: u64, p2p: u64) {
-        if std::env::var("SIM_TRACE_SEQ")
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-            == Some(seq)
-        {
-            let dl = self.deadline(v, seq);
-            eprintln!(
-                "ready seq={seq} v={v} t={:.2} slack={:.2} http={http} p2p={p2p} slot={:?}",
-                self.now.as_secs_f64(),
-                dl.as_secs_f64() - self.now.as_secs_f64(),
-                self.viewers[v].core.slot()
-            );
-        }
+        let _ = (http, p2p);
         let truth = self.segment(seq).0;
         if truth != data {
             self.corrupt += 1;
@@ -1081,7 +1132,7 @@ impl Sim {
             self.want_more(v);
         } else {
             p.stalled_since = Some(self.now);
-            if std::env::var_os("SIM_DEBUG").is_some() {
+            if self.cfg.trace_stalls {
                 eprintln!(
                     "stall t={:.2} v={v} started={:.2} {}",
                     self.now.as_secs_f64(),
@@ -1089,10 +1140,10 @@ impl Sim {
                     self.viewers[v].core.describe_segment(seq)
                 );
             }
-            self.viewers[v].core.report_stall(self.now);
+            self.viewers[v].core.handle(self.now, Input::Stall);
             // Urgent now: re-want with the current time as deadline.
             if self.viewers[v].player.wanted.contains(&seq) {
-                let _ = self.viewers[v].core.want_segment(self.now, seq, self.now);
+                self.want(v, seq);
             }
             self.want_more(v);
         }
@@ -1123,24 +1174,12 @@ impl Sim {
             r.p2p_bytes += s.p2p_bytes;
             r.delivered_http += s.delivered_http_bytes;
             r.delivered_p2p += s.delivered_p2p_bytes;
-            r.http_causes[0] += s.http_designated;
-            r.http_causes[1] += s.http_backup;
-            r.http_causes[2] += s.http_late;
-            r.http_causes[3] += s.http_alone;
+            r.http_designated += s.http_designated;
+            r.http_backup += s.http_backup;
+            r.http_late += s.http_late;
+            r.http_alone += s.http_alone;
             r.peer_timeouts += s.peer_request_timeouts;
-        }
-        if std::env::var_os("SIM_VIEWERS").is_some() {
-            for (v, vw) in self.viewers.iter().enumerate() {
-                let s = vw.core.stats();
-                eprintln!(
-                    "v{v:>3} open {:>2} late {:>4} designated {:>3} offload {:.3} slot {:?}",
-                    vw.core.open_peers().count(),
-                    s.http_late,
-                    s.http_designated,
-                    s.offload(),
-                    vw.core.slot()
-                );
-            }
+            r.manifest_fetches += s.manifest_fetches;
         }
         r.offload_honest = honest_p2p as f64 / (honest_http + honest_p2p).max(1) as f64;
         let total = r.delivered_http + r.delivered_p2p;
@@ -1163,29 +1202,6 @@ impl Sim {
             }
         }
         r
-    }
-}
-
-/// A tampered peer flips one byte in every chunk it uploads.
-fn corrupt_chunk(frame: Bytes) -> Bytes {
-    match Frame::decode_bytes(frame.clone()) {
-        Ok(Frame::Chunk {
-            req_id,
-            seq,
-            index,
-            data,
-        }) if !data.is_empty() => {
-            let mut d = data.to_vec();
-            d[0] ^= 0xff;
-            Frame::Chunk {
-                req_id,
-                seq,
-                index,
-                data: Bytes::from(d),
-            }
-            .encode()
-        }
-        _ => frame,
     }
 }
 

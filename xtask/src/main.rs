@@ -6,6 +6,7 @@ mod bench_signaling;
 mod bench_swarm;
 mod demo;
 mod preflight;
+mod replay;
 mod sim;
 mod test;
 mod util;
@@ -37,6 +38,8 @@ enum Cmd {
     BundleSize,
     /// Builds everything and serves the demo: origin (live), signaling server, demo page.
     Demo(demo::Args),
+    /// Re-runs a recorded peer session (`p2pcdn-load --record FILE`) and checks its outputs.
+    Replay(replay::Args),
 }
 
 #[derive(Subcommand)]
@@ -59,5 +62,6 @@ fn main() -> Result<()> {
         Cmd::Wasm(a) => wasm::run(a),
         Cmd::BundleSize => wasm::bundle_size(),
         Cmd::Demo(a) => demo::run(a),
+        Cmd::Replay(a) => replay::run(a),
     }
 }

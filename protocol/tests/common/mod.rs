@@ -14,9 +14,10 @@ pub fn frame_fixtures() -> Vec<(Frame, &'static str)> {
             Frame::Hello {
                 swarm: "live|720p".into(),
                 max_inflight: 8,
+                instance: Some(0x0102_0304_0506_0708),
             },
-            // ver type len "live|720p"         max_inflight
-            "01 01 09 6c6976657c37323070 0008",
+            // ver type len "live|720p"         max_inflight instance
+            "01 01 09 6c6976657c37323070 0008 0102030405060708",
         ),
         (
             Frame::Have {

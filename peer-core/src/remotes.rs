@@ -1,0 +1,510 @@
+//! Peers: who we connect to, the WebRTC handshake through signaling (who offers, glare,
+//! re-offers, pending candidates), the open grace and `Hello`, their `Have`s, and bans.
+//!
+//! One connection per peer id, numbered by a [`ConnId`] the drivers echo back; a new attempt to
+//! the same peer gets a new number, so whatever still arrives for the old one is ignored. A
+//! viewer seen under two ids (after a signaling restart gave everybody new ids) is recognised by
+//! the `instance` in its `Hello`: the newer connection is closed on both sides.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+use protocol::frame::MAX_HAVE_ENTRIES;
+use protocol::signaling::{ClientMsg, SignalData};
+use protocol::{AbsentReason, Frame, HaveEntry, PeerId};
+
+use crate::store::visible_entry;
+use crate::upload::{Serve, queued_chunks};
+use crate::{BanReason, ConnId, DisconnectReason, Event, Output, PeerCore, Time};
+
+/// Peer `have` entries kept per remote (oldest sequence numbers dropped first).
+pub const MAX_REMOTE_HAVE: usize = 1024;
+/// Cancelled request ids remembered per remote, so late chunks are ignored rather than punished.
+pub const MAX_CANCELLED: usize = 256;
+/// Banned peer ids remembered (the oldest ban is forgotten first beyond this).
+pub const MAX_BANNED: usize = 4096;
+/// Candidates (introduced, not yet connected) kept.
+pub const MAX_CANDIDATES: usize = 64;
+/// Remote ICE candidates held while the remote description is not applied yet.
+pub const MAX_PENDING_CANDIDATES: usize = 64;
+/// After a peer timed out or refused, prefer others for this long.
+pub(crate) const PEER_PENALTY: std::time::Duration = std::time::Duration::from_millis(2000);
+/// After a peer said busy, prefer others for this long.
+const BUSY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(250);
+
+#[derive(Debug)]
+pub struct Remote {
+    pub conn: ConnId,
+    /// We made the offer.
+    pub offerer: bool,
+    /// The remote offer/answer is applied: candidates go straight to the driver.
+    pub remote_set: bool,
+    pub pending: Vec<SignalData>,
+    /// When the channel opened (for the open grace), if it has.
+    pub opened: Option<Time>,
+    /// The channel is open and the open grace is over: we have sent our `Hello`.
+    pub open: bool,
+    /// When the attempt started, or when the channel opened.
+    pub since: Time,
+    pub hello: bool,
+    pub instance: Option<u64>,
+    pub their_max_inflight: usize,
+    pub have: BTreeMap<u64, HaveEntry>,
+    pub inflight: usize,
+    pub serve: VecDeque<Serve>,
+    pub cancelled: VecDeque<(u32, u64, u16, u16)>,
+    /// Received bytes/s (EWMA), for picking the fastest holder.
+    pub rate: f64,
+    pub penalty_until: Time,
+    /// Bytes waiting in the channel's send buffer (driver-reported, plus what we sent since).
+    pub buffered: usize,
+    /// Last chunk from this peer, or when our first outstanding request to it was sent.
+    pub last_progress: Time,
+}
+
+impl Remote {
+    fn new(now: Time, conn: ConnId, offerer: bool) -> Self {
+        Remote {
+            conn,
+            offerer,
+            remote_set: false,
+            pending: Vec::new(),
+            opened: None,
+            open: false,
+            since: now,
+            hello: false,
+            instance: None,
+            their_max_inflight: 8,
+            have: BTreeMap::new(),
+            inflight: 0,
+            serve: VecDeque::new(),
+            cancelled: VecDeque::new(),
+            rate: 256.0 * 1024.0,
+            penalty_until: Time::ZERO,
+            buffered: 0,
+            last_progress: now,
+        }
+    }
+    pub fn has(&self, seq: u64, index: usize) -> bool {
+        self.have.get(&seq).is_some_and(|e| e.has(index))
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Remotes {
+    pub peers: BTreeMap<PeerId, Remote>,
+    pub by_conn: BTreeMap<ConnId, PeerId>,
+    pub next_conn: ConnId,
+    pub candidates: VecDeque<PeerId>,
+    pub banned: BTreeSet<PeerId>,
+    pub banned_order: VecDeque<PeerId>,
+}
+
+impl PeerCore {
+    fn new_conn(&mut self, now: Time, peer: PeerId, offerer: bool) -> ConnId {
+        self.remotes.next_conn += 1;
+        let conn = self.remotes.next_conn;
+        self.remotes
+            .peers
+            .insert(peer, Remote::new(now, conn, offerer));
+        self.remotes.by_conn.insert(conn, peer);
+        self.remotes.candidates.retain(|p| *p != peer);
+        self.out.push_back(Output::RtcCreate {
+            conn,
+            peer,
+            offerer,
+        });
+        conn
+    }
+
+    fn peer_of(&self, conn: ConnId) -> Option<PeerId> {
+        self.remotes.by_conn.get(&conn).copied()
+    }
+
+    pub(crate) fn add_candidates(&mut self, peers: Vec<PeerId>) {
+        for p in peers {
+            if Some(p) != self.session.me
+                && !self.remotes.banned.contains(&p)
+                && !self.remotes.peers.contains_key(&p)
+                && !self.remotes.candidates.contains(&p)
+            {
+                self.remotes.candidates.push_back(p);
+            }
+        }
+        while self.remotes.candidates.len() > MAX_CANDIDATES {
+            self.remotes.candidates.pop_front();
+        }
+    }
+
+    /// A handshake message relayed from `from`.
+    pub(crate) fn on_remote_signal(&mut self, now: Time, from: PeerId, data: SignalData) {
+        if !(self.cfg.p2p || self.cfg.upload) {
+            return;
+        }
+        match data {
+            SignalData::Offer { .. } => {
+                if self.remotes.banned.contains(&from) || Some(from) == self.session.me {
+                    return;
+                }
+                if let Some(r) = self.remotes.peers.get(&from) {
+                    if r.offerer && !r.remote_set && self.session.me.is_some_and(|me| me < from) {
+                        // Glare (both offered): the lower peer id's offer wins; the other side
+                        // answers ours.
+                        return;
+                    }
+                    // Glare lost, or a re-offer on a live connection: the old connection is
+                    // gone for the core too (its Hello and Haves are sent again on the new one).
+                    let reason = if r.offerer && !r.remote_set {
+                        DisconnectReason::Left
+                    } else {
+                        DisconnectReason::Reoffered
+                    };
+                    self.drop_peer(now, from, reason);
+                } else if self.remotes.peers.len() >= self.cfg.max_peers {
+                    return;
+                }
+                let conn = self.new_conn(now, from, false);
+                self.out.push_back(Output::RtcRemote { conn, data });
+            }
+            SignalData::Answer { .. } => {
+                let Some(r) = self.remotes.peers.get(&from) else {
+                    return;
+                };
+                if r.offerer && !r.remote_set {
+                    let conn = r.conn;
+                    self.out.push_back(Output::RtcRemote { conn, data });
+                }
+            }
+            SignalData::Candidate { ref candidate, .. } => {
+                if candidate.is_empty() {
+                    return;
+                }
+                let Some(r) = self.remotes.peers.get_mut(&from) else {
+                    return;
+                };
+                if r.remote_set {
+                    let conn = r.conn;
+                    self.out.push_back(Output::RtcRemote { conn, data });
+                } else if r.pending.len() < MAX_PENDING_CANDIDATES {
+                    r.pending.push(data);
+                }
+            }
+        }
+    }
+
+    /// Our side produced an offer, an answer or a candidate: relay it.
+    pub(crate) fn on_rtc_local(&mut self, conn: ConnId, data: SignalData) {
+        let Some(to) = self.peer_of(conn) else { return };
+        self.out.push_back(Output::SignalSend(ClientMsg::Signal {
+            swarm: self.cfg.swarm.clone(),
+            to,
+            data,
+        }));
+    }
+
+    pub(crate) fn on_rtc_remote_applied(&mut self, conn: ConnId) {
+        let Some(peer) = self.peer_of(conn) else {
+            return;
+        };
+        let Some(r) = self.remotes.peers.get_mut(&peer) else {
+            return;
+        };
+        r.remote_set = true;
+        for data in std::mem::take(&mut r.pending) {
+            self.out.push_back(Output::RtcRemote { conn, data });
+        }
+    }
+
+    pub(crate) fn on_rtc_open(&mut self, now: Time, conn: ConnId) {
+        let Some(peer) = self.peer_of(conn) else {
+            return;
+        };
+        if self.remotes.banned.contains(&peer) {
+            return self.drop_peer(now, peer, DisconnectReason::Banned);
+        }
+        let Some(r) = self.remotes.peers.get_mut(&peer) else {
+            return;
+        };
+        if r.opened.is_some() {
+            return;
+        }
+        r.opened = Some(now);
+        r.since = now;
+        r.remote_set = true;
+        if self.cfg.open_grace.is_zero() {
+            self.release(now, peer);
+        }
+    }
+
+    /// The channel may be used: our `Hello` and everything we hold, newest first.
+    fn release(&mut self, now: Time, peer: PeerId) {
+        let Some(r) = self.remotes.peers.get_mut(&peer) else {
+            return;
+        };
+        if r.open {
+            return;
+        }
+        r.open = true;
+        let hello = Frame::Hello {
+            swarm: self.cfg.swarm.clone(),
+            max_inflight: self.cfg.serve_queue_per_peer.min(u16::MAX as usize) as u16,
+            instance: Some(self.instance),
+        };
+        self.send(peer, &hello);
+        let entries: Vec<HaveEntry> = self
+            .store
+            .segments
+            .values()
+            .rev()
+            .filter(|s| s.have > 0)
+            .take(MAX_HAVE_ENTRIES)
+            .map(|s| visible_entry(s, now, 0, 1))
+            .collect();
+        if !entries.is_empty() {
+            self.send(peer, &Frame::Have { entries });
+        }
+        self.out
+            .push_back(Output::Event(Event::PeerConnected { peer }));
+    }
+
+    pub(crate) fn on_rtc_message(&mut self, now: Time, conn: ConnId, data: Bytes) {
+        let Some(peer) = self.peer_of(conn) else {
+            return;
+        };
+        let Some(r) = self.remotes.peers.get(&peer) else {
+            return;
+        };
+        if r.opened.is_none() {
+            return;
+        }
+        if !r.open {
+            // The other side spoke: its channel is ready, the grace is over.
+            self.release(now, peer);
+        }
+        match Frame::decode_bytes(data) {
+            Ok(frame) => self.on_frame(now, peer, frame),
+            Err(e) => self.ban(now, peer, BanReason::Malformed(e.to_string())),
+        }
+    }
+
+    pub(crate) fn on_rtc_buffered(&mut self, conn: ConnId, amount: usize) {
+        if let Some(peer) = self.peer_of(conn)
+            && let Some(r) = self.remotes.peers.get_mut(&peer)
+        {
+            r.buffered = amount;
+        }
+    }
+
+    pub(crate) fn on_rtc_closed(&mut self, _now: Time, conn: ConnId) {
+        let Some(peer) = self.peer_of(conn) else {
+            return;
+        };
+        self.forget_peer(peer);
+        self.out.push_back(Output::Event(Event::PeerDisconnected {
+            peer,
+            reason: DisconnectReason::Left,
+        }));
+    }
+
+    fn on_frame(&mut self, now: Time, peer: PeerId, frame: Frame) {
+        match frame {
+            Frame::Hello {
+                swarm,
+                max_inflight,
+                instance,
+            } => {
+                if swarm != self.cfg.swarm {
+                    return self.drop_peer(now, peer, DisconnectReason::WrongSwarm);
+                }
+                let twin = instance.is_some()
+                    && self
+                        .remotes
+                        .peers
+                        .iter()
+                        .any(|(p, r)| *p != peer && r.hello && r.instance == instance);
+                if twin {
+                    // Already connected to this viewer under another id: this connection is
+                    // the newer one on both sides, so both close it.
+                    return self.drop_peer(now, peer, DisconnectReason::Duplicate);
+                }
+                if let Some(r) = self.remotes.peers.get_mut(&peer) {
+                    r.hello = true;
+                    r.instance = instance;
+                    r.their_max_inflight = (max_inflight as usize).max(1);
+                }
+            }
+            Frame::Have { entries } => {
+                let Some(r) = self.remotes.peers.get_mut(&peer) else {
+                    return;
+                };
+                for e in entries {
+                    // Entries that disagree with our manifest are ignored, not punished: the
+                    // peer may have a newer manifest.
+                    if let Some(s) = self.store.segments.get(&e.seq)
+                        && s.chunks.len() != e.chunk_count as usize
+                    {
+                        continue;
+                    }
+                    r.have.insert(e.seq, e);
+                }
+                while r.have.len() > MAX_REMOTE_HAVE {
+                    r.have.pop_first();
+                }
+            }
+            Frame::Drop { seqs } => {
+                if let Some(r) = self.remotes.peers.get_mut(&peer) {
+                    for s in seqs {
+                        r.have.remove(&s);
+                    }
+                }
+            }
+            Frame::Request {
+                req_id,
+                seq,
+                first,
+                count,
+            } => self.on_request(now, peer, req_id, seq, first, count),
+            Frame::Chunk {
+                req_id,
+                seq,
+                index,
+                data,
+            } => self.on_chunk(now, peer, req_id, seq, index, data),
+            Frame::Cancel { req_id } => {
+                if let Some(r) = self.remotes.peers.get_mut(&peer) {
+                    let before = queued_chunks(&r.serve);
+                    r.serve.retain(|s| s.req_id != req_id);
+                    self.upload.serve_total -= before - queued_chunks(&r.serve);
+                }
+            }
+            Frame::Absent { req_id, reason } => {
+                let Some(req) = self.sched.requests.get(&req_id) else {
+                    return;
+                };
+                if req.peer != peer {
+                    return self.ban(now, peer, BanReason::Unsolicited);
+                }
+                let seq = req.seq;
+                self.release_request(req_id);
+                if let Some(r) = self.remotes.peers.get_mut(&peer) {
+                    match reason {
+                        AbsentReason::NotFound => {
+                            r.have.remove(&seq);
+                        }
+                        AbsentReason::Busy => r.penalty_until = now + BUSY_BACKOFF,
+                        AbsentReason::Refused => r.penalty_until = now + PEER_PENALTY,
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn ban(&mut self, now: Time, peer: PeerId, reason: BanReason) {
+        if self.remotes.banned.insert(peer) {
+            self.remotes.banned_order.push_back(peer);
+            if self.remotes.banned_order.len() > MAX_BANNED
+                && let Some(old) = self.remotes.banned_order.pop_front()
+            {
+                self.remotes.banned.remove(&old);
+            }
+            self.stats.peers_banned += 1;
+        }
+        self.out
+            .push_back(Output::Event(Event::PeerBanned { peer, reason }));
+        self.drop_peer(now, peer, DisconnectReason::Banned);
+    }
+
+    /// Closes the connection to `peer` and forgets it.
+    pub(crate) fn drop_peer(&mut self, _now: Time, peer: PeerId, reason: DisconnectReason) {
+        let Some(conn) = self.remotes.peers.get(&peer).map(|r| r.conn) else {
+            return;
+        };
+        self.forget_peer(peer);
+        self.out.push_back(Output::RtcClose { conn });
+        self.out
+            .push_back(Output::Event(Event::PeerDisconnected { peer, reason }));
+    }
+
+    /// Removes all state about `peer`; its outstanding chunks become missing again.
+    pub(crate) fn forget_peer(&mut self, peer: PeerId) {
+        if let Some(r) = self.remotes.peers.remove(&peer) {
+            self.upload.serve_total -= queued_chunks(&r.serve);
+            self.remotes.by_conn.remove(&r.conn);
+        }
+        let ids: Vec<u32> = self
+            .sched
+            .requests
+            .iter()
+            .filter(|(_, r)| r.peer == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.release_request(id);
+        }
+    }
+
+    /// Drops attempts that did not open and say `Hello` in time, opens new ones up to
+    /// `max_peers`, and asks for more members when short.
+    pub(crate) fn manage_peers(&mut self, now: Time) {
+        let timed_out: Vec<PeerId> = self
+            .remotes
+            .peers
+            .iter()
+            // Not open, or open but silent (no `Hello`): a channel that never speaks would
+            // hold a connection slot for good. `since` restarts when the channel opens.
+            .filter(|(_, r)| !r.hello && now >= r.since + self.cfg.connect_timeout)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in timed_out {
+            self.drop_peer(now, p, DisconnectReason::Timeout);
+        }
+        if !(self.cfg.p2p || self.cfg.upload) || !self.session.joined {
+            return;
+        }
+        while self.remotes.peers.len() < self.cfg.max_peers {
+            let Some(p) = self.remotes.candidates.pop_front() else {
+                break;
+            };
+            if self.remotes.banned.contains(&p) || self.remotes.peers.contains_key(&p) {
+                continue;
+            }
+            self.new_conn(now, p, true);
+        }
+        self.want_more_peers(now);
+    }
+
+    /// Open graces that ended.
+    pub(crate) fn remote_timers(&mut self, now: Time) {
+        let grace = self.cfg.open_grace;
+        let due: Vec<PeerId> = self
+            .remotes
+            .peers
+            .iter()
+            .filter(|(_, r)| !r.open && r.opened.is_some_and(|t| now >= t + grace))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in due {
+            self.release(now, p);
+        }
+    }
+
+    pub(crate) fn remote_timeouts(&self, at: &mut impl FnMut(Time)) {
+        for r in self.remotes.peers.values() {
+            if !r.hello {
+                at(r.since + self.cfg.connect_timeout);
+            }
+            if !r.open
+                && let Some(t) = r.opened
+            {
+                at(t + self.cfg.open_grace);
+            }
+            if r.inflight > 0 {
+                at(r.last_progress + self.cfg.peer_stall_timeout);
+            }
+        }
+    }
+
+    pub(crate) fn total_buffered(&self) -> usize {
+        self.remotes.peers.values().map(|r| r.buffered).sum()
+    }
+}

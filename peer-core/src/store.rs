@@ -1,0 +1,347 @@
+//! Segments: integrity data, chunks held, the byte budget (LRU eviction) and what we announce.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use protocol::frame::MAX_HAVE_ENTRIES;
+use protocol::{Frame, HaveEntry, PeerId, SegmentManifest};
+
+use crate::http::Http;
+use crate::scheduler::Scheduler;
+use crate::{Output, PeerCore, Time};
+
+/// Player URLs remembered per segment (answers go to each).
+pub const MAX_WANT_URLS: usize = 4;
+
+#[derive(Debug, Default, Clone)]
+pub struct ChunkSt {
+    pub data: Option<Bytes>,
+    pub from_http: bool,
+    /// Times we uploaded this chunk (saturating).
+    pub uploads: u8,
+    pub peer_req: Option<u32>,
+    pub http: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct Segment {
+    pub m: SegmentManifest,
+    /// Where the origin serves it: the player's URL once it asked (signed URLs keep their
+    /// query), the manifest's before.
+    pub url: String,
+    pub chunks: Vec<ChunkSt>,
+    pub have: usize,
+    pub discovered: Time,
+    pub want: Option<Time>,
+    /// The URLs the player asked for it under (answered on delivery).
+    pub want_urls: Vec<String>,
+    /// Fetch ahead of the player (live edge): scheduled like a want, not handed over.
+    pub prefetch: Option<Time>,
+    pub delivered: bool,
+    pub last_used: Time,
+    pub http_retry_at: Time,
+    pub stored: usize,
+    /// Super-seeding: chunks we fetched from the origin are announced to one neighbour each
+    /// until uploaded once, or until this time (then to everybody).
+    pub reveal_at: Option<Time>,
+    /// We fetch this segment from the origin as its (designated or backup) seeder.
+    pub seeding: bool,
+}
+
+impl Segment {
+    pub fn complete(&self) -> bool {
+        self.have == self.chunks.len()
+    }
+    pub fn busy(&self) -> bool {
+        self.chunks
+            .iter()
+            .any(|c| c.peer_req.is_some() || c.http.is_some())
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Store {
+    pub segments: BTreeMap<u64, Segment>,
+    /// Bytes of chunk data held.
+    pub bytes: usize,
+    /// Segments whose availability changed since the last `Have`.
+    pub dirty_have: BTreeSet<u64>,
+}
+
+impl Store {
+    /// The segment listed under `url` (the manifest's or the player's).
+    pub fn find_url(&self, url: &str) -> Option<u64> {
+        self.segments
+            .iter()
+            .rev()
+            .find(|(_, s)| s.url == url || s.want_urls.iter().any(|u| u == url))
+            .map(|(seq, _)| *seq)
+    }
+
+    pub(crate) fn check(&self, cap: usize, sched: &Scheduler, http: &Http) -> Result<(), String> {
+        let stored: usize = self
+            .segments
+            .values()
+            .flat_map(|s| s.chunks.iter())
+            .filter_map(|c| c.data.as_ref().map(|d| d.len()))
+            .sum();
+        if stored != self.bytes {
+            return Err(format!(
+                "store bytes {} != stored chunk bytes {stored}",
+                self.bytes
+            ));
+        }
+        let largest = self
+            .segments
+            .values()
+            .map(|s| s.m.len as usize)
+            .max()
+            .unwrap_or(0);
+        if self.bytes > cap.max(largest) {
+            return Err(format!("store {} over cap {cap}", self.bytes));
+        }
+        for (seq, s) in &self.segments {
+            let have = s.chunks.iter().filter(|c| c.data.is_some()).count();
+            if have != s.have {
+                return Err(format!("segment {seq}: have {} != {have}", s.have));
+            }
+            for c in &s.chunks {
+                if let Some(id) = c.peer_req
+                    && !sched.requests.contains_key(&id)
+                {
+                    return Err(format!("segment {seq}: chunk points to gone request {id}"));
+                }
+                if let Some(id) = c.http
+                    && !http.reqs.contains_key(&id)
+                {
+                    return Err(format!(
+                        "segment {seq}: chunk points to gone HTTP request {id}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PeerCore {
+    /// Integrity data (and URL) of a segment. Segments are identified by media sequence number;
+    /// a changed manifest for a known number is ignored.
+    pub(crate) fn add_segment(&mut self, now: Time, m: SegmentManifest, url: String) -> bool {
+        if self.store.segments.contains_key(&m.seq) {
+            return false;
+        }
+        let n = m.chunk_count();
+        let seq = m.seq;
+        self.store.segments.insert(
+            seq,
+            Segment {
+                m,
+                url,
+                chunks: vec![ChunkSt::default(); n],
+                have: 0,
+                discovered: now,
+                want: None,
+                want_urls: Vec::new(),
+                prefetch: None,
+                delivered: false,
+                last_used: now,
+                http_retry_at: Time::ZERO,
+                stored: 0,
+                reveal_at: None,
+                seeding: false,
+            },
+        );
+        self.prune_known();
+        true
+    }
+
+    pub(crate) fn store_chunk(
+        &mut self,
+        now: Time,
+        seq: u64,
+        idx: usize,
+        data: Bytes,
+        from_http: bool,
+    ) {
+        let Some(s) = self.store.segments.get_mut(&seq) else {
+            return;
+        };
+        let Some(c) = s.chunks.get_mut(idx) else {
+            return;
+        };
+        if c.data.is_some() {
+            return;
+        }
+        self.store.bytes += data.len();
+        s.stored += data.len();
+        c.data = Some(data);
+        c.from_http = from_http;
+        if from_http && s.seeding && s.reveal_at.is_none() {
+            s.reveal_at = Some(now + self.cfg.super_seed_time);
+        }
+        s.have += 1;
+        s.last_used = now;
+        self.store.dirty_have.insert(seq);
+        self.evict(seq);
+    }
+
+    /// Keeps the store under its cap: least recently used first, segments the player still
+    /// waits for last, never the one being written.
+    fn evict(&mut self, keep: u64) {
+        while self.store.bytes > self.cfg.store_cap {
+            let victim = self
+                .store
+                .segments
+                .iter()
+                .filter(|(seq, s)| **seq != keep && s.stored > 0)
+                .min_by_key(|(_, s)| (s.want.is_some() && !s.delivered, s.last_used))
+                .map(|(seq, _)| *seq);
+            let Some(seq) = victim else { break };
+            self.drop_segment_data(seq);
+            let frame = Frame::Drop { seqs: vec![seq] };
+            let open: Vec<PeerId> = self.open_peers().collect();
+            for p in open {
+                self.send(p, &frame);
+            }
+        }
+    }
+
+    pub(crate) fn drop_segment_data(&mut self, seq: u64) {
+        let Some(s) = self.store.segments.get_mut(&seq) else {
+            return;
+        };
+        for c in &mut s.chunks {
+            c.data = None;
+        }
+        self.store.bytes -= s.stored;
+        s.stored = 0;
+        s.prefetch = None;
+        s.have = 0;
+        self.store.dirty_have.remove(&seq);
+        // Requests for it are answered NotFound from now on.
+        for r in self.remotes.peers.values_mut() {
+            let before = crate::upload::queued_chunks(&r.serve);
+            r.serve.retain(|x| x.seq != seq);
+            self.upload.serve_total -= before - crate::upload::queued_chunks(&r.serve);
+        }
+    }
+
+    /// Keeps at most `max_known_segments` segments: oldest first among those nobody waits for.
+    fn prune_known(&mut self) {
+        while self.store.segments.len() > self.cfg.max_known_segments {
+            let victim = self
+                .store
+                .segments
+                .iter()
+                .find(|(_, s)| !s.busy() && (s.want.is_none() || s.delivered))
+                .map(|(seq, _)| *seq);
+            let Some(seq) = victim else { break };
+            self.drop_segment_data(seq);
+            self.store.segments.remove(&seq);
+        }
+    }
+
+    /// Hands every complete wanted segment to the player.
+    pub(crate) fn deliver(&mut self, now: Time) {
+        let ready: Vec<u64> = self
+            .store
+            .segments
+            .iter()
+            .filter(|(_, s)| s.want.is_some() && !s.delivered && s.complete())
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in ready {
+            let Some(s) = self.store.segments.get_mut(&seq) else {
+                continue;
+            };
+            let mut buf = Vec::with_capacity(s.m.len as usize);
+            let (mut from_http, mut from_p2p) = (0u64, 0u64);
+            for c in &s.chunks {
+                if let Some(d) = &c.data {
+                    buf.extend_from_slice(d);
+                    if c.from_http {
+                        from_http += d.len() as u64;
+                    } else {
+                        from_p2p += d.len() as u64;
+                    }
+                }
+            }
+            // Every chunk was verified on arrival; the whole-segment hash guards the assembly.
+            if !s.m.verify_segment(&buf) {
+                self.stats.integrity_failures += 1;
+                self.drop_segment_data(seq);
+                continue;
+            }
+            s.delivered = true;
+            s.want = None;
+            s.prefetch = None;
+            s.last_used = now;
+            let urls = std::mem::take(&mut s.want_urls);
+            self.stats.delivered_http_bytes += from_http;
+            self.stats.delivered_p2p_bytes += from_p2p;
+            self.stats.segments_delivered += 1;
+            let data = Bytes::from(buf);
+            for url in urls {
+                self.out.push_back(Output::SegmentReady {
+                    url,
+                    seq,
+                    data: data.clone(),
+                    http_bytes: from_http,
+                    p2p_bytes: from_p2p,
+                });
+            }
+        }
+    }
+
+    /// Announces what changed (and segments whose super-seeding time is over, in full).
+    pub(crate) fn flush_have(&mut self) {
+        let now = self.now;
+        for (seq, s) in &mut self.store.segments {
+            if s.reveal_at.is_some_and(|t| now >= t) {
+                s.reveal_at = Some(Time(u64::MAX));
+                if s.chunks
+                    .iter()
+                    .any(|c| c.data.is_some() && c.from_http && c.uploads == 0)
+                {
+                    self.store.dirty_have.insert(*seq);
+                }
+            }
+        }
+        if self.store.dirty_have.is_empty() {
+            return;
+        }
+        let seqs: Vec<u64> = std::mem::take(&mut self.store.dirty_have)
+            .into_iter()
+            .collect();
+        let open: Vec<PeerId> = self.open_peers().collect();
+        for (rank, &p) in open.iter().enumerate() {
+            let entries: Vec<HaveEntry> = seqs
+                .iter()
+                .filter_map(|seq| self.store.segments.get(seq))
+                .filter(|s| s.have > 0)
+                .map(|s| visible_entry(s, now, rank, open.len()))
+                .collect();
+            for chunk in entries.chunks(MAX_HAVE_ENTRIES) {
+                self.send(
+                    p,
+                    &Frame::Have {
+                        entries: chunk.to_vec(),
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// What we announce of `s` to the open peer of rank `rank` among `peers`: every chunk, except
+/// that chunks fetched from the origin and not uploaded yet are shown to one peer each (chunk
+/// `i` to rank `i % peers`) while super-seeding lasts. The seeder's uplink then sends each
+/// chunk once, and its neighbours trade the rest among themselves.
+pub(crate) fn visible_entry(s: &Segment, now: Time, rank: usize, peers: usize) -> HaveEntry {
+    let seeding = s.reveal_at.is_some_and(|t| now < t);
+    HaveEntry::from_fn(s.m.seq, s.chunks.len() as u16, |i| {
+        let c = &s.chunks[i];
+        c.data.is_some() && (!seeding || !c.from_http || i % peers.max(1) == rank)
+    })
+}

@@ -1,0 +1,128 @@
+//! What the page sees: events for its listeners and the `stats()` object, as plain JS objects
+//! (no JSON or float formatting in the bundle).
+
+use js_sys::Reflect;
+use peer_core::{BanReason, DisconnectReason, Event};
+use protocol::PeerId;
+use wasm_bindgen::JsValue;
+
+use crate::Inner;
+
+/// A number for JavaScript (exact below 2^53).
+pub(crate) fn num(n: u64) -> JsValue {
+    JsValue::from_f64(n as f64)
+}
+
+fn set_all(o: &JsValue, fields: &[(&str, JsValue)]) {
+    for (k, v) in fields {
+        let _ = Reflect::set(o, &JsValue::from_str(k), v);
+    }
+}
+
+/// A plain object with `fields` in this order.
+pub(crate) fn obj(fields: &[(&str, JsValue)]) -> JsValue {
+    let o: JsValue = js_sys::Object::new().into();
+    set_all(&o, fields);
+    o
+}
+
+impl Inner {
+    /// Queues `arg()` for the listeners of `name` (built only when there is one).
+    pub(crate) fn emit(&mut self, name: &str, arg: impl FnOnce() -> JsValue) {
+        if self.listeners.iter().any(|(n, _)| n == name) {
+            let arg = arg();
+            for (n, f) in &self.listeners {
+                if n == name {
+                    self.deferred.push((f.clone(), arg.clone()));
+                }
+            }
+        }
+    }
+
+    pub(crate) fn on_event(&mut self, ev: Event) {
+        let peer_event = |peer: PeerId, state: &str, reason: &str| {
+            obj(&[
+                ("peer", num(peer)),
+                ("state", state.into()),
+                ("reason", reason.into()),
+            ])
+        };
+        match ev {
+            Event::PeerConnected { peer } => self.emit("peer", || {
+                obj(&[("peer", num(peer)), ("state", "connected".into())])
+            }),
+            Event::PeerDisconnected { peer, reason } => {
+                let r = match reason {
+                    DisconnectReason::Banned => "banned",
+                    DisconnectReason::Left => "left",
+                    DisconnectReason::Timeout => "timeout",
+                    DisconnectReason::WrongSwarm => "wrong_swarm",
+                    DisconnectReason::Duplicate => "duplicate",
+                    DisconnectReason::Reoffered => "reoffered",
+                    DisconnectReason::Closing => "closing",
+                };
+                self.emit("peer", || peer_event(peer, "disconnected", r))
+            }
+            Event::PeerBanned { peer, reason } => {
+                if self.banned.len() < 256 {
+                    self.banned.push(peer);
+                }
+                let r = match reason {
+                    BanReason::BadChunk => "bad_chunk",
+                    BanReason::Unsolicited => "unsolicited",
+                    BanReason::TooManyBytes => "too_many_bytes",
+                    BanReason::Malformed(_) => "malformed",
+                };
+                self.emit("peer", || peer_event(peer, "banned", r))
+            }
+            Event::IntegrityFailure { peer, seq, chunk } => self.emit("integrity", || {
+                obj(&[
+                    ("peer", peer.map_or(JsValue::NULL, num)),
+                    ("seq", num(seq)),
+                    ("chunk", num(chunk as u64)),
+                ])
+            }),
+            Event::SignalingError { code, .. } => {
+                self.emit("error", || obj(&[("code", code.as_str().into())]))
+            }
+            // Our id is in `stats().peerId`.
+            Event::Welcomed { .. } => {}
+        }
+    }
+
+    pub(crate) fn stats_value(&self) -> JsValue {
+        let peers = self.core.as_ref().map_or(0, |c| c.open_peers().count());
+        let o = obj(&[
+            ("peers", num(peers as u64)),
+            ("connections", num(self.conns.len() as u64)),
+        ]);
+        if let Some(c) = &self.core {
+            let st = c.stats();
+            set_all(
+                &o,
+                &[
+                    ("peerId", c.peer_id().map_or(JsValue::NULL, num)),
+                    ("httpBytes", num(st.http_bytes)),
+                    ("p2pBytes", num(st.p2p_bytes)),
+                    ("deliveredHttpBytes", num(st.delivered_http_bytes)),
+                    ("deliveredP2pBytes", num(st.delivered_p2p_bytes)),
+                    ("uploadedBytes", num(st.uploaded_bytes)),
+                    ("segments", num(st.segments_delivered)),
+                    ("integrityFailures", num(st.integrity_failures.into())),
+                    ("peersBanned", num(st.peers_banned.into())),
+                    ("stalls", num(st.stalls.into())),
+                    ("httpRequests", num(st.http_requests)),
+                    ("offload", JsValue::from_f64(st.offload())),
+                ],
+            );
+        }
+        let banned: js_sys::Array = self.banned.iter().map(|p| num(*p)).collect();
+        set_all(&o, &[("banned", banned.into())]);
+        o
+    }
+
+    pub(crate) fn on_tick(&mut self) {
+        let stats = self.stats_value();
+        self.emit("stats", || stats);
+    }
+}
