@@ -35,7 +35,8 @@ pub mod harness {
         pub web: SocketAddr,
         pub reports: Reports,
         pub origin_handle: origin::OriginHandle,
-        pub signal_handle: signaling_server::ServerHandle,
+        /// `None` while the signaling server is down (see [`Env::restart_signaling`]).
+        pub signal_handle: Option<signaling_server::ServerHandle>,
     }
 
     /// Starts everything on `127.0.0.1` (`web_port` 0: any free port).
@@ -62,11 +63,30 @@ pub mod harness {
             web,
             reports,
             origin_handle,
-            signal_handle,
+            signal_handle: Some(signal_handle),
         })
     }
 
     impl Env {
+        /// Stops the signaling server (gracefully: clients are told to reconnect, then their
+        /// sockets close), keeps it down for `down`, and starts a new one with empty state on
+        /// the same address: what viewers see when an operator restarts it.
+        pub async fn restart_signaling(&mut self, down: std::time::Duration) -> Result<()> {
+            if let Some(h) = self.signal_handle.take() {
+                h.shutdown().await?;
+            }
+            tokio::time::sleep(down).await;
+            let listener = tokio::net::TcpListener::bind(self.signal).await?;
+            let state = signaling_server::AppState::new(Default::default());
+            // Runs until the runtime ends (the end of the test).
+            tokio::spawn(signaling_server::serve(
+                listener,
+                state,
+                std::future::pending::<()>(),
+            ));
+            Ok(())
+        }
+
         /// The demo page for this environment.
         pub fn page_url(&self, extra: &str) -> String {
             let src = format!("http://{}/live/sample/index.m3u8", self.origin);

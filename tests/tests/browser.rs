@@ -101,6 +101,9 @@ struct PageResult {
     uploaded: u64,
     integrity_failures: u64,
     banned: Vec<u64>,
+    /// Open peers and live RTCPeerConnections at the last report.
+    peers: u64,
+    connections: u64,
     bad_fragments: Vec<u64>,
     p2p_fragments: usize,
 }
@@ -160,6 +163,8 @@ fn parse(id: &str, v: &Value, truth: &[String]) -> PageResult {
             .as_array()
             .map(|a| a.iter().filter_map(Value::as_u64).collect())
             .unwrap_or_default(),
+        peers: num(v, &["stats", "peers"]) as u64,
+        connections: num(v, &["stats", "connections"]) as u64,
         bad_fragments: bad,
         p2p_fragments: n,
     }
@@ -172,9 +177,16 @@ struct RunResult {
 }
 
 /// Opens `pages` tabs (1 s apart), lets them play `secs` after the last one opened, and
-/// collects their reports.
-async fn run_swarm(pages: usize, secs: u64, p2p: bool, tamper: Option<usize>) -> Result<RunResult> {
-    let env = harness::start(0).await?;
+/// collects their reports. With `restart: Some(t)`, the signaling server is stopped `t` s after
+/// the last page opened and started again, empty, 10 s later.
+async fn run_swarm(
+    pages: usize,
+    secs: u64,
+    p2p: bool,
+    tamper: Option<usize>,
+    restart: Option<u64>,
+) -> Result<RunResult> {
+    let mut env = harness::start(0).await?;
     let truth = truth()?;
     let ids: Vec<String> = (0..pages).map(|i| format!("p{i}")).collect();
     let mut browsers = Vec::new();
@@ -186,21 +198,34 @@ async fn run_swarm(pages: usize, secs: u64, p2p: bool, tamper: Option<usize>) ->
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let start = Instant::now();
+    let mut restart = restart;
     while start.elapsed() < Duration::from_secs(secs) {
         tokio::time::sleep(Duration::from_secs(5)).await;
+        if let Some(t) = restart
+            && start.elapsed() >= Duration::from_secs(t)
+        {
+            restart = None;
+            eprintln!(
+                "t={:>3}s signaling server down for 10 s",
+                start.elapsed().as_secs()
+            );
+            env.restart_signaling(Duration::from_secs(10)).await?;
+            eprintln!("t={:>3}s signaling server back", start.elapsed().as_secs());
+        }
         let r = env.reports.lock().map(|r| r.clone()).unwrap_or_default();
         let mut line = format!("t={:>3}s", start.elapsed().as_secs());
         for id in &ids {
             if let Some(v) = r.get(id) {
                 let p = parse(id, v, &truth);
                 line += &format!(
-                    " | {id} ct={:.0} p2p={}k http={}k up={}k wait={} peers={} fb={} dead={}",
+                    " | {id} ct={:.0} p2p={}k http={}k up={}k wait={} peers={} conns={} fb={} dead={}",
                     p.current_time,
                     p.p2p / 1000,
                     p.http / 1000,
                     p.uploaded / 1000,
                     p.waiting,
                     num(v, &["stats", "peers"]),
+                    num(v, &["stats", "connections"]),
                     num(v, &["fallbacks"]),
                     v["borrowed"]
                 );
@@ -276,7 +301,7 @@ fn four_pages_share_a_live_stream() -> Result<()> {
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     ensure_bundle()?;
-    let r = runtime().block_on(run_swarm(4, 60, true, None))?;
+    let r = runtime().block_on(run_swarm(4, 60, true, None, None))?;
     eprintln!("{}", summary(&r));
     for p in &r.pages {
         eprintln!("{p:?}");
@@ -322,6 +347,49 @@ fn four_pages_share_a_live_stream() -> Result<()> {
     Ok(())
 }
 
+/// The signaling server restarts mid-run with empty state: every viewer rejoins under a new id
+/// and is introduced again to the viewers it is already connected to. Playback holds (peers
+/// keep their channels while it is down), and each pair keeps one connection: the duplicate
+/// made through the new ids is recognised by the viewers' `Hello` instance and closed.
+#[test]
+fn signaling_restart_keeps_one_connection_per_pair() -> Result<()> {
+    if !chromium_available() {
+        return Ok(());
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    ensure_bundle()?;
+    let pages = 4;
+    let r = runtime().block_on(run_swarm(pages, 55, true, None, Some(10)))?;
+    eprintln!("{}", summary(&r));
+    for p in &r.pages {
+        eprintln!("{p:?}");
+    }
+    for p in &r.pages {
+        ensure!(
+            p.started && p.fatal.is_empty(),
+            "{}: did not play ({p:?})",
+            p.id
+        );
+        ensure!(
+            p.waiting == 0 && p.buffer_stalled == 0,
+            "{}: stalled ({p:?})",
+            p.id
+        );
+        ensure!(
+            p.connections as usize <= pages - 1 && p.peers as usize <= pages - 1,
+            "{}: {} connections, {} open peers for {} other viewers: duplicates",
+            p.id,
+            p.connections,
+            p.peers,
+            pages - 1
+        );
+        ensure!(p.peers > 0, "{}: no open peer after the restart", p.id);
+        ensure!(p.bad_fragments.is_empty(), "{}: wrong bytes played", p.id);
+    }
+    ensure!(r.offload >= 0.5, "swarm offload {:.3} < 0.5", r.offload);
+    Ok(())
+}
+
 #[test]
 fn tampering_peer_is_banned_and_never_played() -> Result<()> {
     if !chromium_available() {
@@ -330,7 +398,7 @@ fn tampering_peer_is_banned_and_never_played() -> Result<()> {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     ensure_bundle()?;
     // The tampered page opens first so that it holds (and uploads) segments early.
-    let r = runtime().block_on(run_swarm(4, 45, true, Some(0)))?;
+    let r = runtime().block_on(run_swarm(4, 45, true, Some(0), None))?;
     eprintln!("{}", summary(&r));
     for p in &r.pages {
         eprintln!("{p:?}");
@@ -411,7 +479,7 @@ fn bench_offload_vs_http_only() -> Result<()> {
     let rt = runtime();
     for n in pages {
         for p2p in [true, false] {
-            let r = rt.block_on(run_swarm(n, secs, p2p, None))?;
+            let r = rt.block_on(run_swarm(n, secs, p2p, None, None))?;
             println!("BENCH p2p={p2p} secs={secs} {}", summary(&r));
         }
     }
