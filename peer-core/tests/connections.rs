@@ -470,3 +470,55 @@ fn glare_then_transfer() {
         data.len() as u64
     );
 }
+
+/// After closing a duplicate (viewer X reached as 5 and, after a signaling restart, as 9), the
+/// core does not dial 9 again each time the server lists it (it asks for members every few
+/// seconds while it has few): one handshake, not one per `peers` answer. Once the connection to
+/// 5 is gone, 9 is the way to that viewer and is connected again.
+#[test]
+fn duplicate_is_not_dialed_again() {
+    const X: u64 = 0x77;
+    let mut h = Harness::new(config(), &[(1, 2 * CHUNK_SIZE)]);
+    assert!(h.connect(5, FakePeer::new(PeerBehaviour::Honest, [1]).instance(X)));
+    h.server.me = 2;
+    h.server.join_peers = vec![9];
+    h.peers
+        .insert(9, FakePeer::new(PeerBehaviour::Honest, [1]).instance(X));
+    h.input(Input::SignalClosed);
+    // The server answers every `want_peers` with 9.
+    let mut answered = 0;
+    let mut serve_members = |h: &mut Harness, until: Time| {
+        while h.now < until {
+            let t = h.now + ms(100);
+            h.run_until(t);
+            let asked = h
+                .signal_sent()
+                .iter()
+                .filter(|(_, m)| matches!(m, protocol::signaling::ClientMsg::WantPeers { .. }))
+                .count();
+            while answered < asked {
+                answered += 1;
+                h.input(Input::SignalMessage(ServerMsg::Peers {
+                    swarm: SWARM.into(),
+                    peers: vec![9],
+                }));
+            }
+        }
+    };
+    serve_members(&mut h, at_ms(60_000));
+    let asked = h
+        .signal_sent()
+        .iter()
+        .filter(|(_, m)| matches!(m, protocol::signaling::ClientMsg::WantPeers { .. }))
+        .count();
+    assert!(asked >= 5, "the core asked for members {asked} times");
+    assert_eq!(h.creates(9).len(), 1, "9 dialed again and again");
+    assert_eq!(h.disconnects(9), vec![DisconnectReason::Duplicate]);
+    assert!(h.core.open_peers().eq([5]));
+
+    // 5 leaves: 9 is dialed when listed again, and stays.
+    h.close_at(h.now, 5);
+    serve_members(&mut h, at_ms(80_000));
+    assert_eq!(h.creates(9).len(), 2);
+    assert!(h.core.open_peers().eq([9]));
+}
