@@ -59,7 +59,7 @@ pub mod upload;
 
 pub use crate::config::Config;
 pub use crate::core::PeerCore;
-pub use crate::stats::{HttpCause, Stats};
+pub use crate::stats::{HttpCause, MAX_PEER_COUNTERS, Stats};
 pub use crate::time::Time;
 
 use std::time::Duration;

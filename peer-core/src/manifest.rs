@@ -176,7 +176,9 @@ impl PeerCore {
                 // The next segment is due one duration after the last one appeared.
                 let due = appeared + dur;
                 if started + fast < due - fast {
-                    (due - fast).min(started + every)
+                    // Nothing new can show before then (a want for an unlisted segment polls
+                    // at once anyway).
+                    due - fast
                 } else if m.misses < FAST_POLLS {
                     started + fast
                 } else {

@@ -98,6 +98,9 @@ pub struct Remotes {
     pub candidates: VecDeque<PeerId>,
     pub banned: BTreeSet<PeerId>,
     pub banned_order: VecDeque<PeerId>,
+    /// Ids closed as duplicates, with the id we keep for that viewer: not dialed again while
+    /// that one is connected (at most [`MAX_CANDIDATES`], oldest forgotten first).
+    pub duplicates: VecDeque<(PeerId, PeerId)>,
 }
 
 impl PeerCore {
@@ -127,6 +130,7 @@ impl PeerCore {
                 && !self.remotes.banned.contains(&p)
                 && !self.remotes.peers.contains_key(&p)
                 && !self.remotes.candidates.contains(&p)
+                && !self.is_duplicate(p)
             {
                 self.remotes.candidates.push_back(p);
             }
@@ -134,6 +138,14 @@ impl PeerCore {
         while self.remotes.candidates.len() > MAX_CANDIDATES {
             self.remotes.candidates.pop_front();
         }
+    }
+
+    /// `p` was closed as a duplicate of a viewer we are still connected to.
+    fn is_duplicate(&self, p: PeerId) -> bool {
+        self.remotes
+            .duplicates
+            .iter()
+            .any(|(d, kept)| *d == p && self.remotes.peers.contains_key(kept))
     }
 
     /// A handshake message relayed from `from`.
@@ -316,15 +328,23 @@ impl PeerCore {
                 if swarm != self.cfg.swarm {
                     return self.drop_peer(now, peer, DisconnectReason::WrongSwarm);
                 }
-                let twin = instance.is_some()
-                    && self
-                        .remotes
+                let twin = instance.and_then(|_| {
+                    self.remotes
                         .peers
                         .iter()
-                        .any(|(p, r)| *p != peer && r.hello && r.instance == instance);
-                if twin {
+                        .find(|(p, r)| **p != peer && r.hello && r.instance == instance)
+                        .map(|(p, _)| *p)
+                });
+                if let Some(kept) = twin {
                     // Already connected to this viewer under another id: this connection is
-                    // the newer one on both sides, so both close it.
+                    // the newer one on both sides, so both close it, and neither dials it
+                    // again while the older one lasts (the server may list it again).
+                    let dups = &mut self.remotes.duplicates;
+                    dups.retain(|(d, _)| *d != peer);
+                    dups.push_back((peer, kept));
+                    if dups.len() > MAX_CANDIDATES {
+                        dups.pop_front();
+                    }
                     return self.drop_peer(now, peer, DisconnectReason::Duplicate);
                 }
                 if let Some(r) = self.remotes.peers.get_mut(&peer) {

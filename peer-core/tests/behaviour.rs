@@ -3,36 +3,20 @@
 
 mod common;
 
-use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::net::Net;
 use common::*;
-use peer_core::{BanReason, Config, DisconnectReason, Event, Output, PeerCore, Time};
+use peer_core::{
+    BanReason, Config, DisconnectReason, Event, Input, MAX_PEER_COUNTERS, Output, Time,
+};
 use protocol::signaling::ServerMsg;
-use protocol::{AbsentReason, CHUNK_SIZE, Frame, PeerId, SegmentManifest};
+use protocol::{AbsentReason, CHUNK_SIZE, Frame, Manifest, PeerId};
 
-fn join(core: &mut PeerCore, now: Time, me: PeerId, slot: u32, slots: u32) {
-    core.handle_signal(
-        now,
-        ServerMsg::Welcome {
-            peer_id: me,
-            heartbeat_ms: 20_000,
-        },
-    );
-    core.handle_signal(
-        now,
-        ServerMsg::Joined {
-            swarm: SWARM.into(),
-            peers: vec![],
-            slot,
-            slots,
-        },
-    );
-}
-
-/// Two cores connected back to back; A is the designated origin fetcher of the segment, B is
-/// not (and its backup/deadline fallbacks are far away), so B must get every byte from A.
+/// Two cores wired back to back through the in-test relay (signaling, handshake, data
+/// channels, origin); A is the designated origin fetcher of the segment, B is not (and its
+/// backup/deadline fallbacks are far away), so B must get every byte from A.
 #[test]
 fn two_cores_back_to_back() {
     const A: PeerId = 10;
@@ -41,117 +25,97 @@ fn two_cores_back_to_back() {
     // after `backup_seed_delay` with no chunk at its neighbour, which A provides long before.
     let len = 5 * CHUNK_SIZE + 1234;
     let data = segment_data(seq, len);
-    let m = SegmentManifest::compute(seq, "seg6.ts", &data);
     let mut cfg = config();
     cfg.backup_seed_delay = Duration::from_secs(60);
-    let mut cores: BTreeMap<PeerId, PeerCore> = BTreeMap::new();
-    let mut now = Time::ZERO;
-    for (id, slot) in [(A, 0), (B, 1)] {
-        let mut c = PeerCore::new(Config {
-            seed: id,
+    let mut net = Net::new(2);
+    net.origin.insert(url_of(seq), data.clone());
+    net.manifest = Manifest {
+        segments: vec![manifest_entry(seq, &data)],
+    };
+    // B is introduced to A: A offers, B answers.
+    net.add(
+        A,
+        Config {
+            seed: A,
             ..cfg.clone()
-        });
-        join(&mut c, now, id, slot, 2);
-        c.add_segment(now, m.clone(), url_of(seq));
-        cores.insert(id, c);
+        },
+        0,
+        vec![B],
+    );
+    net.add(
+        B,
+        Config {
+            seed: B,
+            ..cfg.clone()
+        },
+        1,
+        vec![],
+    );
+    net.run_while(at_ms(5_000), |n| {
+        [A, B]
+            .iter()
+            .any(|id| n.node(*id).core.open_peers().count() == 0)
+    });
+    assert!(net.node(A).core.open_peers().eq([B]), "A sees B");
+    assert!(net.node(B).core.open_peers().eq([A]), "B sees A");
+    // Both players want the segment.
+    let t0 = net.now;
+    for id in [A, B] {
+        net.input(
+            id,
+            Input::Want {
+                url: url_of(seq),
+                seq: Some(seq),
+                deadline: t0 + Duration::from_secs(30),
+                duration: SEG_DURATION,
+            },
+        );
     }
-    // A offers to B; B accepts; both channels open.
-    assert!(cores.get_mut(&B).is_some_and(|c| c.accept_incoming(now, A)));
-    for (me, other) in [(A, B), (B, A)] {
-        if let Some(c) = cores.get_mut(&me) {
-            c.handle_channel_open(now, other);
-        }
+    let ready = |n: &Net, id: PeerId| -> Option<Bytes> {
+        n.node(id).outputs.iter().find_map(|(_, o)| match o {
+            Output::SegmentReady { seq: s, data, .. } if *s == seq => Some(data.clone()),
+            _ => None,
+        })
+    };
+    net.run_while(t0 + Duration::from_secs(10), |n| {
+        ready(n, A).is_none() || ready(n, B).is_none()
+    });
+    assert_eq!(ready(&net, A), Some(data.clone()), "A delivered");
+    assert_eq!(ready(&net, B), Some(data), "B delivered");
+    for id in [A, B] {
+        let closes: Vec<&Output> = net
+            .node(id)
+            .outputs
+            .iter()
+            .map(|(_, o)| o)
+            .filter(|o| matches!(o, Output::RtcClose { .. }))
+            .collect();
+        assert!(closes.is_empty(), "{id} closed: {closes:?}");
     }
-    for c in cores.values_mut() {
-        c.want_segment(now, seq, now + Duration::from_secs(30))
-            .expect("known segment");
-    }
-    // Event loop: frames take 10 ms, the origin answers A's requests in 200 ms.
-    enum Ev {
-        Frame(PeerId, PeerId, Bytes),
-        Http(PeerId, u64, Option<(u64, u64)>),
-    }
-    let mut queue: VecDeque<(Time, Ev)> = VecDeque::new();
-    let mut ready: BTreeMap<PeerId, Bytes> = BTreeMap::new();
-    let mut http_starts: BTreeMap<PeerId, usize> = BTreeMap::new();
-    for _ in 0..100_000 {
-        for (&me, c) in cores.iter_mut() {
-            while let Some(o) = c.poll_output() {
-                match o {
-                    Output::Send { peer, frame } => {
-                        queue.push_back((now + ms(10), Ev::Frame(me, peer, frame)))
-                    }
-                    Output::HttpStart { id, range, .. } => {
-                        *http_starts.entry(me).or_default() += 1;
-                        queue.push_back((now + ms(200), Ev::Http(me, id, range)));
-                    }
-                    Output::SegmentReady {
-                        seq: s, data: d, ..
-                    } => {
-                        assert_eq!(s, seq);
-                        ready.insert(me, d);
-                    }
-                    Output::Disconnect { peer, reason } => {
-                        panic!("{me} disconnects {peer}: {reason:?}")
-                    }
-                    _ => {}
-                }
-            }
-        }
-        if ready.len() == 2 {
-            break;
-        }
-        queue.make_contiguous().sort_by_key(|(t, _)| *t);
-        let next_timer = cores.values().filter_map(|c| c.poll_timeout()).min();
-        let next_ev = queue.front().map(|(t, _)| *t);
-        match (next_ev, next_timer) {
-            (Some(e), t) if t.is_none_or(|t| e <= t) => {
-                let Some((t, ev)) = queue.pop_front() else {
-                    break;
-                };
-                now = now.max(t);
-                match ev {
-                    Ev::Frame(from, to, f) => {
-                        if let Some(c) = cores.get_mut(&to) {
-                            c.handle_frame(now, from, f);
-                        }
-                        // The frame left the sender's buffer.
-                        if let Some(c) = cores.get_mut(&from) {
-                            c.handle_buffered(now, to, 0);
-                        }
-                    }
-                    Ev::Http(who, id, range) => {
-                        let (a, b) = range.unwrap_or((0, len as u64));
-                        if let Some(c) = cores.get_mut(&who) {
-                            c.handle_http_data(now, id, &data[a as usize..b as usize]);
-                            c.handle_http_done(now, id);
-                        }
-                    }
-                }
-            }
-            (_, Some(t)) => {
-                now = now.max(t);
-                for c in cores.values_mut() {
-                    c.handle_timeout(now);
-                }
-            }
-            _ => break,
-        }
-    }
-    assert_eq!(ready.get(&A), Some(&data), "A delivered");
-    assert_eq!(ready.get(&B), Some(&data), "B delivered");
-    let (a, b) = (&cores[&A], &cores[&B]);
+    let http_starts = |id: PeerId| {
+        net.node(id)
+            .outputs
+            .iter()
+            .filter(|(_, o)| matches!(o, Output::HttpStart { .. }))
+            .count()
+    };
+    let (a, b) = (&net.node(A).core, &net.node(B).core);
     assert_eq!(a.stats().delivered_http_bytes, len as u64);
     assert_eq!(b.stats().delivered_p2p_bytes, len as u64);
     assert_eq!(b.stats().delivered_http_bytes, 0);
     assert_eq!(b.stats().http_bytes, 0);
-    assert_eq!(http_starts.get(&B), None, "B never went to the origin");
+    assert_eq!(http_starts(B), 0, "B never went to the origin");
+    assert!(http_starts(A) > 0);
     assert_eq!(
         a.stats().uploaded_bytes,
         len as u64,
         "A uploaded each byte once"
     );
-    assert!(now < Time::from_millis(5_000), "took until {now:?}");
+    assert!(
+        net.now < t0 + Duration::from_secs(5),
+        "took until {:?}",
+        net.now
+    );
 }
 
 /// A core that holds a segment and a requester that keeps asking for it: bytes sent in chunk
@@ -358,21 +322,20 @@ fn each_misbehaviour_bans_and_chunks_go_elsewhere() {
             .filter(|i| !kept.contains(i))
             .collect();
         assert!(!asked_bad.is_empty() || bad == PeerBehaviour::Duplicate);
-        // The peer comes back under the same id: refused.
-        let mut accepted = true;
-        h.input(|c, now| accepted = c.accept_incoming(now, 100));
-        assert!(!accepted, "{bad:?}: banned peer accepted again");
+        // The peer comes back under the same id with a new offer: refused (no connection).
+        let creates = h.creates(100).len();
+        assert_eq!(
+            h.offer_from(100),
+            None,
+            "{bad:?}: banned peer accepted again"
+        );
+        assert_eq!(h.creates(100).len(), creates);
         // An honest holder joins: the chunks go there.
         assert!(h.connect(101, FakePeer::new(PeerBehaviour::Honest, [seq])));
-        h.input(|c, now| {
-            c.handle_signal(
-                now,
-                ServerMsg::Peers {
-                    swarm: SWARM.into(),
-                    peers: vec![100],
-                },
-            )
-        });
+        h.input(Input::SignalMessage(ServerMsg::Peers {
+            swarm: SWARM.into(),
+            peers: vec![100],
+        }));
         h.run_while(at_ms(30_000), |h| h.delivered.is_empty());
         assert!(h.connects(100).is_empty(), "{bad:?}: reconnected");
         assert_eq!(h.delivered.get(&seq).map(|v| v.len()), Some(1), "{bad:?}");
@@ -414,8 +377,8 @@ fn late_chunk_after_our_cancel_is_not_punished() {
     let cancel_at = h
         .sent
         .iter()
-        .find(|(_, p, f)| *p == 100 && matches!(f, Frame::Cancel { .. }))
-        .map(|x| x.0)
+        .find(|s| s.peer == 100 && matches!(s.frame, Frame::Cancel { .. }))
+        .map(|s| s.at)
         .expect("request to the slow peer cancelled");
     let late = h
         .chunks_in
@@ -530,4 +493,34 @@ fn silent_peer_is_dropped_after_connect_timeout() {
     h.run_until(at_ms(timeout_ms + 100));
     assert_eq!(h.disconnects(100), vec![DisconnectReason::Timeout]);
     assert!(h.ban_events(100).is_empty());
+}
+
+/// Many peers each serve us one segment: the per-peer byte counters keep at most
+/// `MAX_PEER_COUNTERS` peers (the biggest senders), while the total counts every byte.
+#[test]
+fn per_peer_counters_stay_bounded() {
+    let n = 3 * MAX_PEER_COUNTERS as u64 / 2;
+    let mut cfg = config();
+    cfg.max_peers = 2 * n as usize;
+    // Segment `i` is held by peer `1000 + i` only; sizes grow with `i`, one chunk each.
+    let segs: Vec<(u64, usize)> = (1..=n).map(|i| (i, 1000 + 100 * i as usize)).collect();
+    let mut h = Harness::new(cfg, &segs);
+    for i in 1..=n {
+        assert!(h.connect(1000 + i, FakePeer::new(PeerBehaviour::Honest, [i])));
+    }
+    for i in 1..=n {
+        h.want_at(at_ms(100), i, at_ms(30_000));
+    }
+    h.run_while(at_ms(30_000), |h| h.delivered.len() < n as usize);
+    assert_eq!(h.delivered.len(), n as usize);
+    assert!(h.http.is_empty());
+    let s = h.core.stats();
+    let total: u64 = segs.iter().map(|(_, l)| *l as u64).sum();
+    assert_eq!(s.p2p_bytes, total);
+    assert_eq!(s.bytes_from_peer.len(), MAX_PEER_COUNTERS);
+    for (p, b) in &s.bytes_from_peer {
+        assert_eq!(*b, h.seg_len(p - 1000), "peer {p}");
+    }
+    // The biggest sender is among them.
+    assert!(s.bytes_from_peer.contains_key(&(1000 + n)));
 }

@@ -9,11 +9,12 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::net::Net;
 use common::*;
-use peer_core::{BanReason, Event, Output, Time};
+use peer_core::{BanReason, Config, Event, Input, Output, Time};
 use proptest::prelude::*;
 use protocol::signaling::ServerMsg;
-use protocol::{AbsentReason, CHUNK_SIZE, Frame, HaveEntry};
+use protocol::{AbsentReason, CHUNK_SIZE, Frame, HaveEntry, PeerId};
 
 fn behaviour() -> impl Strategy<Value = PeerBehaviour> {
     prop_oneof![
@@ -253,17 +254,21 @@ proptest! {
             prop_assert!(same_ban_kind(&bans[0].1, &want), "ban reason {:?}, expected {:?}", bans[0].1, want);
             prop_assert!(h.core.is_banned(100));
             prop_assert_eq!(h.disconnects(100), vec![peer_core::DisconnectReason::Banned]);
-            // Never again: not accepted, and not connected when the server lists it.
-            let mut accepted = true;
-            h.input(|c, now| accepted = c.accept_incoming(now, 100));
-            prop_assert!(!accepted);
-            h.input(|c, now| c.handle_signal(now, ServerMsg::Peers { swarm: SWARM.into(), peers: vec![100, 102] }));
+            // Never again: its offers are not answered, and it is not connected when the
+            // server lists it.
+            prop_assert_eq!(h.offer_from(100), None);
+            h.input(Input::SignalMessage(ServerMsg::Peers { swarm: SWARM.into(), peers: vec![100, 102] }));
             h.run_until(h.now + Duration::from_secs(1));
             prop_assert!(h.connects(100).is_empty());
+            prop_assert_eq!(h.creates(100).len(), 1, "only the first connection");
             prop_assert_eq!(h.connects(102).len(), 1, "the other listed peer is connected");
-            // A channel the banned peer opens anyway is closed again.
-            h.input(|c, now| c.handle_channel_open(now, 100));
+            // Whatever still arrives on the banned peer's old connection is ignored.
+            let old = h.creates(100)[0].1;
+            let sent = h.sent.len();
+            h.input(Input::RtcOpen { conn: old });
+            h.input(Input::RtcMessage { conn: old, data: hello(4, 77).encode() });
             prop_assert!(h.core.open_peers().all(|p| p != 100));
+            prop_assert_eq!(h.sent.len(), sent, "nothing sent for the old connection");
         }
     }
 
@@ -359,7 +364,9 @@ proptest! {
                 prop::collection::vec(48u64..54, 0..4).prop_map(|seqs| Frame::Drop { seqs }),
                 (0u32..20).prop_map(|req_id| Frame::Cancel { req_id }),
                 (0u32..20).prop_map(|req_id| Frame::Absent { req_id, reason: AbsentReason::Busy }),
-                Just(Frame::Hello { swarm: SWARM.into(), max_inflight: 0 }),
+                // Its own instance, none, or the other peer's (then it is a duplicate of 100).
+                prop_oneof![Just(0u64), Just(0xF00D_0000 + 101), Just(0xF00D_0000 + 100)]
+                    .prop_map(|instance| hello(0, instance)),
             ],
             1..30,
         ),
@@ -380,6 +387,56 @@ proptest! {
         if h.core.is_banned(101) {
             let told = h.outputs.iter().any(|(_, o)| matches!(o, Output::Event(Event::PeerBanned { peer: 101, .. })));
             prop_assert!(told, "ban without event");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Two real cores, introduced to each other (both ways, or one way only), at random
+    /// latencies: whether or not both offer (glare), they end with exactly one connection each,
+    /// paired with each other and open, and it stays up; when both offered, the lower id's
+    /// offer is the one used, on both sides. Each core's `check_invariants()` runs after every
+    /// input (in `Net`).
+    #[test]
+    fn two_cores_pair_exactly_once(
+        ids in (1u64..100, 1u64..100).prop_filter("distinct", |(a, b)| a != b),
+        lat in (1u64..80, 1u64..80),
+        both_introduced in any::<bool>(),
+        first_added in any::<bool>(),
+    ) {
+        let (a, b) = ids;
+        let mut net = Net::new(2);
+        let mut order = [(a, 0u32, b, lat.0), (b, 1u32, a, lat.1)];
+        if first_added {
+            order.swap(0, 1);
+        }
+        for (k, (id, slot, other, l)) in order.into_iter().enumerate() {
+            let introduce = if both_introduced || k == 0 { vec![other] } else { vec![] };
+            net.add(id, Config { seed: id, ..config() }, slot, introduce);
+            if let Some(n) = net.nodes.get_mut(&id) {
+                n.latency = ms(l);
+            }
+        }
+        net.run_until(at_ms(25_000));
+        let mut wires = Vec::new();
+        for (me, other) in [(a, b), (b, a)] {
+            let n = net.node(me);
+            prop_assert!(n.core.open_peers().eq([other]), "{} not open to {}", me, other);
+            prop_assert_eq!(n.wires.len(), 1);
+            let (c, w) = n.wires.iter().next().map(|(c, w)| (*c, w.clone())).expect("wire");
+            wires.push((me, c, w));
+        }
+        let (ma, ca, wa) = wires[0].clone();
+        let (mb, cb, wb) = wires[1].clone();
+        prop_assert_eq!(wa.remote, Some(cb));
+        prop_assert_eq!(wb.remote, Some(ca));
+        prop_assert!(wa.offerer != wb.offerer);
+        let offered = |id: PeerId| net.node(id).outputs.iter().any(|(_, o)| matches!(o, Output::RtcCreate { offerer: true, .. }));
+        if offered(ma) && offered(mb) {
+            let lo_offers = if ma < mb { wa.offerer } else { wb.offerer };
+            prop_assert!(lo_offers, "glare won by the higher id");
         }
     }
 }

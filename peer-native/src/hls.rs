@@ -1,9 +1,9 @@
-//! Just enough HLS: a media playlist's sequence numbers, segment duration and end marker, and
-//! its integrity sidecar (`<dir>/<name>.integrity.json`).
+//! Just enough HLS for the model player: a media playlist's sequence numbers, segment URIs,
+//! segment duration and end marker. (The integrity sidecar is the core's: it asks for it with
+//! `Output::FetchManifest`.)
 
 use std::time::Duration;
 
-use protocol::{Manifest, SegmentManifest};
 use reqwest::Url;
 
 use crate::Error;
@@ -14,15 +14,17 @@ const MAX_TEXT: usize = 16 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct Playlist {
     pub first_seq: u64,
-    /// Number of segments listed.
-    pub count: u64,
+    /// Segment URIs in order (`first_seq` first), resolved against the playlist's URL by
+    /// [`refresh`], as written by [`parse_playlist`].
+    pub uris: Vec<String>,
     pub target_duration: Duration,
     pub vod: bool,
 }
 
 impl Playlist {
     pub fn last_seq(&self) -> Option<u64> {
-        (self.count > 0).then(|| self.first_seq + self.count - 1)
+        let n = self.uris.len() as u64;
+        (n > 0).then(|| self.first_seq + n - 1)
     }
 }
 
@@ -32,7 +34,7 @@ pub fn parse_playlist(text: &str) -> Result<Playlist, Error> {
         return Err(Error::Playlist("not an m3u8 playlist".into()));
     }
     let mut first_seq = 0u64;
-    let mut count = 0u64;
+    let mut uris = Vec::new();
     let mut target = 0f64;
     let mut first_extinf: Option<f64> = None;
     let mut vod = false;
@@ -51,7 +53,7 @@ pub fn parse_playlist(text: &str) -> Result<Playlist, Error> {
         } else if line == "#EXT-X-ENDLIST" || line == "#EXT-X-PLAYLIST-TYPE:VOD" {
             vod = true;
         } else if !line.is_empty() && !line.starts_with('#') {
-            count += 1;
+            uris.push(line.to_string());
         }
     }
     let secs = first_extinf.filter(|d| *d > 0.0).unwrap_or(target);
@@ -60,36 +62,16 @@ pub fn parse_playlist(text: &str) -> Result<Playlist, Error> {
     }
     Ok(Playlist {
         first_seq,
-        count,
+        uris,
         target_duration: Duration::from_secs_f64(secs),
         vod,
     })
 }
 
-/// `<dir>/<name>.m3u8` → `<dir>/<name>.integrity.json` (query dropped).
-pub fn sidecar_url(playlist: &Url) -> Result<Url, Error> {
-    let mut u = playlist.clone();
-    u.set_query(None);
-    let path = u.path().to_string();
-    let stem = path
-        .strip_suffix(".m3u8")
-        .ok_or_else(|| Error::Playlist("playlist URL does not end in .m3u8".into()))?;
-    u.set_path(&format!("{stem}.integrity.json"));
-    Ok(u)
-}
-
-/// One refresh: the playlist and its sidecar, segment URLs resolved.
-#[derive(Debug)]
-pub struct Refresh {
-    pub playlist: Playlist,
-    pub segments: Vec<(SegmentManifest, String)>,
-    /// Bytes of playlist + sidecar (origin bytes that are not segments).
-    pub bytes: u64,
-}
-
-async fn get_text(client: &reqwest::Client, url: &Url) -> Result<String, Error> {
+/// GETs a small text document (playlist, manifest).
+pub async fn get_text(client: &reqwest::Client, url: &str) -> Result<String, Error> {
     let resp = client
-        .get(url.clone())
+        .get(url)
         .send()
         .await
         .map_err(|e| Error::Http(e.to_string()))?;
@@ -106,25 +88,20 @@ async fn get_text(client: &reqwest::Client, url: &Url) -> Result<String, Error> 
     String::from_utf8(body.to_vec()).map_err(|_| Error::Http(format!("{url}: not UTF-8")))
 }
 
-pub async fn refresh(client: &reqwest::Client, playlist_url: &Url) -> Result<Refresh, Error> {
-    let text = get_text(client, playlist_url).await?;
-    let playlist = parse_playlist(&text)?;
-    let side = sidecar_url(playlist_url)?;
-    let side_text = get_text(client, &side).await?;
-    let manifest =
-        Manifest::from_json(&side_text).map_err(|e| Error::Playlist(format!("sidecar: {e}")))?;
-    let mut segments = Vec::with_capacity(manifest.segments.len());
-    for m in manifest.segments {
-        let url = playlist_url
-            .join(&m.uri)
-            .map_err(|e| Error::Playlist(format!("segment URI: {e}")))?;
-        segments.push((m, url.to_string()));
+/// Fetches the playlist (as hls.js refreshes it); segment URIs resolved. Also returns its size.
+pub async fn refresh(
+    client: &reqwest::Client,
+    playlist_url: &Url,
+) -> Result<(Playlist, u64), Error> {
+    let text = get_text(client, playlist_url.as_str()).await?;
+    let mut playlist = parse_playlist(&text)?;
+    for uri in &mut playlist.uris {
+        *uri = playlist_url
+            .join(uri)
+            .map_err(|e| Error::Playlist(format!("segment URI: {e}")))?
+            .to_string();
     }
-    Ok(Refresh {
-        playlist,
-        segments,
-        bytes: (text.len() + side_text.len()) as u64,
-    })
+    Ok((playlist, text.len() as u64))
 }
 
 #[cfg(test)]
@@ -136,7 +113,7 @@ mod tests {
         let live = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:7\n#EXTINF:2.000,\nseg_7.bin\n#EXTINF:2.000,\nseg_8.bin\n";
         let p = parse_playlist(live).expect("live");
         assert_eq!(
-            (p.first_seq, p.count, p.vod, p.last_seq()),
+            (p.first_seq, p.uris.len(), p.vod, p.last_seq()),
             (7, 2, false, Some(8))
         );
         let vod = format!("{live}#EXT-X-ENDLIST\n");
@@ -144,14 +121,5 @@ mod tests {
         assert!(parse_playlist("garbage").is_err());
         assert!(parse_playlist("#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:x\n").is_err());
         assert!(parse_playlist("#EXTM3U\nseg.ts\n").is_err());
-    }
-
-    #[test]
-    fn sidecar_url_drops_query() {
-        let u = Url::parse("http://h/synthetic/s/index.m3u8?token=1").expect("url");
-        assert_eq!(
-            sidecar_url(&u).expect("sidecar").as_str(),
-            "http://h/synthetic/s/index.integrity.json"
-        );
     }
 }

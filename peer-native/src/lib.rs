@@ -2,14 +2,17 @@
 //! `webrtc` crate for data channels, tokio-tungstenite for signaling and reqwest for the origin,
 //! a model player with the simulator's definitions, and the swarm harness behind `p2pcdn-load`.
 //!
-//! * [`peer::run_peer`]: one viewer (one task owning its core).
+//! * [`peer::run_peer`]: one viewer (one task owning its core), a thin translator between the
+//!   core's `Input`/`Output` and IO ([`rtc`], [`net`]); [`record`]: its session as JSON lines.
 //! * [`player::Player`]: startup, stalls, live delay (same definitions as `sim`).
 //! * [`swarm::run_swarm`]: N viewers against any deployment, with ramp, churn, tampered peers,
 //!   and headless Chromium viewers ([`browser`]) in the same swarm.
 
 pub mod hls;
+pub mod net;
 pub mod peer;
 pub mod player;
+pub mod record;
 pub mod rtc;
 pub mod swarm;
 

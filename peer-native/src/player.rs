@@ -3,13 +3,19 @@
 //! segment), wants segments up to `buffer_ahead` ahead with a deadline at their play time, and
 //! counts a stall whenever the playhead reaches a segment that is not ready.
 //!
-//! It is sans-IO like the core: the driver calls it with the time and performs nothing for it
-//! except timers ([`Player::next_check`]).
+//! It is sans-IO like the core: the driver calls it with the time and the playlist, performs
+//! nothing for it except timers ([`Player::next_check`]), and feeds the core the inputs it
+//! produces ([`Input::Want`], [`Input::Stall`]), as hls.js's loader does with the browser peer.
+//!
+//! It never loads a segment itself: a want the core refuses ([`Player::want_failed`]) is counted
+//! and asked again after the next playlist refresh.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use peer_core::{PeerCore, Time};
+use peer_core::{Input, Time};
+
+use crate::hls::Playlist;
 
 #[derive(Debug, Clone)]
 pub struct PlayerConfig {
@@ -37,7 +43,12 @@ pub struct Player {
     start_seq: Option<u64>,
     next_needed: u64,
     ready: BTreeSet<u64>,
-    wanted: BTreeSet<u64>,
+    /// Wanted from the core, with the URL asked for.
+    wanted: BTreeMap<u64, String>,
+    /// Wants the core refused: not asked again before the next playlist refresh.
+    failed: BTreeSet<u64>,
+    /// Segment URLs from the playlist (from the playhead on).
+    urls: BTreeMap<u64, String>,
     stalled_since: Option<Time>,
     stall_total: Duration,
     known_max: Option<u64>,
@@ -46,6 +57,8 @@ pub struct Player {
     pub stalls: u32,
     pub startup: Option<Duration>,
     pub played: u64,
+    /// Wants the core answered with `WantFailed`.
+    pub want_failures: u64,
 }
 
 impl Player {
@@ -58,7 +71,9 @@ impl Player {
             start_seq: None,
             next_needed: 0,
             ready: BTreeSet::new(),
-            wanted: BTreeSet::new(),
+            wanted: BTreeMap::new(),
+            failed: BTreeSet::new(),
+            urls: BTreeMap::new(),
             stalled_since: None,
             stall_total: Duration::ZERO,
             known_max: None,
@@ -66,6 +81,7 @@ impl Player {
             stalls: 0,
             startup: None,
             played: 0,
+            want_failures: 0,
         }
     }
 
@@ -74,32 +90,35 @@ impl Player {
         self.stall_total + self.stalled_since.map_or(Duration::ZERO, |s| now.since(s))
     }
 
-    /// Segments `first..=last` are in the playlist (after their manifests were given to the
-    /// core). `seg_dur` is the playlist's segment duration.
-    pub fn on_playlist(
-        &mut self,
-        now: Time,
-        core: &mut PeerCore,
-        first: u64,
-        last: u64,
-        vod: bool,
-        seg_dur: Duration,
-    ) {
-        if !seg_dur.is_zero() {
-            self.seg_dur = seg_dur;
+    /// The segment the playhead needs next.
+    pub fn playhead(&self) -> u64 {
+        self.next_needed
+    }
+
+    /// A playlist refresh: its segments can be wanted.
+    pub fn on_playlist(&mut self, now: Time, pl: &Playlist, out: &mut Vec<Input>) {
+        let Some(last) = pl.last_seq() else { return };
+        if !pl.target_duration.is_zero() {
+            self.seg_dur = pl.target_duration;
         }
         self.known_max = Some(self.known_max.map_or(last, |k| k.max(last)));
         if self.start_seq.is_none() {
-            let s0 = if vod {
-                first
+            let s0 = if pl.vod {
+                pl.first_seq
             } else {
                 last.saturating_sub(self.cfg.live_delay.saturating_sub(1))
-                    .max(first)
+                    .max(pl.first_seq)
             };
             self.start_seq = Some(s0);
             self.next_needed = s0;
         }
-        self.want_more(now, core);
+        for (seq, url) in (pl.first_seq..).zip(&pl.uris) {
+            if seq >= self.next_needed {
+                self.urls.insert(seq, url.clone());
+            }
+        }
+        self.failed.clear();
+        self.want_more(now, out);
     }
 
     fn deadline(&self, now: Time, seq: u64) -> Time {
@@ -119,24 +138,45 @@ impl Player {
         }
     }
 
-    fn want_more(&mut self, now: Time, core: &mut PeerCore) {
+    fn want(&mut self, seq: u64, deadline: Time, out: &mut Vec<Input>) {
+        let Some(url) = self.urls.get(&seq) else {
+            return;
+        };
+        self.wanted.insert(seq, url.clone());
+        out.push(Input::Want {
+            url: url.clone(),
+            seq: Some(seq),
+            deadline,
+            duration: self.seg_dur,
+        });
+    }
+
+    fn want_more(&mut self, now: Time, out: &mut Vec<Input>) {
         let Some(known) = self.known_max else { return };
         let ahead = (self.cfg.buffer_ahead.as_secs_f64() / self.seg_dur.as_secs_f64().max(0.001))
             .ceil() as u64;
         let last = known.min(self.next_needed.saturating_add(ahead));
         for seq in self.next_needed..=last {
-            if self.wanted.contains(&seq) || self.ready.contains(&seq) {
+            if self.wanted.contains_key(&seq)
+                || self.ready.contains(&seq)
+                || self.failed.contains(&seq)
+            {
                 continue;
             }
             let deadline = self.deadline(now, seq);
-            if core.want_segment(now, seq, deadline).is_ok() {
-                self.wanted.insert(seq);
-            }
+            self.want(seq, deadline, out);
         }
     }
 
-    /// The core handed segment `seq` over.
-    pub fn segment_ready(&mut self, now: Time, core: &mut PeerCore, seq: u64) {
+    /// The playhead moved on to `seq`: what is behind it is forgotten.
+    fn advance(&mut self, seq: u64) {
+        self.next_needed = seq + 1;
+        self.played += 1;
+        self.urls = self.urls.split_off(&self.next_needed);
+    }
+
+    /// The core handed segment `seq` over ([`peer_core::Output::SegmentReady`]).
+    pub fn segment_ready(&mut self, now: Time, seq: u64, out: &mut Vec<Input>) {
         self.wanted.remove(&seq);
         if seq < self.next_needed {
             return;
@@ -146,8 +186,7 @@ impl Player {
             self.started = Some(now);
             self.startup = Some(now.since(self.joined));
             self.ready.remove(&seq);
-            self.next_needed = seq + 1;
-            self.played += 1;
+            self.advance(seq);
             self.check = Some((now + self.seg_dur, seq + 1));
         } else if let Some(since) = self.stalled_since
             && seq == self.next_needed
@@ -155,11 +194,20 @@ impl Player {
             self.stall_total += now.since(since);
             self.stalled_since = None;
             self.ready.remove(&seq);
-            self.next_needed = seq + 1;
-            self.played += 1;
+            self.advance(seq);
             self.check = Some((now + self.seg_dur, seq + 1));
         }
-        self.want_more(now, core);
+        self.want_more(now, out);
+    }
+
+    /// The core will not deliver the segment at `url` ([`peer_core::Output::WantFailed`]).
+    pub fn want_failed(&mut self, url: &str) {
+        let Some(seq) = self.wanted.iter().find(|(_, u)| *u == url).map(|(s, _)| *s) else {
+            return;
+        };
+        self.wanted.remove(&seq);
+        self.failed.insert(seq);
+        self.want_failures += 1;
     }
 
     /// When [`Player::on_timer`] must run next.
@@ -168,7 +216,7 @@ impl Player {
     }
 
     /// The playhead reached the end of the current segment.
-    pub fn on_timer(&mut self, now: Time, core: &mut PeerCore) {
+    pub fn on_timer(&mut self, now: Time, out: &mut Vec<Input>) {
         let Some((t, seq)) = self.check else { return };
         if now < t {
             return;
@@ -178,83 +226,100 @@ impl Player {
             return;
         }
         if self.ready.remove(&seq) {
-            self.next_needed = seq + 1;
-            self.played += 1;
+            self.advance(seq);
             self.check = Some((t + self.seg_dur, seq + 1));
-            self.want_more(now, core);
         } else {
             self.stalled_since = Some(now);
             self.stalls += 1;
-            core.report_stall(now);
-            tracing::warn!(
-                seq,
-                t = now.as_secs_f64(),
-                "stall: {}",
-                core.describe_segment(seq)
-            );
+            out.push(Input::Stall);
             // Urgent now: re-want with the current time as deadline.
-            if self.wanted.contains(&seq) {
-                let _ = core.want_segment(now, seq, now);
+            if self.wanted.contains_key(&seq) {
+                self.want(seq, now, out);
             }
-            self.want_more(now, core);
         }
+        self.want_more(now, out);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use peer_core::Config;
-    use protocol::SegmentManifest;
 
-    fn core_with(seqs: std::ops::RangeInclusive<u64>) -> PeerCore {
-        let mut core = PeerCore::new(Config {
-            p2p: false,
-            upload: false,
-            ..Default::default()
-        });
-        for seq in seqs {
-            let m = SegmentManifest::compute(seq, format!("seg_{seq}.bin"), &[seq as u8; 100]);
-            core.add_segment(Time::ZERO, m, format!("http://o/seg_{seq}.bin"));
+    fn playlist(first: u64, last: u64, vod: bool, secs: u64) -> Playlist {
+        Playlist {
+            first_seq: first,
+            uris: (first..=last)
+                .map(|s| format!("http://o/seg_{s}.bin"))
+                .collect(),
+            target_duration: Duration::from_secs(secs),
+            vod,
         }
-        core
+    }
+
+    fn wants(out: &mut Vec<Input>) -> Vec<(u64, u64)> {
+        std::mem::take(out)
+            .into_iter()
+            .filter_map(|i| match i {
+                Input::Want { seq, deadline, .. } => Some((seq?, deadline.as_millis())),
+                _ => None,
+            })
+            .collect()
     }
 
     #[test]
     fn starts_live_delay_behind_and_counts_stalls() {
-        let mut core = core_with(0..=9);
         let mut p = Player::new(PlayerConfig::default(), Time::ZERO);
-        let d = Duration::from_secs(2);
-        p.on_playlist(Time::from_millis(10), &mut core, 0, 9, false, d);
+        let mut out = Vec::new();
+        p.on_playlist(Time::from_millis(10), &playlist(0, 9, false, 2), &mut out);
         // Live: three segments behind the edge (7, 8, 9), nothing plays before 7 is ready.
         assert_eq!(p.start_seq, Some(7));
+        assert_eq!(wants(&mut out), vec![(7, 10), (8, 2010), (9, 4010)]);
         assert_eq!(p.next_check(), None);
-        p.segment_ready(Time::from_millis(500), &mut core, 7);
+        p.segment_ready(Time::from_millis(500), 7, &mut out);
         assert_eq!(p.startup, Some(Duration::from_millis(500)));
         assert_eq!(p.next_check(), Some(Time::from_millis(2500)));
         // 8 arrives in time: no stall.
-        p.segment_ready(Time::from_millis(1000), &mut core, 8);
-        p.on_timer(Time::from_millis(2500), &mut core);
+        p.segment_ready(Time::from_millis(1000), 8, &mut out);
+        p.on_timer(Time::from_millis(2500), &mut out);
         assert_eq!((p.stalls, p.played), (0, 2));
-        // 9 is late: one stall, lasting until it arrives.
-        p.on_timer(Time::from_millis(4500), &mut core);
+        assert!(out.is_empty());
+        // 9 is late: one stall, lasting until it arrives; it is wanted again, now.
+        p.on_timer(Time::from_millis(4500), &mut out);
         assert_eq!(p.stalls, 1);
-        p.segment_ready(Time::from_millis(5000), &mut core, 9);
+        assert_eq!(out.first(), Some(&Input::Stall));
+        assert_eq!(wants(&mut out), vec![(9, 4500)]);
+        p.segment_ready(Time::from_millis(5000), 9, &mut out);
         assert_eq!(
             p.stall_time(Time::from_millis(6000)),
             Duration::from_millis(500)
         );
         assert_eq!(p.next_check(), Some(Time::from_millis(7000)));
         // A segment before the playhead is ignored.
-        p.segment_ready(Time::from_millis(5100), &mut core, 7);
+        p.segment_ready(Time::from_millis(5100), 7, &mut out);
         assert_eq!(p.played, 3);
     }
 
     #[test]
     fn vod_starts_at_first_segment() {
-        let mut core = core_with(0..=3);
         let mut p = Player::new(PlayerConfig::default(), Time::ZERO);
-        p.on_playlist(Time::ZERO, &mut core, 0, 3, true, Duration::from_secs(4));
+        let mut out = Vec::new();
+        p.on_playlist(Time::ZERO, &playlist(0, 3, true, 4), &mut out);
         assert_eq!(p.start_seq, Some(0));
+        assert_eq!(wants(&mut out).len(), 4);
+    }
+
+    #[test]
+    fn failed_wants_are_counted_and_asked_again_after_a_refresh() {
+        let mut p = Player::new(PlayerConfig::default(), Time::ZERO);
+        let mut out = Vec::new();
+        p.on_playlist(Time::ZERO, &playlist(0, 3, true, 2), &mut out);
+        out.clear();
+        p.want_failed("http://o/seg_1.bin");
+        p.want_failed("http://o/unknown.bin");
+        assert_eq!(p.want_failures, 1);
+        p.segment_ready(Time::from_millis(100), 0, &mut out);
+        assert!(wants(&mut out).is_empty(), "not before the next refresh");
+        p.on_playlist(Time::from_millis(200), &playlist(0, 3, true, 2), &mut out);
+        assert_eq!(wants(&mut out), vec![(1, 2100)]);
     }
 }

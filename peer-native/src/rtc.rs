@@ -1,6 +1,7 @@
-//! WebRTC plumbing (webrtc 0.21): one peer connection with one binary, reliable, ordered data
-//! channel per remote peer, non-trickle SDP (we wait for ICE gathering to complete; trickled
-//! candidates from the other side are still accepted).
+//! WebRTC plumbing (webrtc 0.21) for [`Output::RtcCreate`](peer_core::Output::RtcCreate) and
+//! friends: one peer connection with one binary, reliable, ordered data channel per
+//! [`ConnId`], non-trickle SDP (we wait for ICE gathering to complete before reporting our offer
+//! or answer; trickled candidates from the other side are still added).
 //!
 //! The data channel is negotiated out of band (`negotiated: true`, stream id 0) on both sides,
 //! exactly like the browser peer's (peer-wasm `new_conn`): neither side announces it in-band
@@ -9,24 +10,28 @@
 //! its negotiated channel (so our `on_data_channel` never fired when it offered), and the
 //! channel we announced got another stream id, which the page never listens to.
 //! webrtc 0.21 drops messages that reach a negotiated channel in the instant before its own
-//! side counts SCTP as up; `peer::OPEN_GRACE` is how the driver stays clear of that window.
+//! side counts SCTP as up; the core's `Config::open_grace` (set by [`crate::peer`]) is how we
+//! stay clear of that window.
 //!
-//! Everything here reports to the peer's task through one bounded event channel; nothing here
-//! takes decisions.
+//! Each connection is a task that applies the core's remote descriptions and candidates in
+//! order; a reader and a writer task serve its channel. Everything is reported to the viewer's
+//! task as [`Io`]; nothing here takes decisions. Dropping a [`Conn`] closes the connection.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use protocol::PeerId;
+use peer_core::{ConnId, Input};
 use protocol::signaling::SignalData;
 use tokio::sync::{Notify, mpsc};
 use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
 use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
-    RTCPeerConnectionState, RTCSessionDescription,
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceCandidateInit,
+    RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription,
 };
+
+use crate::peer::Io;
 
 /// Label of our data channel (informative: a negotiated channel's label is never sent; the same
 /// as the browser peer's).
@@ -40,72 +45,12 @@ const GATHER_TIMEOUT: Duration = Duration::from_secs(3);
 /// learns promptly that its send window opened again.
 const BUFFERED_POLL: Duration = Duration::from_millis(5);
 /// Frames queued towards one writer task. The core bounds what it sends to a peer by its send
-/// window (64 KiB by default), so this only overflows when a connection is wedged: the peer is
-/// then disconnected (dropping single frames would break the protocol's request accounting).
+/// window, so this only overflows when a connection is wedged: it is then reported closed
+/// (dropping single frames would break the protocol's request accounting).
 pub const WRITE_QUEUE: usize = 512;
-
-/// Something that happened to connection `epoch` with `peer`.
-pub enum ConnEvent {
-    Created {
-        peer: PeerId,
-        epoch: u64,
-        pc: Arc<dyn PeerConnection>,
-    },
-    LocalSdp {
-        peer: PeerId,
-        epoch: u64,
-        data: SignalData,
-    },
-    Channel {
-        peer: PeerId,
-        epoch: u64,
-        dc: Arc<dyn DataChannel>,
-    },
-    Open {
-        peer: PeerId,
-        epoch: u64,
-    },
-    Message {
-        peer: PeerId,
-        epoch: u64,
-        data: Bytes,
-    },
-    /// The send buffer level changed; its value is in the connection's [`SendState`].
-    Buffered {
-        peer: PeerId,
-        epoch: u64,
-    },
-    Closed {
-        peer: PeerId,
-        epoch: u64,
-        why: String,
-    },
-}
-
-impl ConnEvent {
-    pub fn key(&self) -> (PeerId, u64) {
-        match self {
-            ConnEvent::Created { peer, epoch, .. }
-            | ConnEvent::LocalSdp { peer, epoch, .. }
-            | ConnEvent::Channel { peer, epoch, .. }
-            | ConnEvent::Open { peer, epoch }
-            | ConnEvent::Message { peer, epoch, .. }
-            | ConnEvent::Buffered { peer, epoch }
-            | ConnEvent::Closed { peer, epoch, .. } => (*peer, *epoch),
-        }
-    }
-}
-
-/// Send-side accounting shared between the peer task and a writer task.
-#[derive(Default)]
-pub struct SendState {
-    /// Bytes handed to the writer and not yet given to the data channel.
-    pub queued: AtomicUsize,
-    /// Latest `queued + SCTP outstanding` the writer saw (what `bufferedAmount` means).
-    pub level: AtomicUsize,
-    /// A `Buffered` event is on its way (coalesces wake-ups: the latest level wins).
-    pub notified: AtomicBool,
-}
+/// Remote descriptions and candidates queued towards one connection task (the core holds at
+/// most `remotes::MAX_PENDING_CANDIDATES` candidates per connection, plus the description).
+const REMOTE_QUEUE: usize = peer_core::remotes::MAX_PENDING_CANDIDATES + 16;
 
 #[derive(Clone)]
 pub struct RtcOptions {
@@ -114,10 +59,66 @@ pub struct RtcOptions {
     pub udp_addrs: Vec<String>,
 }
 
+/// Send-side accounting shared between the viewer's task and a writer task.
+#[derive(Default)]
+struct SendState {
+    /// Bytes handed to the writer and not yet given to the data channel.
+    queued: AtomicUsize,
+    /// Latest `queued + SCTP outstanding` the writer saw (what `bufferedAmount` means).
+    level: AtomicUsize,
+    /// An [`Io::Buffered`] is on its way (coalesces wake-ups: the latest level wins).
+    notified: AtomicBool,
+}
+
+/// One connection as the viewer's task holds it.
+pub struct Conn {
+    remote: mpsc::Sender<SignalData>,
+    frames: mpsc::Sender<Bytes>,
+    state: Arc<SendState>,
+}
+
+impl Conn {
+    /// Starts connection `conn` ([`Output::RtcCreate`](peer_core::Output::RtcCreate)): the
+    /// offerer reports its offer as [`Input::RtcLocal`] once gathered.
+    pub fn spawn(opts: &RtcOptions, conn: ConnId, offerer: bool, io: mpsc::Sender<Io>) -> Conn {
+        let (remote, remote_rx) = mpsc::channel(REMOTE_QUEUE);
+        let (frames, frames_rx) = mpsc::channel(WRITE_QUEUE);
+        let state = Arc::new(SendState::default());
+        let channel = (frames_rx, state.clone());
+        tokio::spawn(run(opts.clone(), conn, offerer, remote_rx, channel, io));
+        Conn {
+            remote,
+            frames,
+            state,
+        }
+    }
+
+    /// Queues a remote offer, answer or candidate. `false`: the queue is full.
+    pub fn remote(&self, data: SignalData) -> bool {
+        self.remote.try_send(data).is_ok()
+    }
+
+    /// Queues a frame for the channel. `false`: the connection is wedged (queue full) or gone.
+    pub fn send(&self, frame: Bytes) -> bool {
+        let len = frame.len();
+        self.state.queued.fetch_add(len, Ordering::AcqRel);
+        let ok = self.frames.try_send(frame).is_ok();
+        if !ok {
+            self.state.queued.fetch_sub(len, Ordering::AcqRel);
+        }
+        ok
+    }
+
+    /// The channel's `bufferedAmount` now (on [`Io::Buffered`]).
+    pub fn buffered(&self) -> usize {
+        self.state.notified.store(false, Ordering::Release);
+        self.state.level.load(Ordering::Acquire)
+    }
+}
+
 struct Handler {
-    peer: PeerId,
-    epoch: u64,
-    tx: mpsc::Sender<ConnEvent>,
+    conn: ConnId,
+    io: mpsc::Sender<Io>,
     gathered: Arc<Notify>,
 }
 
@@ -135,38 +136,172 @@ impl PeerConnectionEventHandler for Handler {
             RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
         ) {
             // Never await inside a handler: it runs on the connection's driver.
-            let tx = self.tx.clone();
-            let (peer, epoch) = (self.peer, self.epoch);
-            tokio::spawn(async move {
-                let _ = tx
-                    .send(ConnEvent::Closed {
-                        peer,
-                        epoch,
-                        why: format!("connection {state}"),
-                    })
-                    .await;
-            });
+            let (io, conn) = (self.io.clone(), self.conn);
+            tokio::spawn(closed(io, conn, format!("connection {state}")));
         }
     }
 
     async fn on_data_channel(&self, dc: Arc<dyn DataChannel>) {
         // Only the negotiated channel carries the protocol; a channel the other side announced
         // in-band is not ours to read. Closed (spawned: never await inside a handler).
-        tracing::debug!(peer = self.peer, "closing an in-band data channel");
+        tracing::debug!(conn = self.conn, "closing an in-band data channel");
         tokio::spawn(async move {
             let _ = dc.close().await;
         });
     }
 }
 
-/// Creates the negotiated channel on `pc` and starts forwarding its events (both the offerer
+async fn closed(io: mpsc::Sender<Io>, conn: ConnId, why: String) {
+    tracing::debug!(conn, why, "connection closed");
+    let _ = io.send(Io::Input(Input::RtcClosed { conn })).await;
+}
+
+async fn emit(io: &mpsc::Sender<Io>, input: Input) -> Result<(), String> {
+    io.send(Io::Input(input))
+        .await
+        .map_err(|_| "viewer gone".to_string())
+}
+
+type Channel = (mpsc::Receiver<Bytes>, Arc<SendState>);
+
+/// The connection's task: build, negotiate, then apply remote data until the [`Conn`] is
+/// dropped (or a step fails: reported as [`Input::RtcClosed`]); closes the peer connection.
+async fn run(
+    opts: RtcOptions,
+    conn: ConnId,
+    offerer: bool,
+    mut remote: mpsc::Receiver<SignalData>,
+    channel: Channel,
+    io: mpsc::Sender<Io>,
+) {
+    let gathered = Arc::new(Notify::new());
+    let handler = Arc::new(Handler {
+        conn,
+        io: io.clone(),
+        gathered: gathered.clone(),
+    });
+    let pc = match PeerConnectionBuilder::new()
+        .with_handler(handler)
+        .with_udp_addrs(opts.udp_addrs)
+        .build()
+        .await
+    {
+        Ok(pc) => Arc::new(pc) as Arc<dyn PeerConnection>,
+        Err(e) => return closed(io, conn, format!("build: {e}")).await,
+    };
+    let mut channel = Some(channel);
+    let r = negotiate(
+        &pc,
+        conn,
+        offerer,
+        &mut remote,
+        &mut channel,
+        &gathered,
+        &io,
+    )
+    .await;
+    if let Err(why) = r {
+        closed(io, conn, why).await;
+    }
+    let _ = pc.close().await;
+}
+
+async fn negotiate(
+    pc: &Arc<dyn PeerConnection>,
+    conn: ConnId,
+    offerer: bool,
+    remote: &mut mpsc::Receiver<SignalData>,
+    channel: &mut Option<Channel>,
+    gathered: &Notify,
+    io: &mpsc::Sender<Io>,
+) -> Result<(), String> {
+    if offerer {
+        // Before the offer, so that it carries the SCTP (application) section.
+        if let Some(ch) = channel.take() {
+            open_channel(pc, conn, ch, io).await?;
+        }
+        let o = pc
+            .create_offer(None)
+            .await
+            .map_err(|e| format!("offer: {e}"))?;
+        pc.set_local_description(o)
+            .await
+            .map_err(|e| format!("local description: {e}"))?;
+        let sdp = local_sdp(pc, gathered).await?;
+        emit(
+            io,
+            Input::RtcLocal {
+                conn,
+                data: SignalData::Offer { sdp },
+            },
+        )
+        .await?;
+    }
+    while let Some(data) = remote.recv().await {
+        match data {
+            SignalData::Offer { sdp } => {
+                let desc = RTCSessionDescription::offer(sdp).map_err(|e| format!("offer: {e}"))?;
+                pc.set_remote_description(desc)
+                    .await
+                    .map_err(|e| format!("remote offer: {e}"))?;
+                emit(io, Input::RtcRemoteApplied { conn }).await?;
+                // The answerer's channel is made once the offer is applied (as before the port).
+                if let Some(ch) = channel.take() {
+                    open_channel(pc, conn, ch, io).await?;
+                }
+                let a = pc
+                    .create_answer(None)
+                    .await
+                    .map_err(|e| format!("answer: {e}"))?;
+                pc.set_local_description(a)
+                    .await
+                    .map_err(|e| format!("local description: {e}"))?;
+                let sdp = local_sdp(pc, gathered).await?;
+                emit(
+                    io,
+                    Input::RtcLocal {
+                        conn,
+                        data: SignalData::Answer { sdp },
+                    },
+                )
+                .await?;
+            }
+            SignalData::Answer { sdp } => {
+                let desc =
+                    RTCSessionDescription::answer(sdp).map_err(|e| format!("answer: {e}"))?;
+                pc.set_remote_description(desc)
+                    .await
+                    .map_err(|e| format!("remote answer: {e}"))?;
+                emit(io, Input::RtcRemoteApplied { conn }).await?;
+            }
+            SignalData::Candidate {
+                candidate,
+                sdp_mid,
+                sdp_m_line_index,
+            } => {
+                let init = RTCIceCandidateInit {
+                    candidate,
+                    sdp_mid,
+                    sdp_mline_index: sdp_m_line_index,
+                    ..Default::default()
+                };
+                if let Err(e) = pc.add_ice_candidate(init).await {
+                    tracing::debug!(conn, "candidate: {e}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Creates the negotiated channel on `pc` and starts its reader and writer (both the offerer
 /// and the answerer do this; see the module comment).
 async fn open_channel(
     pc: &Arc<dyn PeerConnection>,
-    peer: PeerId,
-    epoch: u64,
-    tx: &mpsc::Sender<ConnEvent>,
-) -> Result<tokio::task::JoinHandle<()>, String> {
+    conn: ConnId,
+    (frames, state): Channel,
+    io: &mpsc::Sender<Io>,
+) -> Result<(), String> {
     let init = RTCDataChannelInit {
         ordered: true,
         negotiated: Some(CHANNEL_ID),
@@ -176,44 +311,9 @@ async fn open_channel(
         .create_data_channel(CHANNEL_LABEL, Some(init))
         .await
         .map_err(|e| format!("data channel: {e}"))?;
-    tx.send(ConnEvent::Channel {
-        peer,
-        epoch,
-        dc: dc.clone(),
-    })
-    .await
-    .map_err(|_| "peer task gone")?;
-    Ok(tokio::spawn(read_channel(dc, peer, epoch, tx.clone())))
-}
-
-async fn build(
-    opts: &RtcOptions,
-    peer: PeerId,
-    epoch: u64,
-    tx: &mpsc::Sender<ConnEvent>,
-) -> Result<(Arc<dyn PeerConnection>, Arc<Notify>), String> {
-    let gathered = Arc::new(Notify::new());
-    let handler = Arc::new(Handler {
-        peer,
-        epoch,
-        tx: tx.clone(),
-        gathered: gathered.clone(),
-    });
-    let pc = PeerConnectionBuilder::new()
-        .with_handler(handler)
-        .with_udp_addrs(opts.udp_addrs.clone())
-        .build()
-        .await
-        .map_err(|e| format!("build: {e}"))?;
-    let pc: Arc<dyn PeerConnection> = Arc::new(pc);
-    tx.send(ConnEvent::Created {
-        peer,
-        epoch,
-        pc: pc.clone(),
-    })
-    .await
-    .map_err(|_| "peer task gone".to_string())?;
-    Ok((pc, gathered))
+    tokio::spawn(read_channel(dc.clone(), conn, io.clone()));
+    tokio::spawn(write_channel(dc, frames, state, conn, io.clone()));
+    Ok(())
 }
 
 async fn local_sdp(pc: &Arc<dyn PeerConnection>, gathered: &Notify) -> Result<String, String> {
@@ -225,124 +325,42 @@ async fn local_sdp(pc: &Arc<dyn PeerConnection>, gathered: &Notify) -> Result<St
         .sdp)
 }
 
-/// We connect to `peer`: make the offer (sent as a `LocalSdp` event once gathered).
-pub async fn offer(opts: RtcOptions, peer: PeerId, epoch: u64, tx: mpsc::Sender<ConnEvent>) {
-    let r: Result<(), String> = async {
-        let (pc, gathered) = build(&opts, peer, epoch, &tx).await?;
-        // Before the offer, so that it carries the SCTP (application) section.
-        let reader = open_channel(&pc, peer, epoch, &tx).await?;
-        let o = pc
-            .create_offer(None)
-            .await
-            .map_err(|e| format!("offer: {e}"))?;
-        pc.set_local_description(o)
-            .await
-            .map_err(|e| format!("local description: {e}"))?;
-        let sdp = local_sdp(&pc, &gathered).await?;
-        if tx
-            .send(ConnEvent::LocalSdp {
-                peer,
-                epoch,
-                data: SignalData::Offer { sdp },
-            })
-            .await
-            .is_err()
-        {
-            reader.abort();
-        }
-        Ok(())
-    }
-    .await;
-    if let Err(why) = r {
-        let _ = tx.send(ConnEvent::Closed { peer, epoch, why }).await;
-    }
-}
-
-/// `peer` offered: answer (sent as a `LocalSdp` event once gathered).
-pub async fn answer(
-    opts: RtcOptions,
-    peer: PeerId,
-    epoch: u64,
-    sdp: String,
-    tx: mpsc::Sender<ConnEvent>,
-) {
-    let r: Result<(), String> = async {
-        let (pc, gathered) = build(&opts, peer, epoch, &tx).await?;
-        let desc = RTCSessionDescription::offer(sdp).map_err(|e| format!("offer SDP: {e}"))?;
-        pc.set_remote_description(desc)
-            .await
-            .map_err(|e| format!("remote description: {e}"))?;
-        let reader = open_channel(&pc, peer, epoch, &tx).await?;
-        let a = pc
-            .create_answer(None)
-            .await
-            .map_err(|e| format!("answer: {e}"))?;
-        pc.set_local_description(a)
-            .await
-            .map_err(|e| format!("local description: {e}"))?;
-        let sdp = local_sdp(&pc, &gathered).await?;
-        if tx
-            .send(ConnEvent::LocalSdp {
-                peer,
-                epoch,
-                data: SignalData::Answer { sdp },
-            })
-            .await
-            .is_err()
-        {
-            reader.abort();
-        }
-        Ok(())
-    }
-    .await;
-    if let Err(why) = r {
-        let _ = tx.send(ConnEvent::Closed { peer, epoch, why }).await;
-    }
-}
-
-/// Forwards a data channel's events. Messages are never dropped: when the peer task is behind,
-/// this waits, which stops polling the channel and lets SCTP flow control push back on the
-/// sender.
-async fn read_channel(
-    dc: Arc<dyn DataChannel>,
-    peer: PeerId,
-    epoch: u64,
-    tx: mpsc::Sender<ConnEvent>,
-) {
+/// Forwards a data channel's events. Messages are never dropped: when the viewer's task is
+/// behind, this waits, which stops polling the channel and lets SCTP flow control push back on
+/// the sender.
+async fn read_channel(dc: Arc<dyn DataChannel>, conn: ConnId, io: mpsc::Sender<Io>) {
     while let Some(ev) = dc.poll().await {
-        let out = match ev {
-            DataChannelEvent::OnOpen => ConnEvent::Open { peer, epoch },
-            DataChannelEvent::OnMessage(m) if !m.is_string => ConnEvent::Message {
-                peer,
-                epoch,
-                data: m.data.freeze(),
+        let input = match ev {
+            DataChannelEvent::OnOpen => Input::RtcOpen { conn },
+            DataChannelEvent::OnMessage(m) => Input::RtcMessage {
+                conn,
+                // A text message is not part of the protocol: the core takes empty bytes as
+                // the malformed input it is.
+                data: if m.is_string {
+                    Bytes::new()
+                } else {
+                    m.data.freeze()
+                },
             },
             DataChannelEvent::OnClose => break,
-            // Text messages are not part of the protocol; buffer events are polled by the writer.
+            // Buffer events are polled by the writer.
             _ => continue,
         };
-        if tx.send(out).await.is_err() {
+        if io.send(Io::Input(input)).await.is_err() {
             return;
         }
     }
-    let _ = tx
-        .send(ConnEvent::Closed {
-            peer,
-            epoch,
-            why: "data channel closed".into(),
-        })
-        .await;
+    closed(io, conn, "data channel closed".into()).await;
 }
 
 /// Sends queued frames in order and keeps `state.level` (queued + SCTP outstanding bytes)
-/// current, waking the peer task whenever it changes.
-pub async fn write_channel(
+/// current, waking the viewer's task whenever it changes.
+async fn write_channel(
     dc: Arc<dyn DataChannel>,
     mut rx: mpsc::Receiver<Bytes>,
     state: Arc<SendState>,
-    peer: PeerId,
-    epoch: u64,
-    tx: mpsc::Sender<ConnEvent>,
+    conn: ConnId,
+    io: mpsc::Sender<Io>,
 ) {
     let mut reported = 0usize;
     loop {
@@ -364,24 +382,17 @@ pub async fn write_channel(
             let r = dc.send(BytesMut::from(&f[..])).await;
             state.queued.fetch_sub(len, Ordering::AcqRel);
             if let Err(e) = r {
-                let _ = tx
-                    .send(ConnEvent::Closed {
-                        peer,
-                        epoch,
-                        why: format!("send: {e}"),
-                    })
-                    .await;
-                return;
+                return closed(io, conn, format!("send: {e}")).await;
             }
         }
         let outstanding = dc.outstanding_bytes().await.unwrap_or(0);
         let level = state.queued.load(Ordering::Acquire) + outstanding;
         state.level.store(level, Ordering::Release);
         if level != reported && !state.notified.swap(true, Ordering::AcqRel) {
-            if tx.try_send(ConnEvent::Buffered { peer, epoch }).is_ok() {
+            if io.try_send(Io::Buffered(conn)).is_ok() {
                 reported = level;
             } else {
-                // The peer task is busy: try again on the next poll.
+                // The viewer's task is busy: try again on the next poll.
                 state.notified.store(false, Ordering::Release);
             }
         } else if level != reported {

@@ -36,6 +36,9 @@ pub struct SwarmOptions {
     /// Headless Chromium viewers, joining evenly over the ramp like the native ones.
     pub browsers: usize,
     pub browser: BrowserSetup,
+    /// Record the first viewer to join (join number 0; not a churned newcomer) to this file,
+    /// as JSON lines (see [`crate::record`]).
+    pub record: Option<PathBuf>,
 }
 
 /// Where the browsers' page comes from and how they run.
@@ -88,6 +91,7 @@ impl SwarmOptions {
             seed: 1,
             browsers: 0,
             browser: BrowserSetup::default(),
+            record: None,
         }
     }
 }
@@ -112,6 +116,8 @@ pub struct SwarmReport {
     pub delivered_http: u64,
     pub delivered_p2p: u64,
     pub corrupt_to_player: u64,
+    /// Wants the viewers' cores refused (`WantFailed`).
+    pub want_failures: u64,
     pub bad: usize,
     /// Tampered viewers banned by at least one honest viewer.
     pub banned_bad: usize,
@@ -199,6 +205,7 @@ impl SwarmReport {
             "origin_bytes": self.origin_bytes,
             "p2p_bytes": self.p2p_bytes,
             "corrupt_to_player": self.corrupt_to_player,
+            "want_failures": self.want_failures,
             "banned_bad": self.banned_bad,
             "bad": self.bad,
             "banned_honest": self.banned_honest,
@@ -379,6 +386,9 @@ fn spawn_viewer(opts: &SwarmOptions, client: &reqwest::Client, bad: bool, index:
     p.rtc = RtcOptions {
         udp_addrs: opts.udp_addrs.clone(),
     };
+    if index == 0 {
+        p.record.clone_from(&opts.record);
+    }
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn(run_peer(p, client.clone(), rx));
     Running { stop, task }
@@ -705,6 +715,7 @@ fn aggregate(
         r.delivered_http += s.delivered_http_bytes;
         r.delivered_p2p += s.delivered_p2p_bytes;
         r.corrupt_to_player += p.corrupt_segments;
+        r.want_failures += p.want_failures;
         client_origin += s.http_bytes + p.meta_bytes;
         r.http_causes[0] += s.http_designated;
         r.http_causes[1] += s.http_backup;

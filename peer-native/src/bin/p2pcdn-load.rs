@@ -74,6 +74,10 @@ struct Cli {
     /// Local UDP addresses for WebRTC (comma separated; 0.0.0.0:0 = every non-loopback interface)
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:0,0.0.0.0:0")]
     udp: Vec<String>,
+    /// Record the first native viewer's session (its core's config, every input and output) to
+    /// FILE as JSON lines, for `cargo xtask replay FILE`; only that viewer is recorded
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
     /// No progress bar
     #[arg(long)]
     quiet: bool,
@@ -141,6 +145,7 @@ fn main() -> Result<()> {
     opts.udp_addrs = cli.udp;
     opts.browsers = cli.browsers;
     opts.browser = browser;
+    opts.record = cli.record;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
