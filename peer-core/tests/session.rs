@@ -208,7 +208,16 @@ fn close_leaves() {
     let mut h = Harness::new(config(), &[(1, 1000)]);
     assert!(h.connect(100, FakePeer::new(PeerBehaviour::Honest, [])));
     let conn = h.conn_of(100).expect("conn");
+    // Wanted and not delivered yet: one listed, one waiting for the manifest.
+    h.origin.manifest_latency = ms(100);
+    h.want_at(at_ms(10), 1, at_ms(9_000));
+    h.want_url_at(at_ms(10), url_of(2), Some(2), at_ms(9_000));
+    h.run_until(at_ms(20));
+    assert!(h.want_failed.is_empty() && h.delivered.is_empty());
     h.input(Input::Close);
+    let mut failed: Vec<String> = h.want_failed.iter().map(|w| w.1.clone()).collect();
+    failed.sort();
+    assert_eq!(failed, vec![url_of(1), url_of(2)], "open wants answered");
     assert!(matches!(
         h.signal_sent().last(),
         Some((_, ClientMsg::Leave { .. }))
