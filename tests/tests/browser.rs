@@ -172,6 +172,8 @@ fn parse(id: &str, v: &Value, truth: &[String]) -> PageResult {
 
 struct RunResult {
     pages: Vec<PageResult>,
+    /// Each page's peer id just before the signaling restart (when there was one).
+    ids_before_restart: Vec<Option<u64>>,
     offload: f64,
     origin_bytes: u64,
 }
@@ -199,12 +201,18 @@ async fn run_swarm(
     }
     let start = Instant::now();
     let mut restart = restart;
+    let mut ids_before = Vec::new();
     while start.elapsed() < Duration::from_secs(secs) {
         tokio::time::sleep(Duration::from_secs(5)).await;
         if let Some(t) = restart
             && start.elapsed() >= Duration::from_secs(t)
         {
             restart = None;
+            let r = env.reports.lock().map(|r| r.clone()).unwrap_or_default();
+            ids_before = ids
+                .iter()
+                .map(|id| r.get(id).and_then(|v| v["stats"]["peerId"].as_u64()))
+                .collect();
             eprintln!(
                 "t={:>3}s signaling server down for 10 s",
                 start.elapsed().as_secs()
@@ -264,6 +272,7 @@ async fn run_swarm(
         .bytes;
     Ok(RunResult {
         pages: res,
+        ids_before_restart: ids_before,
         offload: if all == 0 {
             0.0
         } else {
@@ -384,6 +393,21 @@ fn signaling_restart_keeps_one_connection_per_pair() -> Result<()> {
             pages - 1
         );
         ensure!(p.peers > 0, "{}: no open peer after the restart", p.id);
+    }
+    // Every viewer rejoined the new server, under a new id (so it was introduced again to the
+    // viewers it already had).
+    ensure!(
+        r.ids_before_restart.len() == pages,
+        "no ids before the restart"
+    );
+    for (p, before) in r.pages.iter().zip(&r.ids_before_restart) {
+        ensure!(
+            before.is_some() && p.peer_id.is_some() && p.peer_id != *before,
+            "{}: peer id {:?} before the restart, {:?} after: did not rejoin",
+            p.id,
+            before,
+            p.peer_id
+        );
         ensure!(p.bad_fragments.is_empty(), "{}: wrong bytes played", p.id);
     }
     ensure!(r.offload >= 0.5, "swarm offload {:.3} < 0.5", r.offload);
