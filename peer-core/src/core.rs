@@ -106,7 +106,8 @@ impl PeerCore {
     pub fn is_banned(&self, peer: PeerId) -> bool {
         self.remotes.banned.contains(&peer)
     }
-    /// Peers with an open data channel that said `Hello`.
+    /// Peers whose data channel is open and in use (past the open grace; their `Hello` may
+    /// still be on its way).
     pub fn open_peers(&self) -> impl Iterator<Item = PeerId> + '_ {
         self.remotes
             .peers

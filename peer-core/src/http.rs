@@ -56,6 +56,10 @@ impl Http {
 
 impl PeerCore {
     pub(crate) fn on_http_data(&mut self, now: Time, id: u64, data: &[u8]) {
+        if !self.http.reqs.contains_key(&id) {
+            // Cancelled or finished: the driver was told to stop it; nothing to count.
+            return;
+        }
         self.stats.http_bytes += data.len() as u64;
         if let Err(reason) = self.http_data(now, id, data) {
             self.http_fail(now, id, reason, true);

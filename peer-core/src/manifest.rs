@@ -231,14 +231,15 @@ impl PeerCore {
         if !url.is_empty() {
             // The player's URL is the one the origin serves (signed URLs keep their query).
             s.url.clone_from(&url);
-            if !s.want_urls.contains(&url) {
-                if s.want_urls.len() >= MAX_WANT_URLS {
-                    let old = s.want_urls.remove(0);
-                    self.out.push_back(Output::WantFailed { url: old });
-                }
-                if let Some(s) = self.store.segments.get_mut(&seq) {
-                    s.want_urls.push(url);
-                }
+        }
+        // Every want is answered under its URL (an empty one too).
+        if !s.want_urls.contains(&url) {
+            if s.want_urls.len() >= MAX_WANT_URLS {
+                let old = s.want_urls.remove(0);
+                self.out.push_back(Output::WantFailed { url: old });
+            }
+            if let Some(s) = self.store.segments.get_mut(&seq) {
+                s.want_urls.push(url);
             }
         }
         if self.manifests.anchor.is_none_or(|(s0, _, _)| seq >= s0) {

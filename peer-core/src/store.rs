@@ -69,12 +69,21 @@ pub struct Store {
 }
 
 impl Store {
-    /// The segment listed under `url` (the manifest's or the player's).
+    /// The segment listed under `url` (the manifest's or the player's); failing an exact
+    /// match, the one whose URL is the same without its query (a signed player URL for the
+    /// manifest's plain one).
     pub fn find_url(&self, url: &str) -> Option<u64> {
-        self.segments
+        let exact = self
+            .segments
             .iter()
             .rev()
-            .find(|(_, s)| s.url == url || s.want_urls.iter().any(|u| u == url))
+            .find(|(_, s)| s.url == url || s.want_urls.iter().any(|u| u == url));
+        let path = |u: &str| u.split(['?', '#']).next().unwrap_or(u).to_owned();
+        exact
+            .or_else(|| {
+                let p = path(url);
+                self.segments.iter().rev().find(|(_, s)| path(&s.url) == p)
+            })
             .map(|(seq, _)| *seq)
     }
 
