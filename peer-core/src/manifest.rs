@@ -224,6 +224,12 @@ impl PeerCore {
         let Some(s) = self.store.segments.get_mut(&seq) else {
             return;
         };
+        if !url.is_empty() && url_path(&url) != url_path(&s.listed_url) {
+            // Sequence number `seq` of another playlist (another rendition, the audio track):
+            // this core's segment `seq` holds other bytes. The player loads it itself.
+            self.out.push_back(Output::WantFailed { url });
+            return;
+        }
         s.want = Some(s.want.map_or(deadline, |d| d.min(deadline)));
         s.prefetch = None;
         s.delivered = false;
@@ -270,6 +276,11 @@ impl PeerCore {
             }
         }
     }
+}
+
+/// `url` without its query and fragment.
+pub fn url_path(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or(url)
 }
 
 /// `rel` resolved against `base` (RFC 3986 for the forms playlists use: absolute,

@@ -29,6 +29,9 @@ pub struct Segment {
     /// Where the origin serves it: the player's URL once it asked (signed URLs keep their
     /// query), the manifest's before.
     pub url: String,
+    /// The URL the manifest lists it under (resolved against the manifest's URL): a want for
+    /// this `seq` under another path is for another playlist.
+    pub listed_url: String,
     pub chunks: Vec<ChunkSt>,
     pub have: usize,
     pub discovered: Time,
@@ -78,11 +81,14 @@ impl Store {
             .iter()
             .rev()
             .find(|(_, s)| s.url == url || s.want_urls.iter().any(|u| u == url));
-        let path = |u: &str| u.split(['?', '#']).next().unwrap_or(u).to_owned();
+        let path = crate::manifest::url_path;
         exact
             .or_else(|| {
                 let p = path(url);
-                self.segments.iter().rev().find(|(_, s)| path(&s.url) == p)
+                self.segments
+                    .iter()
+                    .rev()
+                    .find(|(_, s)| path(&s.listed_url) == p)
             })
             .map(|(seq, _)| *seq)
     }
@@ -146,6 +152,7 @@ impl PeerCore {
             seq,
             Segment {
                 m,
+                listed_url: url.clone(),
                 url,
                 chunks: vec![ChunkSt::default(); n],
                 have: 0,

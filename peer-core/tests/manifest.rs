@@ -317,3 +317,20 @@ fn want_by_url_only() {
     assert_eq!(h.delivered.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
     assert!(h.want_failed.is_empty());
 }
+
+/// Another playlist's segment with the same sequence number (another rendition, the audio
+/// track): its bytes are not this core's segment `seq`, so the want fails at once (the player
+/// loads it itself) and nothing of this playlist's segment reaches it.
+#[test]
+fn want_for_another_playlists_seq_fails() {
+    let segs = [(1, LEN), (2, LEN)];
+    let mut h = Harness::listing(config(), &segs, &[1, 2], SLOT, SLOTS);
+    let other = url_of(2).replace("seg", "audio/seg");
+    assert_ne!(other, url_of(2));
+    h.want_url_at(at_ms(10), other.clone(), Some(2), at_ms(5_000));
+    h.want_url_at(at_ms(10), url_of(1), Some(1), at_ms(5_000));
+    h.run_while(at_ms(6_000), |h| h.delivered.is_empty());
+    h.run_until(at_ms(6_000));
+    assert!(h.want_failed.iter().any(|(_, u)| *u == other), "{:?}", h.want_failed);
+    assert_eq!(h.delivered.keys().copied().collect::<Vec<_>>(), vec![1]);
+}

@@ -110,7 +110,10 @@
       var self = this;
       var sn = frag && typeof frag.sn === "number" ? frag.sn : null;
       var ranged = context.rangeStart || context.rangeEnd;
-      if (sn === null || ranged || !peer.usable()) {
+      // Only the main (video) playlist's fragments: the peer's swarm is that playlist's, and
+      // audio or subtitle fragments share its sequence numbers but not its bytes.
+      var other = frag && frag.type && frag.type !== "main";
+      if (sn === null || ranged || other || !peer.usable()) {
         this.inner.load(context, config, callbacks);
         this.stats = this.inner.stats;
         return;
