@@ -845,32 +845,20 @@ impl Sim {
                 }
                 SignalData::Answer { .. } => {
                     self.at(self.now, Ev::Input(v, Input::RtcRemoteApplied { conn }));
-                    if let Some((&peer, _)) =
-                        self.viewers[v].conns.iter().find(|(_, c)| **c == conn)
-                    {
+                    if let Some(peer) = self.peer_of(v, conn) {
                         self.at(self.now, Ev::Connected { v, peer });
                     }
                 }
                 SignalData::Candidate { .. } => {}
             },
             Output::RtcClose { conn } => {
-                let peer = self.viewers[v]
-                    .conns
-                    .iter()
-                    .find(|(_, c)| **c == conn)
-                    .map(|(p, _)| *p);
-                if let Some(peer) = peer {
+                if let Some(peer) = self.peer_of(v, conn) {
                     self.viewers[v].conns.remove(&peer);
                     self.close_link(v, peer);
                 }
             }
             Output::RtcSend { conn, frame } => {
-                let peer = self.viewers[v]
-                    .conns
-                    .iter()
-                    .find(|(_, c)| **c == conn)
-                    .map(|(p, _)| *p);
-                if let Some(peer) = peer {
+                if let Some(peer) = self.peer_of(v, conn) {
                     self.send(v, peer, frame);
                 }
             }
@@ -905,6 +893,15 @@ impl Sim {
             }
             Output::Event(_) => {}
         }
+    }
+
+    /// The peer viewer `v`'s connection `conn` goes to.
+    fn peer_of(&self, v: V, conn: ConnId) -> Option<V> {
+        self.viewers[v]
+            .conns
+            .iter()
+            .find(|(_, c)| **c == conn)
+            .map(|(p, _)| *p)
     }
 
     fn send(&mut self, from: V, to: V, frame: Bytes) {
