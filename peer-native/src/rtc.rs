@@ -220,22 +220,7 @@ async fn negotiate(
         if let Some(ch) = channel.take() {
             open_channel(pc, conn, ch, io).await?;
         }
-        let o = pc
-            .create_offer(None)
-            .await
-            .map_err(|e| format!("offer: {e}"))?;
-        pc.set_local_description(o)
-            .await
-            .map_err(|e| format!("local description: {e}"))?;
-        let sdp = local_sdp(pc, gathered).await?;
-        emit(
-            io,
-            Input::RtcLocal {
-                conn,
-                data: SignalData::Offer { sdp },
-            },
-        )
-        .await?;
+        describe(pc, conn, false, gathered, io).await?;
     }
     while let Some(data) = remote.recv().await {
         match data {
@@ -249,22 +234,7 @@ async fn negotiate(
                 if let Some(ch) = channel.take() {
                     open_channel(pc, conn, ch, io).await?;
                 }
-                let a = pc
-                    .create_answer(None)
-                    .await
-                    .map_err(|e| format!("answer: {e}"))?;
-                pc.set_local_description(a)
-                    .await
-                    .map_err(|e| format!("local description: {e}"))?;
-                let sdp = local_sdp(pc, gathered).await?;
-                emit(
-                    io,
-                    Input::RtcLocal {
-                        conn,
-                        data: SignalData::Answer { sdp },
-                    },
-                )
-                .await?;
+                describe(pc, conn, true, gathered, io).await?;
             }
             SignalData::Answer { sdp } => {
                 let desc =
@@ -314,6 +284,33 @@ async fn open_channel(
     tokio::spawn(read_channel(dc.clone(), conn, io.clone()));
     tokio::spawn(write_channel(dc, frames, state, conn, io.clone()));
     Ok(())
+}
+
+/// Creates our offer (or answer), sets it as the local description and reports it once ICE
+/// gathering is complete (non-trickle).
+async fn describe(
+    pc: &Arc<dyn PeerConnection>,
+    conn: ConnId,
+    answer: bool,
+    gathered: &Notify,
+    io: &mpsc::Sender<Io>,
+) -> Result<(), String> {
+    let d = if answer {
+        pc.create_answer(None).await
+    } else {
+        pc.create_offer(None).await
+    }
+    .map_err(|e| format!("local description: {e}"))?;
+    pc.set_local_description(d)
+        .await
+        .map_err(|e| format!("local description: {e}"))?;
+    let sdp = local_sdp(pc, gathered).await?;
+    let data = if answer {
+        SignalData::Answer { sdp }
+    } else {
+        SignalData::Offer { sdp }
+    };
+    emit(io, Input::RtcLocal { conn, data }).await
 }
 
 async fn local_sdp(pc: &Arc<dyn PeerConnection>, gathered: &Notify) -> Result<String, String> {
