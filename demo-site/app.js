@@ -1,6 +1,6 @@
 // Demo page: plays `?src=` with hls.js + the P2P loader and shows a live panel.
 // Query: src (playlist URL), signal (WebSocket URL), p2p=0 (HTTP only), tamper=1 (debug:
-// corrupt uploads), report=1 (POST stats to /report every second, for the browser tests and
+// corrupt uploads), switch=N (force a level switch every N s, auto ABR in between), report=1 (POST stats to /report every second, for the browser tests and
 // p2pcdn-load --browsers), reportTo (URL to POST them to instead, for a page served elsewhere).
 (function () {
   "use strict";
@@ -17,7 +17,7 @@
 
   var m = {
     id: pageId, p2p: p2p, tamper: tamper, started: false, currentTime: 0, waiting: 0, fatal: [],
-    bufferStalled: 0, p2pFragments: {}, fallbacks: 0, httpLoaderBytes: 0, stats: null,
+    bufferStalled: 0, p2pFragments: {}, fragments: {}, fragmentCount: 0, levelSwitches: 0, fallbacks: 0, httpLoaderBytes: 0, stats: null,
     peerEvents: [], integrity: 0, segments: 0, errors: [], fallbackWhy: [],
   };
   // Page errors (including a wasm panic, logged with console.error) go into the report.
@@ -34,6 +34,18 @@
       // with the origin's files.
       crypto.subtle.digest("SHA-256", bytes).then(function (h) {
         m.p2pFragments[sn] = Array.from(new Uint8Array(h)).map(function (b) { return b.toString(16).padStart(2, "0"); }).join("");
+      });
+    },
+    onLoaded: function (frag, url, data) {
+      // Every fragment hls.js is given (any rendition, audio, subtitles, init segments):
+      // copied now, hashed later, so tests can compare each with the origin's file.
+      if (!report || !crypto.subtle) return;
+      var copy = data.slice(0);
+      m.fragmentCount++;
+      crypto.subtle.digest("SHA-256", copy).then(function (h) {
+        var keys = Object.keys(m.fragments);
+        if (keys.length >= 400) delete m.fragments[keys[0]];
+        m.fragments[url] = Array.from(new Uint8Array(h)).map(function (b) { return b.toString(16).padStart(2, "0"); }).join("");
       });
     },
     onFallback: function (sn, why) { m.fallbacks++; if (m.fallbackWhy.length < 20) m.fallbackWhy.push(sn + ": " + why); },
@@ -55,6 +67,15 @@
   peer.on("integrity", function (e) { m.integrity++; log("integrity failure from " + e.peer + " seq " + e.seq); });
   peer.on("segment", function (e) { m.segments++; });
   peer.on("stats", function (s) { m.stats = s; });
+  hls.on(Hls.Events.LEVEL_SWITCHED, function () { m.levelSwitches++; });
+  var switchEvery = Number(q.get("switch") || 0);
+  if (switchEvery > 0) {
+    // Forced switches mid-run (next fragment at another level), auto ABR again halfway.
+    setInterval(function () {
+      if (hls.levels && hls.levels.length > 1) hls.nextLevel = (Math.max(hls.currentLevel, 0) + 1) % hls.levels.length;
+      setTimeout(function () { hls.nextLevel = -1; }, (switchEvery * 1000) / 2);
+    }, switchEvery * 1000);
+  }
   hls.loadSource(src);
   hls.attachMedia(video);
   video.play().catch(function () {});

@@ -22,6 +22,8 @@ declare namespace P2PCDN {
     peer?: Peer;
     /** Called with every fragment delivered through P2P (after verification). */
     onFragment?: (sn: number, bytes: Uint8Array) => void;
+    /** Every fragment (and init segment) hls.js receives, from the peer or over HTTP. */
+    onLoaded?: (frag: unknown, url: string, data: ArrayBuffer) => void;
     /** Called when a fragment falls back to hls.js's own loader. */
     onFallback?: (sn: number) => void;
   }

@@ -108,6 +108,17 @@
     P2PLoader.prototype.load = function (context, config, callbacks) {
       var frag = context.frag;
       var self = this;
+      if (hooks && hooks.onLoaded) {
+        // Every fragment hls.js is given, whichever loader fetched it (read before hls.js
+        // transfers the buffer to its worker). A throwing hook never stops the fragment.
+        var given = callbacks;
+        callbacks = Object.assign({}, given, {
+          onSuccess: function (resp, stats, ctx, net) {
+            try { hooks.onLoaded(ctx.frag, ctx.url, resp.data); } catch (e) { /* the page's */ }
+            given.onSuccess(resp, stats, ctx, net);
+          },
+        });
+      }
       var sn = frag && typeof frag.sn === "number" ? frag.sn : null;
       var ranged = context.rangeStart || context.rangeEnd;
       // Only the main (video) playlist's fragments: the peer's swarm is that playlist's, and

@@ -43,7 +43,7 @@ pub mod harness {
     pub async fn start(web_port: u16) -> Result<Env> {
         let (origin, origin_handle) = origin::spawn(origin::Config {
             media_dir: Some(root().join("media")),
-            live: vec!["sample".into()],
+            live: vec!["sample".into(), "ladder".into()],
             allow_origins: vec!["*".into()],
             ..Default::default()
         })
@@ -87,9 +87,14 @@ pub mod harness {
             Ok(())
         }
 
-        /// The demo page for this environment.
+        /// The demo page for this environment, playing the live sample.
         pub fn page_url(&self, extra: &str) -> String {
-            let src = format!("http://{}/live/sample/index.m3u8", self.origin);
+            self.page_url_for("live/sample/index.m3u8", extra)
+        }
+
+        /// The demo page playing `path` of the origin (e.g. `live/ladder/master.m3u8`).
+        pub fn page_url_for(&self, path: &str, extra: &str) -> String {
+            let src = format!("http://{}/{path}", self.origin);
             let sig = format!("ws://{}/ws", self.signal);
             format!(
                 "http://{}/index.html?src={}&signal={}{extra}",

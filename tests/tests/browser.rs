@@ -20,7 +20,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use test_support::browser::{Chromium, ChromiumOptions};
-use test_support::harness::{self, Env, root};
+use test_support::harness::{self, root};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -52,14 +52,6 @@ fn ensure_bundle() -> Result<()> {
         .context("running cargo xtask wasm")?;
     ensure!(status.success(), "cargo xtask wasm failed");
     Ok(())
-}
-
-fn page_url(env: &Env, id: &str, p2p: bool, tamper: bool) -> String {
-    env.page_url(&format!(
-        "&report=1&id={id}&p2p={}&tamper={}",
-        u8::from(p2p),
-        u8::from(tamper)
-    ))
 }
 
 /// A headless Chromium showing one page (the launcher `p2pcdn-load --browsers` uses): ended, and
@@ -106,6 +98,33 @@ struct PageResult {
     connections: u64,
     bad_fragments: Vec<u64>,
     p2p_fragments: usize,
+    /// Every fragment hls.js was given: (URL, SHA-256 hex).
+    fragments: Vec<(String, String)>,
+    level_switches: u64,
+}
+
+/// SHA-256 (hex) of what the origin serves at `url` for the live ladder
+/// (`/live/ladder/<rendition>/seg_<seq>.<ext>` is file `seq % n` of that rendition's source
+/// playlist; init segments are served as they are). `None` for URLs outside the ladder.
+fn ladder_truth(url: &str) -> Option<String> {
+    let path = url.split(['?', '#']).next()?;
+    let rest = &path[path.find("/live/ladder/")? + "/live/ladder/".len()..];
+    let (dir, name) = rest.rsplit_once('/')?;
+    let base = root().join("media/ladder").join(dir);
+    let file = match name.strip_prefix("seg_") {
+        Some(tail) => {
+            let seq: usize = tail.split('.').next()?.parse().ok()?;
+            let pl = std::fs::read_to_string(base.join("index.m3u8")).ok()?;
+            let files: Vec<&str> = pl
+                .lines()
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .collect();
+            files.get(seq % files.len().max(1))?.to_string()
+        }
+        None => name.to_string(),
+    };
+    let data = std::fs::read(base.join(file)).ok()?;
+    Some(hex::encode(Sha256::digest(data)))
 }
 
 fn num(v: &Value, path: &[&str]) -> f64 {
@@ -167,6 +186,15 @@ fn parse(id: &str, v: &Value, truth: &[String]) -> PageResult {
         connections: num(v, &["stats", "connections"]) as u64,
         bad_fragments: bad,
         p2p_fragments: n,
+        fragments: v["fragments"]
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .filter_map(|(u, h)| Some((u.clone(), h.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        level_switches: num(v, &["levelSwitches"]) as u64,
     }
 }
 
@@ -188,15 +216,67 @@ async fn run_swarm(
     tamper: Option<usize>,
     restart: Option<u64>,
 ) -> Result<RunResult> {
+    run(Run {
+        pages,
+        secs,
+        p2p,
+        tamper,
+        restart,
+        ..Run::default()
+    })
+    .await
+}
+
+/// One browser swarm run.
+struct Run {
+    pages: usize,
+    secs: u64,
+    p2p: bool,
+    tamper: Option<usize>,
+    restart: Option<u64>,
+    /// What the pages play (a path of the origin) and extra page query.
+    src: &'static str,
+    extra: &'static str,
+}
+
+impl Default for Run {
+    fn default() -> Self {
+        Run {
+            pages: 4,
+            secs: 60,
+            p2p: true,
+            tamper: None,
+            restart: None,
+            src: "live/sample/index.m3u8",
+            extra: "",
+        }
+    }
+}
+
+async fn run(run: Run) -> Result<RunResult> {
+    let Run {
+        pages,
+        secs,
+        p2p,
+        tamper,
+        restart,
+        src,
+        extra,
+    } = run;
     let mut env = harness::start(0).await?;
     let truth = truth()?;
     let ids: Vec<String> = (0..pages).map(|i| format!("p{i}")).collect();
     let mut browsers = Vec::new();
     for (i, id) in ids.iter().enumerate() {
-        browsers.push(launch_page(
-            id,
-            &page_url(&env, id, p2p, tamper == Some(i)),
-        )?);
+        let url = env.page_url_for(
+            src,
+            &format!(
+                "&report=1&id={id}&p2p={}&tamper={}{extra}",
+                u8::from(p2p),
+                u8::from(tamper == Some(i))
+            ),
+        );
+        browsers.push(launch_page(id, &url)?);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let start = Instant::now();
@@ -411,6 +491,66 @@ fn signaling_restart_keeps_one_connection_per_pair() -> Result<()> {
         ensure!(p.bad_fragments.is_empty(), "{}: wrong bytes played", p.id);
     }
     ensure!(r.offload >= 0.5, "swarm offload {:.3} < 0.5", r.offload);
+    Ok(())
+}
+
+/// An ABR ladder (3 H.264 renditions, a separate AAC audio rendition, WebVTT subtitles) played
+/// live with P2P by 4 pages, with hls.js's auto ABR and forced level switches every 8 s. Every
+/// fragment hls.js is given (hashed in the page at the loader, whichever loader fetched it) is
+/// the origin's file for its own rendition and sequence number: the peer, whose swarm is one
+/// media playlist, never hands over another rendition's or the audio track's bytes that share
+/// its sequence numbers. No fatal hls.js error.
+#[test]
+fn abr_ladder_never_gets_another_renditions_bytes() -> Result<()> {
+    if !chromium_available() {
+        return Ok(());
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    ensure_bundle()?;
+    let r = runtime().block_on(run(Run {
+        secs: 45,
+        src: "live/ladder/master.m3u8",
+        extra: "&switch=8",
+        ..Run::default()
+    }))?;
+    eprintln!("{}", summary(&r));
+    let mut checked = 0;
+    let mut kinds = std::collections::BTreeSet::new();
+    for p in &r.pages {
+        ensure!(p.started, "{}: did not play ({p:?})", p.id);
+        ensure!(
+            p.fatal.is_empty(),
+            "{}: fatal hls.js errors {:?}",
+            p.id,
+            p.fatal
+        );
+        ensure!(p.level_switches > 0, "{}: no level switch happened", p.id);
+        for (url, hash) in &p.fragments {
+            let truth =
+                ladder_truth(url).with_context(|| format!("{}: no origin file for {url}", p.id))?;
+            ensure!(*hash == truth, "{}: {url} is not the origin's bytes", p.id);
+            checked += 1;
+            if let Some(dir) = url
+                .split("/live/ladder/")
+                .nth(1)
+                .and_then(|r| r.split('/').next())
+            {
+                kinds.insert(dir.to_string());
+            }
+        }
+    }
+    eprintln!("checked {checked} fragments over {kinds:?}");
+    ensure!(checked > 40, "only {checked} fragments checked");
+    ensure!(
+        kinds.contains("vaudio"),
+        "no audio fragment checked: {kinds:?}"
+    );
+    ensure!(
+        kinds.len() >= 3,
+        "fragments of fewer than two video renditions: {kinds:?}"
+    );
+    let p2p: u64 = r.pages.iter().map(|p| p.p2p).sum();
+    ensure!(p2p > 0, "no P2P bytes at all on the ladder");
     Ok(())
 }
 
