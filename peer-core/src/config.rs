@@ -27,6 +27,11 @@ pub struct Config {
     /// first. Zero for browsers. The native driver needs 300 ms: webrtc-rs drops messages that
     /// reach a negotiated channel before its own side counts it as open (webrtc-rs#748).
     pub open_grace: Duration,
+    /// The connection and HTTP request ids this core hands out start above this. A driver that
+    /// replaces its core (the browser peer on an ABR switch) gives the new one a base above the
+    /// old one's ids, so late callbacks of the old core's connections and requests never match
+    /// the new core's.
+    pub id_base: u64,
     /// Test hook: corrupt the payload of every chunk we upload (ban-logic tests, the sim's bad
     /// peers, the browser's `__tamper`). One copy, here.
     pub corrupt_uploads: bool,
@@ -94,6 +99,7 @@ impl Default for Config {
             signal_timeout: Duration::from_secs(10),
             open_grace: Duration::ZERO,
             corrupt_uploads: false,
+            id_base: 0,
             seed: 0,
             max_peers: 12,
             p2p: true,

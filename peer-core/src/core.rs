@@ -76,6 +76,8 @@ impl PeerCore {
             cfg,
         };
         core.now = now;
+        core.remotes.next_conn = core.cfg.id_base;
+        core.http.next = core.cfg.id_base.saturating_add(1);
         core.start_session(now);
         core.poll_manifest(now);
         core

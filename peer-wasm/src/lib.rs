@@ -132,6 +132,8 @@ struct Inner {
     /// Peers banned (for the page's stats; bounded).
     banned: Vec<PeerId>,
     destroyed: bool,
+    /// Cores replaced so far (ABR switches): the current core's ids start at `generation << 40`.
+    generation: u64,
 }
 
 fn window() -> Option<web_sys::Window> {
@@ -217,10 +219,27 @@ impl Inner {
         self.feed(input);
     }
 
-    /// Creates the core for the first media playlist loaded: its swarm and integrity manifest.
+    /// Creates the core for the media playlist loaded: its swarm and integrity manifest. A
+    /// different media playlist (an ABR switch) replaces the core: the page follows the
+    /// rendition it plays into that rendition's swarm (one swarm per page at a time; the old
+    /// core leaves its swarm and closes its connections, its open wants fail over to HTTP).
     fn ensure_core(&mut self, playlist: &str) {
-        if self.core.is_some() {
-            return;
+        let manifest_url = peer_core::sidecar_url(playlist);
+        if let Some(core) = &self.core {
+            if self.opts.swarm.is_some() || core.config().manifest_url == manifest_url {
+                return;
+            }
+            self.feed(Input::Close);
+            self.drain();
+            self.ws = None;
+            self.conns.clear();
+            for (_, c) in self.http.take_all() {
+                c.abort();
+            }
+            self.core = None;
+            // The next core's ids start above the old one's (late callbacks of the old
+            // connections and requests must not match the new ones).
+            self.generation += 1;
         }
         let o = &self.opts;
         // No signaling server: HTTP only (the core then never asks for a WebSocket).
@@ -228,7 +247,8 @@ impl Inner {
         let mut cfg = Config {
             swarm: o.swarm.clone().unwrap_or_else(|| swarm_id(playlist, "")),
             token: o.token.clone(),
-            manifest_url: peer_core::sidecar_url(playlist),
+            manifest_url,
+            id_base: self.generation << 40,
             corrupt_uploads: o.tamper,
             seed: (js_sys::Math::random() * 9.0e15) as u64,
             p2p,
@@ -470,6 +490,7 @@ impl P2pPeer {
                 tick_cb: None,
                 banned: Vec::new(),
                 destroyed: false,
+                generation: 0,
             })
         });
         {
