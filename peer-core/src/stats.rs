@@ -69,6 +69,35 @@ impl Stats {
         }
     }
 
+    /// Adds `other`'s counters to these (a driver that replaced its core keeps the page's
+    /// totals); per-peer counters stay bounded.
+    pub fn absorb(&mut self, other: &Stats) {
+        self.http_bytes += other.http_bytes;
+        self.p2p_bytes += other.p2p_bytes;
+        self.delivered_http_bytes += other.delivered_http_bytes;
+        self.delivered_p2p_bytes += other.delivered_p2p_bytes;
+        self.uploaded_bytes += other.uploaded_bytes;
+        self.segments_delivered += other.segments_delivered;
+        self.integrity_failures += other.integrity_failures;
+        self.peers_banned += other.peers_banned;
+        self.stalls += other.stalls;
+        self.http_requests += other.http_requests;
+        self.http_failures += other.http_failures;
+        self.peer_requests += other.peer_requests;
+        self.peer_request_timeouts += other.peer_request_timeouts;
+        self.http_designated += other.http_designated;
+        self.http_backup += other.http_backup;
+        self.http_late += other.http_late;
+        self.http_alone += other.http_alone;
+        self.manifest_fetches += other.manifest_fetches;
+        self.signal_reconnects += other.signal_reconnects;
+        for (p, b) in &other.bytes_from_peer {
+            // Already counted in p2p_bytes above: only the per-peer split is merged.
+            self.p2p_bytes -= b;
+            self.count_from_peer(*p, *b);
+        }
+    }
+
     /// Origin requests made for `cause`.
     pub fn http_by_cause(&self, cause: HttpCause) -> u64 {
         match cause {
@@ -101,5 +130,26 @@ impl Stats {
         {
             self.bytes_from_peer.remove(&smallest);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Stats;
+
+    #[test]
+    fn absorb_adds_counters_once() {
+        let mut a = Stats::default();
+        a.count_from_peer(1, 100);
+        a.delivered_p2p_bytes = 100;
+        let mut b = Stats::default();
+        b.count_from_peer(1, 50);
+        b.count_from_peer(2, 10);
+        b.delivered_http_bytes = 30;
+        a.absorb(&b);
+        assert_eq!(a.p2p_bytes, 160);
+        assert_eq!(a.bytes_from_peer.get(&1), Some(&150));
+        assert_eq!(a.bytes_from_peer.get(&2), Some(&10));
+        assert_eq!(a.delivered_http_bytes + a.delivered_p2p_bytes, 130);
     }
 }

@@ -134,6 +134,8 @@ struct Inner {
     destroyed: bool,
     /// Cores replaced so far (ABR switches): the current core's ids start at `generation << 40`.
     generation: u64,
+    /// Counters of the cores replaced so far: the page's totals go on.
+    past: peer_core::Stats,
 }
 
 fn window() -> Option<web_sys::Window> {
@@ -231,6 +233,9 @@ impl Inner {
             }
             self.feed(Input::Close);
             self.drain();
+            if let Some(c) = &self.core {
+                self.past.absorb(c.stats());
+            }
             self.ws = None;
             self.conns.clear();
             for (_, c) in self.http.take_all() {
@@ -491,6 +496,7 @@ impl P2pPeer {
                 banned: Vec::new(),
                 destroyed: false,
                 generation: 0,
+                past: peer_core::Stats::default(),
             })
         });
         {

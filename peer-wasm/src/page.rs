@@ -97,7 +97,10 @@ impl Inner {
             ("connections", num(self.conns.len() as u64)),
         ]);
         if let Some(c) = &self.core {
-            let st = c.stats();
+            // The page's totals: this core's counters plus those of the cores it replaced.
+            let mut st = self.past.clone();
+            st.absorb(c.stats());
+            let st = &st;
             set_all(
                 &o,
                 &[
