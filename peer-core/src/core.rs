@@ -121,6 +121,20 @@ impl PeerCore {
     pub fn connections(&self) -> usize {
         self.remotes.peers.len()
     }
+    /// What `peer` announced in its `Have`s and we keep (at most
+    /// [`crate::remotes::MAX_REMOTE_HAVE`] entries), lowest sequence number first.
+    pub fn peer_haves(&self, peer: PeerId) -> impl Iterator<Item = &protocol::HaveEntry> + '_ {
+        self.remotes
+            .peers
+            .get(&peer)
+            .into_iter()
+            .flat_map(|r| r.have.values())
+    }
+    /// Bitmap bytes kept for all peers' `Have`s (each an own copy: see
+    /// [`crate::remotes::Haves`]).
+    pub fn retained_have_bytes(&self) -> usize {
+        self.remotes.peers.values().map(|r| r.have.bytes()).sum()
+    }
     /// Whether the store holds segment `seq` completely.
     pub fn has_segment(&self, seq: u64) -> bool {
         self.store.segments.get(&seq).is_some_and(|s| s.complete())
@@ -383,7 +397,7 @@ impl PeerCore {
             .remotes
             .peers
             .values()
-            .filter(|r| r.open && r.have.contains_key(&seq))
+            .filter(|r| r.open && r.have.contains(seq))
             .count();
         format!(
             "{seq}: have {}/{} (peer {on_peer}, http {on_http}), discovered {:.2}, want {:?}, cutoff {:?}, holders {holders}, open peers {}, http est {:.0} kB/s",

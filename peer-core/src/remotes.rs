@@ -19,6 +19,8 @@ use crate::{BanReason, ConnId, DisconnectReason, Event, Output, PeerCore, Time};
 
 /// Peer `have` entries kept per remote (oldest sequence numbers dropped first).
 pub const MAX_REMOTE_HAVE: usize = 1024;
+/// Bitmap bytes of `have` entries kept per remote (oldest sequence numbers dropped first).
+pub const MAX_REMOTE_HAVE_BYTES: usize = 128 * 1024;
 /// Cancelled request ids remembered per remote, so late chunks are ignored rather than punished.
 pub const MAX_CANCELLED: usize = 256;
 /// Banned peer ids remembered (the oldest ban is forgotten first beyond this).
@@ -49,7 +51,7 @@ pub struct Remote {
     pub hello: bool,
     pub instance: Option<u64>,
     pub their_max_inflight: usize,
-    pub have: BTreeMap<u64, HaveEntry>,
+    pub have: Haves,
     pub inflight: usize,
     pub serve: VecDeque<Serve>,
     pub cancelled: VecDeque<(u32, u64, u16, u16)>,
@@ -75,7 +77,7 @@ impl Remote {
             hello: false,
             instance: None,
             their_max_inflight: 8,
-            have: BTreeMap::new(),
+            have: Haves::default(),
             inflight: 0,
             serve: VecDeque::new(),
             cancelled: VecDeque::new(),
@@ -86,7 +88,79 @@ impl Remote {
         }
     }
     pub fn has(&self, seq: u64, index: usize) -> bool {
-        self.have.get(&seq).is_some_and(|e| e.has(index))
+        self.have.get(seq).is_some_and(|e| e.has(index))
+    }
+}
+
+/// A remote's announcements, one entry per segment. Each bitmap is copied out of the frame it
+/// came in: a slice would keep the whole frame (up to 64 KiB) alive for as long as the entry,
+/// and the memory of a wasm module never shrinks. At most [`MAX_REMOTE_HAVE`] entries and
+/// [`MAX_REMOTE_HAVE_BYTES`] bitmap bytes are kept; beyond either, the lowest sequence numbers
+/// are dropped first.
+#[derive(Debug, Default)]
+pub struct Haves {
+    entries: BTreeMap<u64, HaveEntry>,
+    /// Bitmap bytes held.
+    bytes: usize,
+}
+
+impl Haves {
+    pub fn get(&self, seq: u64) -> Option<&HaveEntry> {
+        self.entries.get(&seq)
+    }
+    pub fn contains(&self, seq: u64) -> bool {
+        self.entries.contains_key(&seq)
+    }
+    pub fn values(&self) -> impl Iterator<Item = &HaveEntry> + '_ {
+        self.entries.values()
+    }
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+    /// Bitmap bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Stores `e` (its bitmap copied) in place of any entry for its segment; returns whether
+    /// anything changed. Call [`Haves::trim`] after a frame's entries.
+    fn insert(&mut self, e: HaveEntry) -> bool {
+        if self.entries.get(&e.seq) == Some(&e) {
+            return false;
+        }
+        let e = HaveEntry {
+            seq: e.seq,
+            chunk_count: e.chunk_count,
+            bitmap: Bytes::copy_from_slice(&e.bitmap),
+        };
+        self.bytes += e.bitmap.len();
+        if let Some(old) = self.entries.insert(e.seq, e) {
+            self.bytes -= old.bitmap.len();
+        }
+        true
+    }
+
+    fn remove(&mut self, seq: u64) -> bool {
+        match self.entries.remove(&seq) {
+            Some(old) => {
+                self.bytes -= old.bitmap.len();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops the lowest sequence numbers while over a bound.
+    fn trim(&mut self) {
+        while self.entries.len() > MAX_REMOTE_HAVE || self.bytes > MAX_REMOTE_HAVE_BYTES {
+            let Some((_, old)) = self.entries.pop_first() else {
+                break;
+            };
+            self.bytes -= old.bitmap.len();
+        }
     }
 }
 
@@ -365,16 +439,14 @@ impl PeerCore {
                     {
                         continue;
                     }
-                    r.have.insert(e.seq, e);
+                    r.have.insert(e);
                 }
-                while r.have.len() > MAX_REMOTE_HAVE {
-                    r.have.pop_first();
-                }
+                r.have.trim();
             }
             Frame::Drop { seqs } => {
                 if let Some(r) = self.remotes.peers.get_mut(&peer) {
                     for s in seqs {
-                        r.have.remove(&s);
+                        r.have.remove(s);
                     }
                 }
             }
@@ -409,7 +481,7 @@ impl PeerCore {
                 if let Some(r) = self.remotes.peers.get_mut(&peer) {
                     match reason {
                         AbsentReason::NotFound => {
-                            r.have.remove(&seq);
+                            r.have.remove(seq);
                         }
                         AbsentReason::Busy => r.penalty_until = now + BUSY_BACKOFF,
                         AbsentReason::Refused => r.penalty_until = now + PEER_PENALTY,

@@ -123,7 +123,7 @@ impl PeerCore {
             };
             let late = now >= self.cutoff(s, deadline);
             let peers = &self.remotes.peers;
-            let any_peer_has = peers.values().any(|r| r.open && r.have.contains_key(&seq));
+            let any_peer_has = peers.values().any(|r| r.open && r.have.contains(seq));
             let open = peers.values().any(|r| r.open && r.hello);
             let waited = now >= s.discovered + self.cfg.backup_seed_delay;
             let parts = self.parts();

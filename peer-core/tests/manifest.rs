@@ -331,6 +331,10 @@ fn want_for_another_playlists_seq_fails() {
     h.want_url_at(at_ms(10), url_of(1), Some(1), at_ms(5_000));
     h.run_while(at_ms(6_000), |h| h.delivered.is_empty());
     h.run_until(at_ms(6_000));
-    assert!(h.want_failed.iter().any(|(_, u)| *u == other), "{:?}", h.want_failed);
+    assert!(
+        h.want_failed.iter().any(|(_, u)| *u == other),
+        "{:?}",
+        h.want_failed
+    );
     assert_eq!(h.delivered.keys().copied().collect::<Vec<_>>(), vec![1]);
 }

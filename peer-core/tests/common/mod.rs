@@ -170,6 +170,13 @@ pub struct FakePeer {
     /// Honour our `Cancel`s (drop chunks not sent yet). Off by default: late chunks for
     /// cancelled requests then reach the core, which must ignore them.
     pub honour_cancel: bool,
+    /// `max_inflight` in its `Hello`.
+    pub max_inflight: u16,
+    /// It never reads its channel: the harness reports no `RtcBuffered` for it.
+    pub stuck: bool,
+    /// Segments it holds with its own bytes (e.g. under an older manifest), served instead of
+    /// the origin's.
+    pub own: BTreeMap<u64, Bytes>,
     /// Channel open (from the harness' point of view).
     pub open: bool,
     /// The connection it speaks on (the core's number for it).
@@ -194,6 +201,9 @@ impl FakePeer {
             holds: holds.into_iter().collect(),
             instance: 0,
             honour_cancel: false,
+            max_inflight: 16,
+            stuck: false,
+            own: BTreeMap::new(),
             open: false,
             conn: None,
             busy_until: Time::ZERO,
@@ -614,12 +624,12 @@ impl Harness {
         }
         let lat = p.latency;
         let mute = matches!(p.behaviour, PeerBehaviour::Mute);
-        let mut frames = vec![hello(16, p.instance)];
+        let mut frames = vec![hello(p.max_inflight, p.instance)];
         let entries: Vec<HaveEntry> = p
             .holds
             .iter()
             .filter_map(|s| {
-                self.origin.segs.get(s).map(|d| {
+                p.own.get(s).or_else(|| self.origin.segs.get(s)).map(|d| {
                     HaveEntry::complete(*s, protocol::manifest::chunk_count(d.len() as u64) as u16)
                 })
             })
@@ -704,7 +714,8 @@ impl Harness {
                     peer,
                     frame: f.clone(),
                 });
-                if self.drain_buffers {
+                let stuck = self.peers.get(&peer).is_some_and(|p| p.stuck);
+                if self.drain_buffers && !stuck {
                     self.schedule(now + ms(1), Ev::Buffered { conn: *conn });
                 }
                 if self.conn_of(peer) == Some(*conn) {
@@ -890,7 +901,11 @@ impl Harness {
                 count,
             } => {
                 p.requests.push((now, req_id, seq, first, count));
-                let data = self.origin.segs.get(&seq).cloned();
+                let data = p
+                    .own
+                    .get(&seq)
+                    .or_else(|| self.origin.segs.get(&seq))
+                    .cloned();
                 let mut out: Vec<(Time, Frame)> = Vec::new();
                 let mut t = (now + p.latency).max(p.busy_until);
                 let chunk = |i: u16| -> Option<Bytes> {
