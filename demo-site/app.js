@@ -1,6 +1,6 @@
 // Demo page: plays `?src=` with hls.js + the P2P loader and shows a live panel.
 // Query: src (playlist URL), signal (WebSocket URL), p2p=0 (HTTP only), tamper=1 (debug:
-// corrupt uploads), switch=N (force a level switch every N s, auto ABR in between), report=1 (POST stats to /report every second, for the browser tests and
+// corrupt uploads), throw=1 (test: the page's hook and a listener throw), switch=N (force a level switch every N s, auto ABR in between), report=1 (POST stats to /report every second, for the browser tests and
 // p2pcdn-load --browsers), reportTo (URL to POST them to instead, for a page served elsewhere).
 (function () {
   "use strict";
@@ -11,6 +11,7 @@
   var tamper = q.get("tamper") === "1";
   var report = q.get("report") === "1";
   var reportTo = q.get("reportTo") || "/report";
+  var throwing = q.get("throw") === "1";
   var pageId = q.get("id") || String(Math.random()).slice(2, 8);
   var video = document.getElementById("video");
   document.getElementById("src").textContent = src + (p2p ? "" : " (P2P off)") + (tamper ? " (TAMPER)" : "");
@@ -18,7 +19,7 @@
   var m = {
     id: pageId, p2p: p2p, tamper: tamper, started: false, currentTime: 0, waiting: 0, fatal: [],
     bufferStalled: 0, p2pFragments: {}, fragments: {}, fragmentCount: 0, levelSwitches: 0, fallbacks: 0, httpLoaderBytes: 0, stats: null,
-    peerEvents: [], integrity: 0, segments: 0, errors: [], fallbackWhy: [],
+    peerEvents: [], integrity: 0, segments: 0, errors: [], fallbackWhy: [], errorEvents: 0,
   };
   // Page errors (including a wasm panic, logged with console.error) go into the report.
   function noteError(msg) { if (m.errors.length < 20) m.errors.push(String(msg).slice(0, 500)); }
@@ -30,6 +31,7 @@
   var peer = P2PCDN.attach(hls, video, {
     signal: signal, p2p: p2p, __tamper: tamper,
     onFragment: function (sn, bytes) {
+      if (throwing) throw new Error("the page's onFragment hook throws (test)");
       // Hash what hls.js is given, independently of the wasm core, so tests can compare it
       // with the origin's files.
       crypto.subtle.digest("SHA-256", bytes).then(function (h) {
@@ -65,7 +67,11 @@
   video.addEventListener("waiting", function () { if (m.started) m.waiting++; });
   peer.on("peer", function (e) { if (m.peerEvents.length < 200) m.peerEvents.push(e); log("peer " + e.peer + " " + e.state + (e.reason ? " (" + e.reason + ")" : "")); });
   peer.on("integrity", function (e) { m.integrity++; log("integrity failure from " + e.peer + " seq " + e.seq); });
-  peer.on("segment", function (e) { m.segments++; });
+  peer.on("segment", function (e) {
+    m.segments++;
+    if (throwing) throw new Error("the page's segment listener throws (test)");
+  });
+  peer.on("error", function (e) { m.errorEvents++; });
   peer.on("stats", function (s) { m.stats = s; });
   hls.on(Hls.Events.LEVEL_SWITCHED, function () { m.levelSwitches++; });
   var switchEvery = Number(q.get("switch") || 0);

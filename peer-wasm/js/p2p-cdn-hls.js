@@ -43,8 +43,21 @@
     });
   }
   Peer.prototype.on = function (name, fn) {
+    if (name === "error") (this.errorListeners = this.errorListeners || []).push(fn);
     if (this.inner) this.inner.on(name, fn);
     else this.listeners.push([name, fn]);
+  };
+  // Runs a page's hook: an exception in it is reported as an `error` event and never stops the
+  // fragment on its way to the player.
+  Peer.prototype.safely = function (hook, args) {
+    if (typeof hook !== "function") return;
+    try {
+      hook.apply(null, args);
+    } catch (e) {
+      (this.errorListeners || []).forEach(function (l) {
+        try { l({ code: "hook", error: e }); } catch (_) { /* the page's */ }
+      });
+    }
   };
   Peer.prototype.playlistLoaded = function (url) {
     this.playlist = url;
@@ -114,7 +127,7 @@
         var given = callbacks;
         callbacks = Object.assign({}, given, {
           onSuccess: function (resp, stats, ctx, net) {
-            try { hooks.onLoaded(ctx.frag, ctx.url, resp.data); } catch (e) { /* the page's */ }
+            peer.safely(hooks.onLoaded, [ctx.frag, ctx.url, resp.data]);
             given.onSuccess(resp, stats, ctx, net);
           },
         });
@@ -141,7 +154,7 @@
         self.pending = false;
         clearTimeout(self.timer);
         peer.cancel(context.url);
-        if (hooks && hooks.onFallback) hooks.onFallback(sn, err ? String(err.message || err) : "timeout");
+        if (hooks) peer.safely(hooks.onFallback, [sn, err ? String(err.message || err) : "timeout"]);
         self.inner.load(context, config, callbacks);
         self.stats = self.inner.stats;
       };
@@ -156,7 +169,7 @@
         stats.loading.first = stats.loading.first || now;
         stats.loading.end = now;
         stats.loaded = stats.total = bytes.byteLength;
-        if (hooks && hooks.onFragment) hooks.onFragment(sn, bytes);
+        if (hooks) peer.safely(hooks.onFragment, [sn, bytes]);
         callbacks.onSuccess({ url: context.url, data: bytes.buffer }, stats, context, null);
       }, fallback);
     };

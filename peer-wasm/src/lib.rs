@@ -176,8 +176,32 @@ fn with_dyn(rc: &Shared, f: &mut dyn FnMut(&mut Inner)) {
         g.drain();
         std::mem::take(&mut g.deferred)
     };
+    // A page's listener that throws must not stop the others nor the peer: its exception is
+    // reported to the `error` listeners (whose own exceptions are dropped: no loop).
+    let mut thrown = Vec::new();
     for (func, arg) in deferred {
-        let _ = func.call1(&JsValue::NULL, &arg);
+        if let Err(e) = func.call1(&JsValue::NULL, &arg) {
+            thrown.push(e);
+        }
+    }
+    if thrown.is_empty() {
+        return;
+    }
+    let errors: Vec<Function> = rc.try_borrow().map_or_else(
+        |_| Vec::new(),
+        |g| {
+            g.listeners
+                .iter()
+                .filter(|(n, _)| n == "error")
+                .map(|(_, f)| f.clone())
+                .collect()
+        },
+    );
+    for e in thrown {
+        let ev = obj(&[("code", "listener".into()), ("error", e)]);
+        for f in &errors {
+            let _ = f.call1(&JsValue::NULL, &ev);
+        }
     }
 }
 

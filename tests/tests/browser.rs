@@ -101,6 +101,8 @@ struct PageResult {
     /// Every fragment hls.js was given: (URL, SHA-256 hex).
     fragments: Vec<(String, String)>,
     level_switches: u64,
+    /// `error` events the page received (e.g. its own hooks' exceptions, reported).
+    error_events: u64,
 }
 
 /// SHA-256 (hex) of what the origin serves at `url` for the live ladder
@@ -195,6 +197,7 @@ fn parse(id: &str, v: &Value, truth: &[String]) -> PageResult {
             })
             .unwrap_or_default(),
         level_switches: num(v, &["levelSwitches"]) as u64,
+        error_events: num(v, &["errorEvents"]) as u64,
     }
 }
 
@@ -551,6 +554,44 @@ fn abr_ladder_never_gets_another_renditions_bytes() -> Result<()> {
     );
     let p2p: u64 = r.pages.iter().map(|p| p.p2p).sum();
     ensure!(p2p > 0, "no P2P bytes at all on the ladder");
+    Ok(())
+}
+
+/// A site's code that throws — its `onFragment` hook and a `segment` listener throw on every
+/// call — breaks nothing: each exception comes back as an `error` event, every P2P fragment
+/// still reaches hls.js, and the pages play without stalls.
+#[test]
+fn throwing_hooks_and_listeners_do_not_break_playback() -> Result<()> {
+    if !chromium_available() {
+        return Ok(());
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    ensure_bundle()?;
+    let r = runtime().block_on(run(Run {
+        pages: 3,
+        secs: 40,
+        extra: "&throw=1",
+        ..Run::default()
+    }))?;
+    eprintln!("{}", summary(&r));
+    for p in &r.pages {
+        ensure!(
+            p.started && p.current_time > 25.0 && p.fatal.is_empty(),
+            "{}: did not play ({p:?})",
+            p.id
+        );
+        ensure!(
+            p.waiting == 0 && p.buffer_stalled == 0,
+            "{}: stalled ({p:?})",
+            p.id
+        );
+        ensure!(p.p2p > 0, "{}: received no P2P bytes", p.id);
+        ensure!(
+            p.error_events > 0,
+            "{}: the exceptions were not reported",
+            p.id
+        );
+    }
     Ok(())
 }
 
