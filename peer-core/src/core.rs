@@ -193,7 +193,7 @@ impl PeerCore {
                 true
             }
             Input::RtcBuffered { conn, amount } => {
-                self.on_rtc_buffered(conn, amount);
+                self.on_rtc_buffered(now, conn, amount);
                 true
             }
             Input::RtcClosed { conn } => {
@@ -334,7 +334,7 @@ impl PeerCore {
         let Some(r) = self.remotes.peers.get_mut(&peer) else {
             return;
         };
-        r.buffered += frame.len();
+        r.sent(self.now, frame.len(), self.cfg.send_window_per_peer);
         self.out.push_back(Output::RtcSend {
             conn: r.conn,
             frame,

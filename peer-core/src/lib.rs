@@ -40,6 +40,9 @@
 //!   time uses the measured HTTP round trip and throughput.
 //! * A peer request with no progress for `peer_stall_timeout` is cancelled and its chunks go
 //!   elsewhere.
+//! * A peer that does not read its channel (its send buffer holds
+//!   [`remotes::CONTROL_BUDGET`] past its send window, or stays over the window for
+//!   [`remotes::STUCK_TIMEOUT`]) is disconnected: its buffer would hold the total send window.
 //! * A peer that sends a chunk failing verification, a chunk not asked for, more bytes than a
 //!   chunk holds, or a malformed frame is disconnected and banned (the ban list is bounded:
 //!   beyond [`remotes::MAX_BANNED`] the oldest ban is forgotten).

@@ -15,7 +15,7 @@ use protocol::{AbsentReason, Frame, HaveEntry, PeerId};
 
 use crate::store::visible_entry;
 use crate::upload::{Serve, queued_chunks};
-use crate::{BanReason, ConnId, DisconnectReason, Event, Output, PeerCore, Time};
+use crate::{BanReason, Config, ConnId, DisconnectReason, Event, Output, PeerCore, Time};
 
 /// Peer `have` entries kept per remote (oldest sequence numbers dropped first).
 pub const MAX_REMOTE_HAVE: usize = 1024;
@@ -31,6 +31,14 @@ pub const MAX_CANDIDATES: usize = 64;
 pub const MAX_PENDING_CANDIDATES: usize = 64;
 /// After a peer timed out or refused, prefer others for this long.
 pub(crate) const PEER_PENALTY: std::time::Duration = std::time::Duration::from_millis(2000);
+/// Bytes of control frames a peer's send buffer may hold beyond its send window before the
+/// peer counts as not reading its channel (see [`Remote::stuck`]). An honest peer's buffer
+/// ends at most one chunk frame past the window, plus the few small frames sent before the
+/// driver reports it again.
+pub const CONTROL_BUDGET: usize = 64 * 1024;
+/// A peer whose send buffer stays over its window this long without going down is not
+/// reading its channel (see [`Remote::stuck`]).
+pub const STUCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// After a peer said busy, prefer others for this long.
 const BUSY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -60,6 +68,8 @@ pub struct Remote {
     pub penalty_until: Time,
     /// Bytes waiting in the channel's send buffer (driver-reported, plus what we sent since).
     pub buffered: usize,
+    /// Since when `buffered` is over the send window with no report of it going down.
+    pub full_since: Option<Time>,
     /// Last chunk from this peer, or when our first outstanding request to it was sent.
     pub last_progress: Time,
 }
@@ -84,11 +94,42 @@ impl Remote {
             rate: 256.0 * 1024.0,
             penalty_until: Time::ZERO,
             buffered: 0,
+            full_since: None,
             last_progress: now,
         }
     }
     pub fn has(&self, seq: u64, index: usize) -> bool {
         self.have.get(seq).is_some_and(|e| e.has(index))
+    }
+
+    /// The peer does not read its channel: its send buffer holds more than its window plus
+    /// [`CONTROL_BUDGET`], or has stayed over its window for [`STUCK_TIMEOUT`] without going
+    /// down. Chunk frames stop at the window, so what piles up beyond it are control frames
+    /// (`Absent` answers to a request flood, `Have`s); an honest peer's buffer drains. Such a
+    /// peer is disconnected: its buffer would otherwise count against the total send window
+    /// for good and stop uploads to everybody.
+    pub fn stuck(&self, now: Time, cfg: &Config) -> bool {
+        self.buffered > cfg.send_window_per_peer.saturating_add(CONTROL_BUDGET)
+            || self.full_since.is_some_and(|t| now >= t + STUCK_TIMEOUT)
+    }
+
+    /// Our estimate of the send buffer grew by `n` bytes (a frame sent).
+    pub(crate) fn sent(&mut self, now: Time, n: usize, window: usize) {
+        self.buffered += n;
+        if self.buffered > window && self.full_since.is_none() {
+            self.full_since = Some(now);
+        }
+    }
+
+    /// The driver reported the send buffer holds `amount` bytes.
+    pub(crate) fn reported(&mut self, now: Time, amount: usize, window: usize) {
+        if amount <= window {
+            self.full_since = None;
+        } else if amount < self.buffered || self.full_since.is_none() {
+            // Going down (or newly over): it drains, count from now.
+            self.full_since = Some(now);
+        }
+        self.buffered = amount;
     }
 }
 
@@ -373,11 +414,11 @@ impl PeerCore {
         }
     }
 
-    pub(crate) fn on_rtc_buffered(&mut self, conn: ConnId, amount: usize) {
+    pub(crate) fn on_rtc_buffered(&mut self, now: Time, conn: ConnId, amount: usize) {
         if let Some(peer) = self.peer_of(conn)
             && let Some(r) = self.remotes.peers.get_mut(&peer)
         {
-            r.buffered = amount;
+            r.reported(now, amount, self.cfg.send_window_per_peer);
         }
     }
 
@@ -546,6 +587,14 @@ impl PeerCore {
             // hold a connection slot for good. `since` restarts when the channel opens.
             .filter(|(_, r)| !r.hello && now >= r.since + self.cfg.connect_timeout)
             .map(|(p, _)| *p)
+            // A channel that does not drain (see `Remote::stuck`).
+            .chain(
+                self.remotes
+                    .peers
+                    .iter()
+                    .filter(|(_, r)| r.stuck(now, &self.cfg))
+                    .map(|(p, _)| *p),
+            )
             .collect();
         for p in timed_out {
             self.drop_peer(now, p, DisconnectReason::Timeout);

@@ -1,15 +1,40 @@
 //! A hostile public swarm: each attack is tried here, and fails.
 //!
 //! * Have flood: `Have` frames padded to 64 KiB do not pin their frames in memory.
+//! * Upload starvation: a peer that never reads its channel and floods requests does not stop
+//!   uploads to the others.
 
 mod common;
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use peer_core::remotes::MAX_REMOTE_HAVE_BYTES;
+use peer_core::remotes::{MAX_REMOTE_HAVE_BYTES, STUCK_TIMEOUT};
+use peer_core::{DisconnectReason, Time};
 use protocol::{CHUNK_SIZE, Frame};
+
+// ------------------------------------------------------------ helpers
+
+/// A core that holds segment `seq` (fetched from the origin as its designated seeder).
+fn holding(cfg: peer_core::Config, seq: u64, len: usize) -> Harness {
+    let mut h = Harness::with_slot(cfg, &[(seq, len)], 0, 1);
+    h.want_at(at_ms(0), seq, at_ms(10_000));
+    h.run_while(at_ms(10_000), |h| h.delivered.is_empty());
+    assert!(h.core.has_segment(seq));
+    h
+}
+
+fn request(req_id: u32, seq: u64, first: u16, count: u16) -> Bytes {
+    Frame::Request {
+        req_id,
+        seq,
+        first,
+        count,
+    }
+    .encode()
+}
 
 // ------------------------------------------------------------ 1. Have pinning
 
@@ -84,4 +109,94 @@ fn have_flood_does_not_pin_frames() {
     );
     assert_eq!(retained, h.core.retained_have_bytes());
     assert!(entries > 0);
+}
+
+// ------------------------------------------------------------ 2. upload starvation
+
+/// A peer that never reads its channel (no `RtcBuffered` ever lowers its send buffer) sends
+/// 1500 requests a second for 30 s; an honest requester asks for one chunk every 50 ms. Before:
+/// the `Absent{Busy}` answers queued to the stuck peer filled the *total* send window after
+/// ~12 s and nothing was uploaded to anybody after that. Now the stuck peer is disconnected
+/// once its buffer is one frame past its window plus a control budget, and its buffer never
+/// held the total window.
+#[test]
+fn stuck_requester_cannot_starve_uploads() {
+    let seq = 3;
+    let mut h = holding(config(), seq, 8 * CHUNK_SIZE);
+    let mut hostile = FakePeer::new(PeerBehaviour::Honest, []);
+    hostile.stuck = true;
+    assert!(h.connect(200, hostile));
+    assert!(h.connect(300, FakePeer::new(PeerBehaviour::Honest, [])));
+    let t0 = h.now + ms(100);
+    h.run_until(t0);
+    let mut id = 1u32;
+    for s in 0..30u64 {
+        let start = t0 + Duration::from_secs(s);
+        // (Until the core closes its connection.)
+        for i in 0..1500u64 {
+            if h.conn_of(200).is_some() {
+                let f = request(id, seq, (id % 8) as u16, 1);
+                h.inject_at(Time(start.0 + i * 666), 200, f);
+            }
+            id += 1;
+        }
+        for i in 0..20u64 {
+            h.inject_at(
+                Time(start.0 + i * 50_000),
+                300,
+                request(id, seq, (id % 8) as u16, 1),
+            );
+            id += 1;
+        }
+        h.run_until(start + Duration::from_secs(1));
+    }
+    let late = t0 + Duration::from_secs(20);
+    let honest = &h.peers[&300].chunks_received;
+    let in_last_10s = honest.iter().filter(|c| c.0 >= late).count();
+    let closed = h.closes().first().map(|c| c.0.since(t0));
+    println!(
+        "starvation: honest requester got {} chunks in 30 s, {in_last_10s} in the last 10 s; stuck peer closed after {closed:?}",
+        honest.len()
+    );
+    assert!(
+        in_last_10s >= 150,
+        "honest requester starved: {in_last_10s} chunks in the last 10 s"
+    );
+    assert!(h.ban_events(300).is_empty() && h.disconnects(300).is_empty());
+    assert!(!h.core.is_banned(200), "not reading is not banned");
+    assert_eq!(h.disconnects(200), vec![DisconnectReason::Timeout]);
+}
+
+/// A peer that stops reading with its buffer just over its window (two chunk frames out, no
+/// drain reported) and then stays quiet: after [`STUCK_TIMEOUT`] it is disconnected, while an
+/// honest requester is served all along.
+#[test]
+fn quiet_stuck_peer_is_dropped_after_stuck_timeout() {
+    let seq = 3;
+    let mut h = holding(config(), seq, 8 * CHUNK_SIZE);
+    let mut hostile = FakePeer::new(PeerBehaviour::Honest, []);
+    hostile.stuck = true;
+    assert!(h.connect(200, hostile));
+    assert!(h.connect(300, FakePeer::new(PeerBehaviour::Honest, [])));
+    let t0 = h.now + ms(100);
+    h.inject_at(t0, 200, request(1, seq, 0, 4));
+    for i in 0..300u32 {
+        let f = request(100 + i, seq, (i % 8) as u16, 1);
+        h.inject_at(t0 + ms(50 * i as u64), 300, f);
+    }
+    h.run_until(t0 + Duration::from_secs(15));
+    assert_eq!(
+        h.peers[&200].chunks_received.len(),
+        2,
+        "window full after two"
+    );
+    let closed: Vec<Time> = h.closes().iter().map(|c| c.0).collect();
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    let after = closed[0].since(t0);
+    assert!(
+        after >= STUCK_TIMEOUT && after < STUCK_TIMEOUT + ms(100),
+        "closed after {after:?}"
+    );
+    assert_eq!(h.disconnects(200), vec![DisconnectReason::Timeout]);
+    assert_eq!(h.peers[&300].chunks_received.len(), 300);
 }
