@@ -1,8 +1,23 @@
 use std::time::Duration;
 
+use protocol::signaling::MAX_SWARM_ID_LEN;
+use protocol::{CHUNK_SIZE, manifest::sha256};
 use serde::{Deserialize, Serialize};
 
+use crate::scheduler::MAX_REQUEST_CHUNKS;
+
+/// The shortest poll period, timeout or backoff a [`Config`] may ask for: below it the core
+/// would poll, time out or reconnect in a loop.
+pub const MIN_TIMER: Duration = Duration::from_millis(50);
+
+/// A chunk frame: the chunk and its 16-byte header.
+const CHUNK_FRAME: usize = CHUNK_SIZE + 16;
+
 /// Tunables of a peer. Defaults are what the browser and native drivers use.
+///
+/// [`Config::validate`] says what makes no sense; [`crate::PeerCore::try_new`] refuses such a
+/// config, [`crate::PeerCore::new`] runs it after [`Config::clamped`] (which fixes only what the
+/// core cannot run with).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Config {
     /// Swarm id (stream URL without query + rendition); checked in the peers' `Hello`.
@@ -124,5 +139,131 @@ impl Default for Config {
             super_seed_time: Duration::from_millis(1500),
             max_known_segments: 4096,
         }
+    }
+}
+
+/// Why a [`Config`] makes no sense (see [`Config::validate`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("the swarm id is empty (with p2p or upload on)")]
+    EmptySwarm,
+    #[error("the swarm id is {0} bytes, over {MAX_SWARM_ID_LEN}")]
+    SwarmTooLong(usize),
+    #[error("{0} is zero")]
+    Zero(&'static str),
+    #[error("{0} is under {MIN_TIMER:?}")]
+    TooShort(&'static str),
+    #[error("reconnect_max is under reconnect_min")]
+    ReconnectMaxUnderMin,
+    #[error("{field} is {value} bytes, under {min}")]
+    TooSmall {
+        field: &'static str,
+        value: usize,
+        min: usize,
+    },
+    #[error("max_chunks_per_request is {0}, outside 1..={MAX_REQUEST_CHUNKS}")]
+    ChunksPerRequest(u16),
+}
+
+impl Config {
+    /// Checks that every field makes sense: a swarm id (when peers are used) of at most
+    /// [`MAX_SWARM_ID_LEN`] bytes; no zero counts (`max_peers` when peers are used,
+    /// `max_inflight_per_peer`, serve queues, `origin_seeders`, `backup_rounds`,
+    /// `max_known_segments`, an `upload_cap` of zero: turn `upload` off instead); poll periods,
+    /// timeouts and backoffs of at least [`MIN_TIMER`], `reconnect_max ≥ reconnect_min`; send
+    /// windows of at least one chunk frame, the total at least the per-peer one; a store of at
+    /// least one chunk; `max_chunks_per_request` in `1..=64` (a request's bitmap has 64 bits).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let peers = self.p2p || self.upload;
+        if peers && self.swarm.is_empty() {
+            return Err(ConfigError::EmptySwarm);
+        }
+        if self.swarm.len() > MAX_SWARM_ID_LEN {
+            return Err(ConfigError::SwarmTooLong(self.swarm.len()));
+        }
+        let zeros = [
+            ("max_peers", peers && self.max_peers == 0),
+            ("max_inflight_per_peer", self.max_inflight_per_peer == 0),
+            ("serve_queue_per_peer", self.serve_queue_per_peer == 0),
+            ("serve_queue_total", self.serve_queue_total == 0),
+            ("origin_seeders", self.origin_seeders == 0),
+            ("backup_rounds", self.backup_rounds == 0),
+            ("max_known_segments", self.max_known_segments == 0),
+            ("upload_cap", self.upload_cap == Some(0)),
+        ];
+        if let Some((field, _)) = zeros.iter().find(|(_, zero)| *zero) {
+            return Err(ConfigError::Zero(field));
+        }
+        for (field, d) in self.timers() {
+            if d < MIN_TIMER {
+                return Err(ConfigError::TooShort(field));
+            }
+        }
+        if self.reconnect_max < self.reconnect_min {
+            return Err(ConfigError::ReconnectMaxUnderMin);
+        }
+        let sizes = [
+            (
+                "send_window_per_peer",
+                self.send_window_per_peer,
+                CHUNK_FRAME,
+            ),
+            (
+                "send_window_total",
+                self.send_window_total,
+                self.send_window_per_peer,
+            ),
+            ("store_cap", self.store_cap, CHUNK_SIZE),
+        ];
+        for (field, value, min) in sizes {
+            if value < min {
+                return Err(ConfigError::TooSmall { field, value, min });
+            }
+        }
+        if !(1..=MAX_REQUEST_CHUNKS).contains(&self.max_chunks_per_request) {
+            return Err(ConfigError::ChunksPerRequest(self.max_chunks_per_request));
+        }
+        Ok(())
+    }
+
+    /// This config with what the core cannot run with fixed, everything else unchanged (a
+    /// valid config comes back as it is): poll periods, timeouts and backoffs raised to
+    /// [`MIN_TIMER`] (below it the core would loop), `reconnect_max` to `reconnect_min`,
+    /// `max_chunks_per_request` brought into `1..=64`, and a swarm id over [`MAX_SWARM_ID_LEN`]
+    /// bytes replaced by `sha256:<hex of the id>` (as `protocol::signaling::swarm_id` does; a
+    /// `Hello` could not carry it).
+    pub fn clamped(mut self) -> Self {
+        for d in [
+            &mut self.manifest_poll,
+            &mut self.manifest_idle_poll,
+            &mut self.reconnect_min,
+            &mut self.signal_timeout,
+            &mut self.peer_stall_timeout,
+            &mut self.connect_timeout,
+        ] {
+            *d = (*d).max(MIN_TIMER);
+        }
+        self.reconnect_max = self.reconnect_max.max(self.reconnect_min);
+        self.max_chunks_per_request = self.max_chunks_per_request.clamp(1, MAX_REQUEST_CHUNKS);
+        if self.swarm.len() > MAX_SWARM_ID_LEN {
+            let hex: String = sha256(self.swarm.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            self.swarm = format!("sha256:{hex}");
+        }
+        self
+    }
+
+    /// The durations that must be at least [`MIN_TIMER`].
+    fn timers(&self) -> [(&'static str, Duration); 6] {
+        [
+            ("manifest_poll", self.manifest_poll),
+            ("manifest_idle_poll", self.manifest_idle_poll),
+            ("reconnect_min", self.reconnect_min),
+            ("signal_timeout", self.signal_timeout),
+            ("peer_stall_timeout", self.peer_stall_timeout),
+            ("connect_timeout", self.connect_timeout),
+        ]
     }
 }

@@ -16,7 +16,7 @@ use crate::scheduler::Scheduler;
 use crate::session::Session;
 use crate::store::Store;
 use crate::upload::Upload;
-use crate::{Config, Input, Output, Stats, Time};
+use crate::{Config, ConfigError, Input, Output, Stats, Time};
 
 /// How often the core reports its counters to the signaling server.
 const STATS_INTERVAL: Duration = Duration::from_secs(5);
@@ -46,14 +46,22 @@ pub struct PeerCore {
 impl PeerCore {
     /// A new peer whose clock starts at [`Time::ZERO`]. Its first outputs (connect to
     /// signaling, fetch the manifest) are queued already: drain [`PeerCore::poll_output`] right
-    /// away.
+    /// away. Never fails: what the core cannot run with is fixed first ([`Config::clamped`]);
+    /// [`PeerCore::try_new`] refuses any config that makes no sense instead.
     pub fn new(cfg: Config) -> Self {
         Self::new_at(cfg, Time::ZERO)
     }
 
+    /// Like [`PeerCore::new`], for a config [`Config::validate`] accepts.
+    pub fn try_new(cfg: Config) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        Ok(Self::new(cfg))
+    }
+
     /// A new peer made at `now` (for drivers whose clock does not start with the peer, like the
-    /// simulator's).
+    /// simulator's). The config is [`Config::clamped`], as in [`PeerCore::new`].
     pub fn new_at(cfg: Config, now: Time) -> Self {
+        let cfg = cfg.clamped();
         let mut rng = SmallRng::seed_from_u64(cfg.seed);
         let instance = rng.r#gen::<u64>() | 1;
         let upload = Upload::new(&cfg);

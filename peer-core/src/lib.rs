@@ -60,7 +60,7 @@ pub mod store;
 mod time;
 pub mod upload;
 
-pub use crate::config::Config;
+pub use crate::config::{Config, ConfigError, MIN_TIMER};
 pub use crate::core::PeerCore;
 pub use crate::stats::{HttpCause, MAX_PEER_COUNTERS, Stats};
 pub use crate::time::Time;

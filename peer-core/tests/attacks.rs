@@ -3,6 +3,8 @@
 //! * Have flood: `Have` frames padded to 64 KiB do not pin their frames in memory.
 //! * Upload starvation: a peer that never reads its channel and floods requests does not stop
 //!   uploads to the others.
+//! * Request bitmaps: more than 64 chunks per request is clamped, not an overflow.
+//! * Config: nonsense is rejected (`try_new`) or clamped (`new`).
 
 mod common;
 
@@ -12,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use peer_core::remotes::{MAX_REMOTE_HAVE_BYTES, STUCK_TIMEOUT};
-use peer_core::{DisconnectReason, Time};
+use peer_core::{Config, ConfigError, DisconnectReason, MIN_TIMER, PeerCore, Time};
 use protocol::{CHUNK_SIZE, Frame};
 
 // ------------------------------------------------------------ helpers
@@ -199,4 +201,169 @@ fn quiet_stuck_peer_is_dropped_after_stuck_timeout() {
     );
     assert_eq!(h.disconnects(200), vec![DisconnectReason::Timeout]);
     assert_eq!(h.peers[&300].chunks_received.len(), 300);
+}
+
+// ------------------------------------------------------------ 5. request bitmaps
+
+/// `max_chunks_per_request = 200` (over the 64 bits of a request's bitmap) with a peer that
+/// takes 300 chunks at once: requests are cut at 64 chunks and a 150-chunk segment arrives
+/// whole, without an overflow (overflow checks are on in tests).
+#[test]
+fn oversized_requests_are_clamped() {
+    let seq = 1;
+    let len = 150 * CHUNK_SIZE - 100;
+    let mut cfg = config();
+    cfg.max_chunks_per_request = 200;
+    cfg.max_inflight_per_peer = 300;
+    let mut h = Harness::new(cfg, &[(seq, len)]);
+    let mut p = FakePeer::new(PeerBehaviour::Honest, [seq]).timing(ms(20), Duration::ZERO);
+    p.max_inflight = 300;
+    assert!(h.connect(100, p));
+    h.want_at(at_ms(0), seq, at_ms(30_000));
+    h.run_while(at_ms(30_000), |h| h.delivered.is_empty());
+    assert_eq!(h.delivered.get(&seq).map(Vec::len), Some(1));
+    assert!(h.http.is_empty(), "all from the peer");
+    let counts: Vec<u16> = h.peers[&100].requests.iter().map(|r| r.4).collect();
+    assert!(counts.iter().all(|c| *c <= 64), "{counts:?}");
+}
+
+// ------------------------------------------------------------ 6. config
+
+/// Nonsense configs are refused by `validate` / `try_new`; `new` fixes what the core cannot
+/// run with (a zero poll period polled the manifest in a loop) and keeps the rest.
+#[test]
+fn config_is_validated() {
+    let good = config();
+    assert_eq!(good.validate(), Ok(()));
+    assert_eq!(
+        good.clone().clamped(),
+        good,
+        "a valid config is kept as it is"
+    );
+    let default = Config {
+        swarm: "s".into(),
+        ..Config::default()
+    };
+    assert_eq!(default.validate(), Ok(()));
+    assert_eq!(default.clone().clamped(), default);
+    let http_only = Config {
+        p2p: false,
+        upload: false,
+        max_peers: 0,
+        ..Config::default()
+    };
+    assert_eq!(
+        http_only.validate(),
+        Ok(()),
+        "no swarm needed without peers"
+    );
+
+    let with = |f: &dyn Fn(&mut Config)| {
+        let mut c = config();
+        f(&mut c);
+        c
+    };
+    let frame = CHUNK_SIZE + 16;
+    let bad = [
+        (with(&|c| c.max_peers = 0), ConfigError::Zero("max_peers")),
+        (with(&|c| c.swarm.clear()), ConfigError::EmptySwarm),
+        (
+            with(&|c| c.swarm = "x".repeat(300)),
+            ConfigError::SwarmTooLong(300),
+        ),
+        (
+            with(&|c| c.manifest_poll = Duration::ZERO),
+            ConfigError::TooShort("manifest_poll"),
+        ),
+        (
+            with(&|c| c.peer_stall_timeout = Duration::ZERO),
+            ConfigError::TooShort("peer_stall_timeout"),
+        ),
+        (
+            with(&|c| c.connect_timeout = ms(1)),
+            ConfigError::TooShort("connect_timeout"),
+        ),
+        (
+            with(&|c| c.reconnect_max = ms(100)),
+            ConfigError::ReconnectMaxUnderMin,
+        ),
+        (
+            with(&|c| c.send_window_per_peer = 1000),
+            ConfigError::TooSmall {
+                field: "send_window_per_peer",
+                value: 1000,
+                min: frame,
+            },
+        ),
+        (
+            with(&|c| c.send_window_total = 20_000),
+            ConfigError::TooSmall {
+                field: "send_window_total",
+                value: 20_000,
+                min: 32 * 1024,
+            },
+        ),
+        (
+            with(&|c| c.store_cap = 1000),
+            ConfigError::TooSmall {
+                field: "store_cap",
+                value: 1000,
+                min: CHUNK_SIZE,
+            },
+        ),
+        (
+            with(&|c| c.max_chunks_per_request = 200),
+            ConfigError::ChunksPerRequest(200),
+        ),
+        (
+            with(&|c| c.max_chunks_per_request = 0),
+            ConfigError::ChunksPerRequest(0),
+        ),
+        (
+            with(&|c| c.upload_cap = Some(0)),
+            ConfigError::Zero("upload_cap"),
+        ),
+        (
+            with(&|c| c.serve_queue_total = 0),
+            ConfigError::Zero("serve_queue_total"),
+        ),
+    ];
+    for (cfg, err) in bad {
+        assert_eq!(cfg.validate(), Err(err.clone()), "{err}");
+        assert!(PeerCore::try_new(cfg).is_err());
+    }
+
+    // `new` clamps what the core cannot run with, and nothing else.
+    let mut cfg = config();
+    cfg.manifest_poll = Duration::ZERO;
+    cfg.peer_stall_timeout = Duration::ZERO;
+    cfg.reconnect_max = Duration::ZERO;
+    cfg.max_chunks_per_request = 200;
+    cfg.swarm = "é".repeat(200);
+    cfg.store_cap = 1000;
+    let core = PeerCore::new(cfg.clone());
+    let c = core.config();
+    assert_eq!(c.manifest_poll, MIN_TIMER);
+    assert_eq!(c.peer_stall_timeout, MIN_TIMER);
+    assert_eq!(c.reconnect_max, c.reconnect_min);
+    assert_eq!(c.max_chunks_per_request, 64);
+    assert!(
+        c.swarm.starts_with("sha256:") && c.swarm.len() == 71,
+        "{}",
+        c.swarm
+    );
+    assert_eq!(c.store_cap, 1000, "what the core can run with is kept");
+
+    // Before, a zero poll period fetched the manifest in a loop (the harness' origin answers
+    // at once): now at most every MIN_TIMER.
+    let mut cfg = config();
+    cfg.manifest_poll = Duration::ZERO;
+    cfg.manifest_idle_poll = Duration::ZERO;
+    let mut h = Harness::new(cfg, &[(1, CHUNK_SIZE)]);
+    h.run_until(at_ms(1_000));
+    let fetches = h.manifest_fetches.len();
+    assert!(
+        fetches <= 1 + 1000 / MIN_TIMER.as_millis() as usize,
+        "{fetches} fetches in 1 s"
+    );
 }
