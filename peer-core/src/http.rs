@@ -157,6 +157,26 @@ impl PeerCore {
         }
     }
 
+    /// Aborts every origin request for `seq` (nothing is retried for it meanwhile).
+    pub(crate) fn cancel_http(&mut self, seq: u64) {
+        let ids: Vec<u64> = self
+            .http
+            .reqs
+            .iter()
+            .filter(|(_, h)| h.seq == seq)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.http.reqs.remove(&id);
+            self.out.push_back(Output::HttpCancel { id });
+        }
+        if let Some(s) = self.store.segments.get_mut(&seq) {
+            for c in &mut s.chunks {
+                c.http = None;
+            }
+        }
+    }
+
     /// Fetches the missing chunks of `seq` in `only` from the origin, by Range. When `late`,
     /// chunks still in flight from peers are fetched too (the deadline demands it). Returns
     /// whether a request went out.

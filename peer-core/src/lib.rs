@@ -43,6 +43,8 @@
 //! * A peer that does not read its channel (its send buffer holds
 //!   [`remotes::CONTROL_BUDGET`] past its send window, or stays over the window for
 //!   [`remotes::STUCK_TIMEOUT`]) is disconnected: its buffer would hold the total send window.
+//! * A segment the origin re-published (its manifest entry changed) takes the new entry; a
+//!   chunk matching the old entry is skew, not corruption: dropped, its peer not banned.
 //! * A peer that sends a chunk failing verification, a chunk not asked for, more bytes than a
 //!   chunk holds, or a malformed frame is disconnected and banned (the ban list is bounded:
 //!   beyond [`remotes::MAX_BANNED`] the oldest ban is forgotten).

@@ -184,7 +184,7 @@ impl Haves {
         true
     }
 
-    fn remove(&mut self, seq: u64) -> bool {
+    pub(crate) fn remove(&mut self, seq: u64) -> bool {
         match self.entries.remove(&seq) {
             Some(old) => {
                 self.bytes -= old.bitmap.len();

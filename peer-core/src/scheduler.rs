@@ -321,6 +321,17 @@ impl PeerCore {
             return self.ban(now, peer, BanReason::TooManyBytes);
         }
         if !s.m.verify_chunk(idx, &data) {
+            if s.prev.as_ref().is_some_and(|p| p.verify_chunk(idx, &data)) {
+                // Skew, not corruption: the origin re-published the segment and the peer still
+                // holds the version it verified. Not banned; not asked for it again until it
+                // announces it anew (after its next manifest fetch).
+                self.stats.skewed_chunks += 1;
+                self.cancel_request(req_id);
+                if let Some(r) = self.remotes.peers.get_mut(&peer) {
+                    r.have.remove(seq);
+                }
+                return;
+            }
             self.stats.integrity_failures += 1;
             self.out.push_back(Output::Event(Event::IntegrityFailure {
                 peer: Some(peer),
@@ -399,7 +410,7 @@ impl PeerCore {
     }
 
     /// Cancels our request `id` at its peer (late chunks are then ignored).
-    fn cancel_request(&mut self, id: u32) {
+    pub(crate) fn cancel_request(&mut self, id: u32) {
         let Some(req) = self.sched.requests.get(&id) else {
             return;
         };

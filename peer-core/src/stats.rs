@@ -56,6 +56,11 @@ pub struct Stats {
     pub manifest_fetches: u64,
     /// Signaling connections lost (or closed on the server's `reconnect`).
     pub signal_reconnects: u32,
+    /// Segments the origin re-published with other bytes (a manifest entry changed).
+    pub republished: u64,
+    /// Chunks from peers that matched a re-published segment's old entry, not its new one
+    /// (dropped; the peer is not banned).
+    pub skewed_chunks: u64,
 }
 
 impl Stats {
@@ -91,6 +96,8 @@ impl Stats {
         self.http_alone += other.http_alone;
         self.manifest_fetches += other.manifest_fetches;
         self.signal_reconnects += other.signal_reconnects;
+        self.republished += other.republished;
+        self.skewed_chunks += other.skewed_chunks;
         for (p, b) in &other.bytes_from_peer {
             // Already counted in p2p_bytes above: only the per-peer split is merged.
             self.p2p_bytes -= b;

@@ -49,6 +49,10 @@ pub struct Segment {
     pub reveal_at: Option<Time>,
     /// We fetch this segment from the origin as its (designated or backup) seeder.
     pub seeding: bool,
+    /// The integrity data `m` replaced when the origin re-published the segment (see
+    /// [`PeerCore::add_segment`]): a peer that fetched the old manifest may still serve the old
+    /// bytes, honestly.
+    pub prev: Option<SegmentManifest>,
 }
 
 impl Segment {
@@ -140,11 +144,17 @@ impl Store {
 }
 
 impl PeerCore {
-    /// Integrity data (and URL) of a segment. Segments are identified by media sequence number;
-    /// a changed manifest for a known number is ignored.
+    /// Integrity data (and URL) of a segment; returns whether anything changed. Segments are
+    /// identified by media sequence number. When a known number comes with other integrity data
+    /// (the origin re-published it: a skewed live window, a restarted packager), the new entry
+    /// wins: see [`PeerCore::republish`].
     pub(crate) fn add_segment(&mut self, now: Time, m: SegmentManifest, url: String) -> bool {
-        if self.store.segments.contains_key(&m.seq) {
-            return false;
+        if let Some(s) = self.store.segments.get(&m.seq) {
+            let same = s.m.len == m.len && s.m.sha256 == m.sha256 && s.m.chunks == m.chunks;
+            if !same {
+                self.republish(m, url);
+            }
+            return !same;
         }
         let n = m.chunk_count();
         let seq = m.seq;
@@ -166,10 +176,58 @@ impl PeerCore {
                 stored: 0,
                 reveal_at: None,
                 seeding: false,
+                prev: None,
             },
         );
         self.prune_known();
         true
+    }
+
+    /// The origin re-published segment `m.seq` with other bytes: what we hold or fetch of the
+    /// old version is dropped (peers are told with `Drop`; requests are cancelled), the want
+    /// stays, and the old entry is kept in `prev`. A chunk a peer sends that fails the new
+    /// entry but matches the old one is skew, not corruption (see `on_chunk`).
+    fn republish(&mut self, m: SegmentManifest, url: String) {
+        let seq = m.seq;
+        let reqs: Vec<u32> = self
+            .sched
+            .requests
+            .iter()
+            .filter(|(_, r)| r.seq == seq)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in reqs {
+            self.cancel_request(id);
+        }
+        self.cancel_http(seq);
+        let held = self.store.segments.get(&seq).is_some_and(|s| s.stored > 0);
+        self.drop_segment_data(seq);
+        if held {
+            let frame = Frame::Drop { seqs: vec![seq] };
+            let open: Vec<PeerId> = self.open_peers().collect();
+            for p in open {
+                self.send(p, &frame);
+            }
+        }
+        let n = m.chunk_count();
+        // Announcements for another chunk count describe the old version.
+        for r in self.remotes.peers.values_mut() {
+            if r.have.get(seq).is_some_and(|e| e.chunk_count as usize != n) {
+                r.have.remove(seq);
+            }
+        }
+        let Some(s) = self.store.segments.get_mut(&seq) else {
+            return;
+        };
+        if s.want_urls.is_empty() {
+            s.url = url;
+        }
+        s.chunks = vec![ChunkSt::default(); n];
+        s.reveal_at = None;
+        s.seeding = false;
+        s.http_retry_at = Time::ZERO;
+        s.prev = Some(std::mem::replace(&mut s.m, m));
+        self.stats.republished += 1;
     }
 
     pub(crate) fn store_chunk(

@@ -5,6 +5,7 @@
 //!   uploads to the others.
 //! * Request bitmaps: more than 64 chunks per request is clamped, not an overflow.
 //! * Config: nonsense is rejected (`try_new`) or clamped (`new`).
+//! * Manifest skew: a peer serving a segment the origin re-published is not banned for it.
 
 mod common;
 
@@ -366,4 +367,95 @@ fn config_is_validated() {
         fetches <= 1 + 1000 / MIN_TIMER.as_millis() as usize,
         "{fetches} fetches in 1 s"
     );
+}
+
+// ------------------------------------------------------------ 7. manifest skew
+
+/// The origin re-publishes segment 5 with other bytes after the core and a peer fetched it.
+/// The peer still holds the old bytes and serves them: they fail the new manifest entry but
+/// match the old one, so the peer is not banned; the player gets the new bytes (from the
+/// origin).
+#[test]
+fn republished_segment_does_not_ban_a_stale_peer() {
+    let seq = 5;
+    let len = 4 * CHUNK_SIZE;
+    let mut h = Harness::new(config(), &[(seq, len)]);
+    let old = h.origin.segs[&seq].clone();
+    let mut p = FakePeer::new(PeerBehaviour::Honest, [seq]);
+    p.own.insert(seq, old.clone());
+    assert!(h.connect(100, p));
+    // Re-published: new bytes, new manifest entry; the core sees it at its next poll.
+    let new = segment_data(1005, len);
+    h.origin.entries.insert(seq, manifest_entry(seq, &new));
+    h.origin.segs.insert(seq, new);
+    let fetches = h.manifest_fetches.len();
+    h.run_while(at_ms(5_000), |h| h.manifest_fetches.len() == fetches);
+    h.run_until(h.now + ms(10));
+    let t = h.now;
+    h.want_at(t, seq, t + Duration::from_secs(6));
+    h.run_while(t + Duration::from_secs(8), |h| h.delivered.is_empty());
+    assert_eq!(h.delivered.get(&seq).map(Vec::len), Some(1), "delivered");
+    assert!(h.ban_events(100).is_empty(), "{:?}", h.ban_events(100));
+    assert!(!h.core.is_banned(100));
+    assert!(
+        !h.peers[&100].requests.is_empty(),
+        "the stale peer was asked"
+    );
+    assert_eq!(h.core.stats().delivered_http_bytes, len as u64);
+    assert_eq!(h.core.stats().republished, 1);
+    assert!(h.core.stats().skewed_chunks >= 1);
+    assert_eq!(h.core.stats().integrity_failures, 0);
+}
+
+/// A segment we hold when the origin re-publishes it: the old bytes are dropped (our peers are
+/// told with `Drop`) and a player that wants it again gets the new ones.
+#[test]
+fn republished_segment_replaces_held_data() {
+    let seq = 5;
+    let len = 3 * CHUNK_SIZE + 10;
+    let mut h = Harness::with_slot(config(), &[(seq, len)], 0, 1);
+    h.want_at(at_ms(0), seq, at_ms(10_000));
+    h.run_while(at_ms(10_000), |h| h.delivered.is_empty());
+    assert!(h.core.has_segment(seq));
+    assert!(h.connect(100, FakePeer::new(PeerBehaviour::Honest, [])));
+    let new = segment_data(2005, len);
+    h.origin.entries.insert(seq, manifest_entry(seq, &new));
+    h.origin.segs.insert(seq, new);
+    let fetches = h.manifest_fetches.len();
+    h.run_while(h.now + Duration::from_secs(30), |h| {
+        h.manifest_fetches.len() == fetches
+    });
+    h.run_until(h.now + ms(10));
+    assert!(!h.core.has_segment(seq), "old bytes dropped");
+    let dropped = h.peers[&100]
+        .frames_received
+        .iter()
+        .any(|(_, f)| *f == Frame::Drop { seqs: vec![seq] });
+    assert!(dropped, "peer told");
+    let t = h.now;
+    h.want_at(t, seq, t + Duration::from_secs(10));
+    h.run_while(t + Duration::from_secs(10), |h| h.delivered[&seq].len() < 2);
+    // The harness checks every `SegmentReady` against the origin's bytes (the new ones).
+    assert_eq!(h.delivered[&seq].len(), 2);
+}
+
+/// A corrupting peer is banned on a re-published segment as on any other: its chunk matches
+/// neither the new entry nor the old one.
+#[test]
+fn corrupt_peer_is_banned_on_a_republished_segment() {
+    let seq = 5;
+    let len = 4 * CHUNK_SIZE;
+    let mut h = Harness::new(config(), &[(seq, len)]);
+    let new = segment_data(1005, len);
+    h.origin.entries.insert(seq, manifest_entry(seq, &new));
+    h.origin.segs.insert(seq, new);
+    let fetches = h.manifest_fetches.len();
+    h.run_while(at_ms(5_000), |h| h.manifest_fetches.len() == fetches);
+    h.run_until(h.now + ms(10));
+    assert!(h.connect(100, FakePeer::new(PeerBehaviour::Corrupt, [seq])));
+    let t = h.now;
+    h.want_at(t, seq, t + Duration::from_secs(6));
+    h.run_while(t + Duration::from_secs(8), |h| h.delivered.is_empty());
+    assert_eq!(h.delivered.get(&seq).map(Vec::len), Some(1), "delivered");
+    assert!(h.core.is_banned(100));
 }
