@@ -73,7 +73,15 @@
   });
   peer.on("error", function (e) { m.errorEvents++; });
   peer.on("stats", function (s) { m.stats = s; });
-  hls.on(Hls.Events.LEVEL_SWITCHED, function () { m.levelSwitches++; });
+  var lastLevel = -1;
+  hls.on(Hls.Events.LEVEL_SWITCHED, function (_e, d) {
+    m.levelSwitches++;
+    // Down-switches chosen by hls.js's ABR (not forced by ?switch=): a low bandwidth estimate.
+    var h = hls.levels && hls.levels[d.level], l = hls.levels && hls.levels[lastLevel];
+    if (h && l && h.bitrate < l.bitrate && hls.autoLevelEnabled) m.autoDownSwitches = (m.autoDownSwitches || 0) + 1;
+    lastLevel = d.level;
+  });
+  setInterval(function () { m.bwEstimate = Math.round(hls.bandwidthEstimate || 0); }, 1000);
   var switchEvery = Number(q.get("switch") || 0);
   if (switchEvery > 0) {
     // Forced switches mid-run (next fragment at another level), auto ABR again halfway.

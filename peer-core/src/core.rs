@@ -109,6 +109,11 @@ impl PeerCore {
     pub fn joined(&self) -> bool {
         self.session.joined
     }
+    /// The origin's throughput as measured on this peer's own origin requests (bytes/s, EWMA):
+    /// what the player's bandwidth estimate should see for fragments that came from peers.
+    pub fn origin_throughput(&self) -> f64 {
+        self.http.rate
+    }
     /// Bytes held in the segment store.
     pub fn store_bytes(&self) -> usize {
         self.store.bytes
@@ -196,10 +201,7 @@ impl PeerCore {
                 self.on_rtc_open(now, conn);
                 true
             }
-            Input::RtcMessage { conn, data } => {
-                self.on_rtc_message(now, conn, data);
-                true
-            }
+            Input::RtcMessage { conn, data } => self.on_rtc_message(now, conn, data),
             Input::RtcBuffered { conn, amount } => {
                 self.on_rtc_buffered(now, conn, amount);
                 true
@@ -290,6 +292,7 @@ impl PeerCore {
 
     /// Runs after every input: connections, timeouts, deliveries, requests, uploads, announces.
     fn step(&mut self, now: Time) {
+        self.stats.passes += 1;
         self.manage_peers(now);
         self.expire_requests(now);
         self.deliver(now);

@@ -78,13 +78,20 @@
     if (this.inner) { this.inner.destroy(); this.inner.free(); this.inner = null; }
   };
 
-  function newStats() {
-    return {
-      aborted: false, loaded: 0, retry: 0, total: 0, chunkCount: 0, bwEstimate: 0,
-      loading: { start: 0, first: 0, end: 0 },
-      parsing: { start: 0, end: 0 },
-      buffering: { start: 0, first: 0, end: 0 },
-    };
+  // Clears a loader's stats in place. hls.js keeps a reference to `loader.stats` taken right
+  // after it constructs the loader (`frag.stats = loader.stats`) and computes its bandwidth
+  // samples from that object: replacing it (as this loader once did) left hls.js reading an
+  // untouched object, its estimate went to NaN and ABR down-switched.
+  function resetStats(st) {
+    st.aborted = false;
+    st.loaded = st.retry = st.total = st.chunkCount = st.bwEstimate = 0;
+    st.loading = st.loading || {};
+    st.parsing = st.parsing || {};
+    st.buffering = st.buffering || {};
+    st.loading.start = st.loading.first = st.loading.end = 0;
+    st.parsing.start = st.parsing.end = 0;
+    st.buffering.start = st.buffering.first = st.buffering.end = 0;
+    return st;
   }
 
   // Milliseconds until the player needs the fragment: playback reaches its start (or the end
@@ -106,7 +113,23 @@
 
   // A loader class for hls.js's `fLoader`: fragments through the peer, everything else (and
   // every failure) through hls.js's default loader.
-  function makeLoader(Hls, peer, video, hooks) {
+  // hls.js estimates bandwidth from each fragment's timing (bytes over loading start → end):
+  // a fragment that waited for peers would read as a slow network and cause needless
+  // down-switches, and one that came at once from a peer as a fast one. A P2P fragment is
+  // therefore reported as if it had loaded at the origin's throughput, which the peer measures
+  // on its own origin requests (it fetches parts of segments from the origin all the time):
+  // that is the network the player falls back to. `estimate()` gives it in bits/s (hls.js's own
+  // estimate until the peer has measured).
+  function neutralTiming(stats, bytes, estimate, now) {
+    var bps = estimate ? estimate() : 0;
+    if (!(bps > 0)) bps = 500000;
+    var ms = Math.max(1, (bytes * 8 * 1000) / bps);
+    stats.loading.start = stats.loading.first = now - ms;
+    stats.loading.end = now;
+    stats.bwEstimate = bps;
+  }
+
+  function makeLoader(Hls, peer, video, hooks, estimate) {
     var Default = Hls.DefaultConfig.loader;
     function P2PLoader(config) {
       this.config = config;
@@ -146,7 +169,7 @@
       this.callbacks = callbacks;
       this.url = context.url;
       this.pending = true;
-      var stats = (this.stats = newStats());
+      var stats = resetStats(this.stats);
       stats.loading.start = performance.now();
       var deadline = deadlineMs(frag, video);
       var fallback = function (err) {
@@ -166,8 +189,7 @@
         self.pending = false;
         clearTimeout(self.timer);
         var now = performance.now();
-        stats.loading.first = stats.loading.first || now;
-        stats.loading.end = now;
+        neutralTiming(stats, bytes.byteLength, estimate, now);
         stats.loaded = stats.total = bytes.byteLength;
         if (hooks) peer.safely(hooks.onFragment, [sn, bytes]);
         callbacks.onSuccess({ url: context.url, data: bytes.buffer }, stats, context, null);
@@ -198,7 +220,10 @@
     opts = opts || {};
     var peer = opts.peer || new Peer(opts);
     if (opts.p2p === false) return peer;
-    hls.config.fLoader = makeLoader(Hls, peer, video, opts);
+    hls.config.fLoader = makeLoader(Hls, peer, video, opts, function () {
+      var s = peer.stats();
+      return s && s.originBps > 0 ? s.originBps : hls.bandwidthEstimate;
+    });
     hls.on(Hls.Events.LEVEL_LOADED, function (_e, data) {
       if (data && data.details && data.details.url) peer.playlistLoaded(data.details.url);
     });

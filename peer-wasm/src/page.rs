@@ -72,6 +72,7 @@ impl Inner {
                     BanReason::Unsolicited => "unsolicited",
                     BanReason::TooManyBytes => "too_many_bytes",
                     BanReason::Malformed(_) => "malformed",
+                    BanReason::Flood => "flood",
                 };
                 self.emit("peer", || peer_event(peer, "banned", r))
             }
@@ -116,6 +117,7 @@ impl Inner {
                     ("stalls", num(st.stalls.into())),
                     ("httpRequests", num(st.http_requests)),
                     ("offload", JsValue::from_f64(st.offload())),
+                    ("originBps", num((c.origin_throughput() * 8.0) as u64)),
                 ],
             );
         }

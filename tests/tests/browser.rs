@@ -103,6 +103,9 @@ struct PageResult {
     level_switches: u64,
     /// `error` events the page received (e.g. its own hooks' exceptions, reported).
     error_events: u64,
+    /// Down-switches hls.js's ABR chose, and its bandwidth estimate at the end (bit/s).
+    auto_down_switches: u64,
+    bw_estimate: u64,
 }
 
 /// SHA-256 (hex) of what the origin serves at `url` for the live ladder
@@ -198,6 +201,8 @@ fn parse(id: &str, v: &Value, truth: &[String]) -> PageResult {
             .unwrap_or_default(),
         level_switches: num(v, &["levelSwitches"]) as u64,
         error_events: num(v, &["errorEvents"]) as u64,
+        auto_down_switches: num(v, &["autoDownSwitches"]) as u64,
+        bw_estimate: num(v, &["bwEstimate"]) as u64,
     }
 }
 
@@ -687,6 +692,37 @@ fn bench_offload_vs_http_only() -> Result<()> {
             let r = rt.block_on(run_swarm(n, secs, p2p, None, None))?;
             println!("BENCH p2p={p2p} secs={secs} {}", summary(&r));
         }
+    }
+    Ok(())
+}
+
+/// ABR behaviour on the ladder with P2P on and off (auto ABR only, 4 pages, 45 s each): does
+/// waiting for peers mislead hls.js's bandwidth estimate into down-switches? Prints one JSON line
+/// per run. `cargo test --release -p tests --test browser -- --ignored --nocapture bench_ladder`
+#[test]
+#[ignore = "measurement: ABR down-switches with P2P on vs off, prints figures"]
+fn bench_ladder_abr() -> Result<()> {
+    if !chromium_available() {
+        return Ok(());
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    ensure_bundle()?;
+    for p2p in [true, false] {
+        let r = runtime().block_on(run(Run {
+            secs: 45,
+            p2p,
+            src: "live/ladder/master.m3u8",
+            ..Run::default()
+        }))?;
+        let down: u64 = r.pages.iter().map(|p| p.auto_down_switches).sum();
+        let switches: u64 = r.pages.iter().map(|p| p.level_switches).sum();
+        let stalls: u64 = r.pages.iter().map(|p| p.waiting).sum();
+        println!(
+            "{{\"p2p\":{p2p},\"pages\":{},\"auto_down_switches\":{down},\"level_switches\":{switches},\"stalls\":{stalls},\"bw_estimates\":{:?},\"origin_bytes\":{}}}",
+            r.pages.len(),
+            r.pages.iter().map(|p| p.bw_estimate).collect::<Vec<_>>(),
+            r.origin_bytes
+        );
     }
     Ok(())
 }
