@@ -28,8 +28,14 @@
 //! | idle (`--heartbeat-ms` × `--idle-factor`) | close (1001)                                 |
 //!
 //! Malformed JSON and unknown types get `error bad_message`, a wrong `v` `unsupported_version`,
-//! binary frames `binary_frame`, signals to non-members `unknown_peer`, messages about a swarm
-//! the connection is not in `not_in_swarm`, bad swarm ids `bad_swarm`.
+//! binary frames `binary_frame`, messages about a swarm the connection is not in `not_in_swarm`,
+//! bad swarm ids `bad_swarm`.
+//!
+//! `signal` is relayed only within a pair the server introduced (one was given the other in
+//! `joined`/`peers`, either direction, both still members): anything else gets `unknown_peer`
+//! (not charged to the error budget) and counts in `signaling_relays_refused_total`. Its `data`
+//! must fit `protocol::signaling::{MAX_SDP_LEN, MAX_CANDIDATE_LEN, MAX_SDP_MID_LEN}` (16 KiB,
+//! 1 KiB, 256 bytes; `too_large`) and an SDP may not be empty (`bad_message`).
 //!
 //! Shutdown: every client gets `reconnect {after_ms}` (min + random jitter), then a close (1012).
 

@@ -25,7 +25,7 @@ use std::task::Poll;
 use futures_util::StreamExt;
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::metrics::{Reject, kind_index};
+use crate::metrics::{Reject, RelayRefused, kind_index};
 use crate::state::{AppState, CloseReason, Conn, ConnGuard};
 
 /// `GET /ws`.
@@ -275,8 +275,8 @@ impl Session {
         }
     }
 
-    /// Sends an `error`; closes the connection when its error budget is spent.
-    async fn fail(
+    /// Sends an `error` (not charged to the error budget).
+    async fn refuse(
         &mut self,
         ws: &mut WebSocket,
         code: ErrorCode,
@@ -297,7 +297,22 @@ impl Session {
             message,
             swarm: swarm.map(str::to_owned),
         };
-        if !self.send(ws, &err).await {
+        if self.send(ws, &err).await {
+            Flow::Continue
+        } else {
+            Flow::Close
+        }
+    }
+
+    /// Sends an `error`; closes the connection when its error budget is spent.
+    async fn fail(
+        &mut self,
+        ws: &mut WebSocket,
+        code: ErrorCode,
+        message: String,
+        swarm: Option<&str>,
+    ) -> Flow {
+        if self.refuse(ws, code, message, swarm).await == Flow::Close {
             return Flow::Close;
         }
         let budget = self.state.config().error_budget as f32;
@@ -442,12 +457,25 @@ impl Session {
                 if self.position(&swarm).is_none() {
                     return self.not_in_swarm(ws, &swarm).await;
                 }
-                match self.state.relay(swarm, self.id, to, data) {
+                if let Err(e) = data.check() {
+                    self.state.metrics().relay_refused(RelayRefused::BadData);
+                    return self.fail(ws, e.code(), e.to_string(), Some(&swarm)).await;
+                }
+                match self.state.relay(&swarm, self.id, to, data) {
                     Ok(()) => Flow::Continue,
-                    Err(()) => {
-                        let m = format!("peer {to} is not in this swarm");
-                        // The swarm id was moved into the relay; the peer id says enough.
-                        self.fail(ws, ErrorCode::UnknownPeer, m, None).await
+                    Err(why) => {
+                        self.state.metrics().relay_refused(why);
+                        let m = match why {
+                            RelayRefused::NotIntroduced => {
+                                format!("peer {to} was not introduced to you, nor you to it")
+                            }
+                            _ => format!("peer {to} is not in this swarm"),
+                        };
+                        // Not charged to the error budget: a viewer hits this in ordinary races
+                        // (the peer just left; ids kept from before a reconnect), and a hostile
+                        // one gains nothing by repeating it.
+                        self.refuse(ws, ErrorCode::UnknownPeer, m, Some(&swarm))
+                            .await
                     }
                 }
             }

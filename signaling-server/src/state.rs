@@ -23,8 +23,8 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::metrics::{Metrics, Reject};
-use crate::registry::{Notices, Registry, RegistryConfig};
+use crate::metrics::{Metrics, Reject, RelayRefused};
+use crate::registry::{Notices, Registry, RegistryConfig, Relay};
 
 const CONN_SHARDS: usize = 16;
 const SWARM_SHARDS: usize = 16;
@@ -418,19 +418,26 @@ impl AppState {
         self.deliver_notices(notices);
     }
 
-    /// Relays a handshake from `from` to `to`, both members of `swarm`. `Err(())`: `to` is not a
-    /// member (left, or never was).
+    /// Relays a handshake from `from` to `to` in `swarm`: only within a pair the server
+    /// introduced (either direction), both still members. The data was checked by the caller.
     pub(crate) fn relay(
         &self,
-        swarm: String,
+        swarm: &str,
         from: PeerId,
         to: PeerId,
         data: SignalData,
-    ) -> Result<(), ()> {
-        if to == from || !lock(self.swarm_shard(&swarm)).reg.is_member(&swarm, to) {
-            return Err(());
+    ) -> Result<(), RelayRefused> {
+        match lock(self.swarm_shard(swarm)).reg.may_relay(swarm, from, to) {
+            Relay::Allowed => {}
+            Relay::UnknownPeer => return Err(RelayRefused::UnknownPeer),
+            Relay::NotIntroduced => return Err(RelayRefused::NotIntroduced),
         }
-        let text = ServerMsg::Signal { swarm, from, data }.to_json();
+        let text = ServerMsg::Signal {
+            swarm: swarm.to_owned(),
+            from,
+            data,
+        }
+        .to_json();
         if self.deliver(to, text, Class::Relay) {
             self.0.metrics.relays.fetch_add(1, Relaxed);
         }

@@ -10,8 +10,15 @@
 //!   takes the free index, so only that member and (while the swarm is under `max_slots`) the
 //!   slot count change.
 //!
-//! Bounds: the partner list kept per member is capped (`MAX_PARTNERS`); a swarm's size is capped
-//! by the server's connection limits.
+//! * **Pairs**: every introduction is recorded on both sides (the member's *partners*). The
+//!   server relays handshakes only within a pair ([`Registry::may_relay`]), in either direction,
+//!   for as long as both stay members; so a member can reach only the members it was introduced
+//!   to or that were introduced to it, not every member of the swarm.
+//!
+//! Bounds: a member has at most `MAX_PARTNERS` partners. An introduction is made only when both
+//! sides have room (a member whose list is full is not offered to others, and gets no new
+//! members until some of its partners leave); a pair is never forgotten while both are members.
+//! A swarm's size is capped by the server's connection limits.
 
 use std::collections::HashMap;
 
@@ -19,8 +26,19 @@ use protocol::PeerId;
 use protocol::signaling::ServerMsg;
 use rand::Rng;
 
-/// Partners remembered per member (for `peer_left` notices and degree estimates).
+/// Partners (introduced pairs) per member: relays are allowed within a pair, `peer_left` goes to
+/// the partners, and the count is the member's estimated number of connections.
 pub const MAX_PARTNERS: usize = 64;
+
+/// Whether a handshake may be relayed from one member to another ([`Registry::may_relay`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relay {
+    Allowed,
+    /// The receiver is not a member of the swarm (left, never was, or is the sender).
+    UnknownPeer,
+    /// Both are members but the server never introduced them to each other.
+    NotIntroduced,
+}
 
 #[derive(Debug, Clone)]
 pub struct RegistryConfig {
@@ -45,9 +63,19 @@ impl Default for RegistryConfig {
 #[derive(Debug, Default)]
 struct Member {
     index: usize,
-    /// Estimated open connections (introductions made, less partners that left).
-    degree: u32,
+    /// Members introduced to this one or this one to them, still members (at most
+    /// `MAX_PARTNERS`); its length is the estimate of the member's open connections.
     partners: Vec<PeerId>,
+}
+
+impl Member {
+    fn degree(&self) -> u32 {
+        self.partners.len() as u32
+    }
+
+    fn has_room(&self) -> bool {
+        self.partners.len() < MAX_PARTNERS
+    }
 }
 
 #[derive(Debug, Default)]
@@ -98,6 +126,21 @@ impl Registry {
         self.swarms
             .get(swarm)
             .is_some_and(|s| s.members.contains_key(&peer))
+    }
+
+    /// Whether `from` may send a handshake to `to` in `swarm`: both are members and one was
+    /// introduced to the other (in `joined` or `peers`), in either direction.
+    pub fn may_relay(&self, swarm: &str, from: PeerId, to: PeerId) -> Relay {
+        let Some(s) = self.swarms.get(swarm) else {
+            return Relay::UnknownPeer;
+        };
+        if from == to || !s.members.contains_key(&to) {
+            return Relay::UnknownPeer;
+        }
+        match s.members.get(&from) {
+            Some(m) if m.partners.contains(&to) => Relay::Allowed,
+            _ => Relay::NotIntroduced,
+        }
     }
 
     /// Swarm ids with their member counts.
@@ -153,9 +196,10 @@ impl Registry {
         Joined { reply, notices }
     }
 
-    /// Picks up to `intro_peers` members for `peer` to connect to and records the pairings.
+    /// Picks up to `intro_peers` members for `peer` to connect to and records the pairs on both
+    /// sides. Only members with room in their partner list are picked, and no more than `peer`
+    /// has room for.
     pub fn introduce<R: Rng>(&mut self, swarm: &str, peer: PeerId, rng: &mut R) -> Vec<PeerId> {
-        let k = self.cfg.intro_peers;
         let cap = self.cfg.member_capacity;
         let Some(s) = self.swarms.get_mut(swarm) else {
             return Vec::new();
@@ -163,7 +207,14 @@ impl Registry {
         let Some(me) = s.members.get(&peer) else {
             return Vec::new();
         };
-        let known: Vec<PeerId> = me.partners.clone();
+        let k = self
+            .cfg
+            .intro_peers
+            .min(MAX_PARTNERS - me.partners.len().min(MAX_PARTNERS));
+        if k == 0 {
+            return Vec::new();
+        }
+        let known = &me.partners;
         let n = s.order.len();
         let mut cands: Vec<PeerId> = Vec::new();
         if n <= 4 * k + 1 {
@@ -174,7 +225,9 @@ impl Registry {
                 cands.push(s.order[rng.gen_range(0..n)]);
             }
         }
-        cands.retain(|c| *c != peer && !known.contains(c));
+        cands.retain(|c| {
+            *c != peer && !known.contains(c) && s.members.get(c).is_some_and(Member::has_room)
+        });
         cands.sort_unstable();
         cands.dedup();
         // Random order, then stable sort by "full or not": random among those with free slots.
@@ -183,25 +236,17 @@ impl Registry {
             cands.swap(i, j);
         }
         cands.sort_by_key(|c| {
-            let d = s.members.get(c).map_or(u32::MAX, |m| m.degree);
+            let d = s.members.get(c).map_or(u32::MAX, Member::degree);
             (d >= cap, d / 4)
         });
         cands.truncate(k);
         for c in &cands {
             if let Some(m) = s.members.get_mut(c) {
-                m.degree += 1;
-                if m.partners.len() < MAX_PARTNERS {
-                    m.partners.push(peer);
-                }
+                m.partners.push(peer);
             }
         }
         if let Some(me) = s.members.get_mut(&peer) {
-            me.degree += cands.len() as u32;
-            for c in &cands {
-                if me.partners.len() < MAX_PARTNERS {
-                    me.partners.push(*c);
-                }
-            }
+            me.partners.extend_from_slice(&cands);
         }
         cands
     }
@@ -219,7 +264,6 @@ impl Registry {
         let mut notices = Vec::new();
         for p in &me.partners {
             if let Some(m) = s.members.get_mut(p) {
-                m.degree = m.degree.saturating_sub(1);
                 m.partners.retain(|x| *x != peer);
                 notices.push((
                     *p,
@@ -329,7 +373,7 @@ mod tests {
             }
         }
         // Nobody is swamped: the early members are not introduced to everyone.
-        let max_degree = reg.swarms["s"].members.values().map(|m| m.degree).max();
+        let max_degree = reg.swarms["s"].members.values().map(Member::degree).max();
         assert!(max_degree.is_some_and(|d| d <= 24), "{max_degree:?}");
         assert!(
             reg.leave("s", 5)
@@ -338,5 +382,64 @@ mod tests {
         );
         assert!(!reg.is_member("s", 5));
         assert_eq!(reg.member_count("s"), 99);
+    }
+
+    /// Every pair is recorded on both sides and relayable both ways while both are members;
+    /// nobody holds more than `MAX_PARTNERS`; strangers are not relayable.
+    #[test]
+    fn pairs_are_symmetric_bounded_and_kept() {
+        let mut rng = SmallRng::seed_from_u64(3);
+        let mut reg = Registry::new(RegistryConfig::default());
+        for p in 0..300 {
+            reg.join("s", p, &mut rng);
+        }
+        // A greedy member asks for more until it is full, and stays full.
+        let mut got: Vec<PeerId> = Vec::new();
+        for _ in 0..20 {
+            got.extend(reg.introduce("s", 7, &mut rng));
+        }
+        let seven = &reg.swarms["s"].members[&7];
+        assert_eq!(seven.partners.len(), MAX_PARTNERS);
+        assert!(got.iter().all(|p| seven.partners.contains(p)));
+        assert!(reg.introduce("s", 7, &mut rng).is_empty());
+        let check = |reg: &Registry| {
+            let s = &reg.swarms["s"];
+            for (id, m) in &s.members {
+                assert!(m.partners.len() <= MAX_PARTNERS);
+                for p in &m.partners {
+                    assert!(s.members[p].partners.contains(id), "{id} -> {p} one-sided");
+                    assert_eq!(reg.may_relay("s", *id, *p), Relay::Allowed);
+                    assert_eq!(reg.may_relay("s", *p, *id), Relay::Allowed);
+                }
+            }
+        };
+        check(&reg);
+        // Churn elsewhere does not forget a pair of two members that stay.
+        let pair = reg.swarms["s"].members[&7].partners[0];
+        for p in 300..400 {
+            reg.join("s", p, &mut rng);
+            if p % 2 == 0 {
+                reg.leave("s", p - 50);
+            }
+        }
+        check(&reg);
+        if reg.is_member("s", pair) {
+            assert_eq!(reg.may_relay("s", 7, pair), Relay::Allowed);
+        }
+        let stranger = (0..400)
+            .find(|p| {
+                *p != 7
+                    && reg.is_member("s", *p)
+                    && !reg.swarms["s"].members[&7].partners.contains(p)
+            })
+            .expect("a member not paired with 7");
+        assert_eq!(reg.may_relay("s", 7, stranger), Relay::NotIntroduced);
+        assert_eq!(reg.may_relay("s", stranger, 7), Relay::NotIntroduced);
+        assert_eq!(reg.may_relay("s", 7, 7), Relay::UnknownPeer);
+        assert_eq!(reg.may_relay("s", 7, 10_000), Relay::UnknownPeer);
+        assert_eq!(reg.may_relay("t", 7, pair), Relay::UnknownPeer);
+        reg.leave("s", pair);
+        assert_eq!(reg.may_relay("s", 7, pair), Relay::UnknownPeer);
+        assert!(!reg.swarms["s"].members[&7].partners.contains(&pair));
     }
 }

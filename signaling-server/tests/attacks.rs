@@ -1,0 +1,170 @@
+//! A hostile public swarm: each attack on the signaling server is tried here, and fails.
+//!
+//! Real sockets on port 0 (the server's own accept loop), hostile clients written by hand.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use axum::body::{Body, to_bytes};
+use axum::http::Request;
+use common::{Client, offer};
+use protocol::PeerId;
+use protocol::signaling::{ClientMsg, ErrorCode, ServerMsg, SignalData};
+use signaling_server::{AppState, Config, router, spawn};
+use std::time::Duration;
+use tower::ServiceExt;
+
+/// `/metrics` as text (through the router, like a scraper).
+async fn metrics(state: &AppState) -> String {
+    let req = Request::get("/metrics").body(Body::empty()).unwrap();
+    let resp = router(state.clone()).oneshot(req).await.unwrap();
+    let body = to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+/// The value of one Prometheus sample line (`name{labels}`), 0 if absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn signal(to: PeerId, data: SignalData) -> ClientMsg {
+    ClientMsg::Signal {
+        swarm: "live".into(),
+        to,
+        data,
+    }
+}
+
+/// Mallory joins a swarm, then offers to every peer id near her own (the server hands out
+/// consecutive ids) to harvest viewers' addresses from their ICE answers. Only the members the
+/// server paired her with hear from her; the others never see her offer, and cannot be made to
+/// signal her either.
+#[tokio::test]
+async fn unsolicited_offers_are_not_relayed() {
+    let cfg = Config {
+        intro_peers: 2,
+        ..Config::default()
+    };
+    let (addr, h) = spawn(cfg).await;
+    let mut viewers = Vec::new();
+    for _ in 0..6 {
+        let mut v = Client::connect(addr).await;
+        v.join("live").await;
+        viewers.push(v);
+    }
+    let mut m = Client::connect(addr).await;
+    let intro = m.join("live").await;
+    assert_eq!(intro.len(), 2);
+    // Ids m-1 ..= m-6 are the viewers, m-7 and m-8 nobody.
+    for k in 1..=8 {
+        m.send(&signal(m.id - k, offer("v=0 harvest"))).await;
+    }
+    for _ in 0..6 {
+        m.expect_error(ErrorCode::UnknownPeer).await;
+    }
+    for v in &mut viewers {
+        if intro.contains(&v.id) {
+            match v.recv_skip_slots().await {
+                ServerMsg::Signal { from, .. } => assert_eq!(from, m.id),
+                other => panic!("{other:?}"),
+            }
+        }
+        v.assert_quiet(Duration::from_millis(150)).await;
+    }
+    // Either side of an introduced pair may signal the other (glare, re-offers, answers);
+    // a member that was not paired with her cannot be used to reach her.
+    let paired = viewers.iter_mut().find(|v| intro.contains(&v.id)).unwrap();
+    paired.send(&signal(m.id, offer("v=0 glare"))).await;
+    match m.recv_skip_slots().await {
+        ServerMsg::Signal { from, data, .. } => {
+            assert_eq!((from, data), (paired.id, offer("v=0 glare")));
+        }
+        other => panic!("{other:?}"),
+    }
+    let stranger = viewers.iter_mut().find(|v| !intro.contains(&v.id)).unwrap();
+    stranger.send(&signal(m.id, offer("v=0 x"))).await;
+    stranger.expect_error(ErrorCode::UnknownPeer).await;
+    m.assert_quiet(Duration::from_millis(150)).await;
+    // Asking for more peers adds pairs and keeps the old ones.
+    m.send(&ClientMsg::WantPeers {
+        swarm: "live".into(),
+    })
+    .await;
+    let more = match m.recv_skip_slots().await {
+        ServerMsg::Peers { peers, .. } => peers,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(more.len(), 2);
+    for p in intro.iter().chain(&more) {
+        m.send(&signal(*p, offer("v=0 again"))).await;
+    }
+    m.assert_quiet(Duration::from_millis(150)).await;
+
+    let text = metrics(h.state()).await;
+    assert_eq!(
+        sample(
+            &text,
+            "signaling_relays_refused_total{reason=\"not_introduced\"}"
+        ),
+        5.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "signaling_relays_refused_total{reason=\"unknown_peer\"}"
+        ),
+        2.0
+    );
+}
+
+/// Relayed handshakes are checked: SDP over 16 KiB, candidates over 1 KiB and empty SDP are
+/// refused (they would be stored and parsed by the receiving browser).
+#[tokio::test]
+async fn oversized_signal_data_is_not_relayed() {
+    let (addr, h) = spawn(Config::default()).await;
+    let mut a = Client::connect(addr).await;
+    let mut b = Client::connect(addr).await;
+    a.join("live").await;
+    assert_eq!(b.join("live").await, vec![a.id]);
+    let big_sdp = format!("v=0\r\n{}", "a=x\r\n".repeat(4 * 1024));
+    b.send(&signal(a.id, offer(&big_sdp))).await;
+    b.expect_error(ErrorCode::TooLarge).await;
+    let big_candidate = SignalData::Candidate {
+        candidate: format!(
+            "candidate:1 1 udp 1 192.0.2.1 9 typ host {}",
+            "x".repeat(1100)
+        ),
+        sdp_mid: Some("0".into()),
+        sdp_m_line_index: Some(0),
+    };
+    b.send(&signal(a.id, big_candidate)).await;
+    b.expect_error(ErrorCode::TooLarge).await;
+    let long_mid = SignalData::Candidate {
+        candidate: String::new(),
+        sdp_mid: Some("m".repeat(300)),
+        sdp_m_line_index: None,
+    };
+    b.send(&signal(a.id, long_mid)).await;
+    b.expect_error(ErrorCode::TooLarge).await;
+    b.send(&signal(a.id, SignalData::Answer { sdp: String::new() }))
+        .await;
+    b.expect_error(ErrorCode::BadMessage).await;
+    a.assert_quiet(Duration::from_millis(150)).await;
+    // Real-sized data still goes through.
+    let sdp = format!("v=0\r\n{}", "a=x\r\n".repeat(1000));
+    b.send(&signal(a.id, offer(&sdp))).await;
+    match a.recv_skip_slots().await {
+        ServerMsg::Signal { from, data, .. } => assert_eq!((from, data), (b.id, offer(&sdp))),
+        other => panic!("{other:?}"),
+    }
+    let text = metrics(h.state()).await;
+    assert_eq!(
+        sample(&text, "signaling_relays_refused_total{reason=\"bad_data\"}"),
+        4.0,
+        "{text}"
+    );
+}
