@@ -22,6 +22,17 @@ pub struct Config {
     /// Burst of messages per connection (token bucket size). ICE candidates come in bursts.
     #[arg(long, env = "SIGNAL_RATE_BURST", default_value_t = 200.0)]
     pub rate_burst: f32,
+    /// Sustained `join`s per second per connection (a separate, stricter bucket: every join
+    /// changes the swarm for everybody else). `leave` needs a previous join, so it is bounded too.
+    #[arg(long, env = "SIGNAL_JOIN_RATE_PER_S", default_value_t = 0.5)]
+    pub join_rate_per_s: f32,
+    /// Burst of `join`s per connection (one per rendition a player may switch between).
+    #[arg(long, env = "SIGNAL_JOIN_BURST", default_value_t = 4.0)]
+    pub join_burst: f32,
+    /// `slot` notices are coalesced: a member is told its latest slot at most once per this
+    /// interval per swarm (0: at once, on every join and leave).
+    #[arg(long, env = "SIGNAL_SLOT_NOTICE_MS", default_value_t = 500)]
+    pub slot_notice_ms: u64,
     /// Errors a connection may cause in a burst before it is closed (refills 1 per 5 s).
     #[arg(long, env = "SIGNAL_ERROR_BUDGET", default_value_t = 10)]
     pub error_budget: u32,
@@ -83,6 +94,9 @@ impl Default for Config {
             max_message_bytes: protocol::signaling::MAX_SIGNAL_LEN,
             rate_per_s: 50.0,
             rate_burst: 200.0,
+            join_rate_per_s: 0.5,
+            join_burst: 4.0,
+            slot_notice_ms: 500,
             error_budget: 10,
             max_swarms_per_conn: 4,
             intro_peers: 8,
@@ -123,6 +137,15 @@ impl Config {
             || !(self.rate_burst.is_finite() && self.rate_burst >= 1.0)
         {
             return bad("rate_per_s must be > 0 and rate_burst >= 1");
+        }
+        if !self.join_rate_per_s.is_finite()
+            || self.join_rate_per_s <= 0.0
+            || !(self.join_burst.is_finite() && self.join_burst >= 1.0)
+        {
+            return bad("join_rate_per_s must be > 0 and join_burst >= 1");
+        }
+        if self.slot_notice_ms > 60_000 {
+            return bad("slot_notice_ms must be <= 60000");
         }
         if self.max_swarms_per_conn == 0 || self.max_connections == 0 || self.max_conns_per_ip == 0
         {

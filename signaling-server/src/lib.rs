@@ -20,6 +20,7 @@
 //! | `--max-conns-per-ip`         | `error rate_limited`, then close (1013)                   |
 //! | `--max-message-bytes`        | `error too_large`; over 2× the limit also close (1009)    |
 //! | `--rate-per-s`/`--rate-burst`| `error rate_limited`, message dropped                     |
+//! | `--join-rate-per-s`/`--join-burst` | `join` beyond it: `error rate_limited` (with `swarm`), dropped |
 //! | `--max-swarms-per-conn`      | `error too_many_swarms`                                   |
 //! | `--intro-peers`              | at most that many peers in `joined`/`peers`               |
 //! | `--token-secret`             | `join` without a valid token: `error unauthorized`        |
@@ -36,6 +37,11 @@
 //! (not charged to the error budget) and counts in `signaling_relays_refused_total`. Its `data`
 //! must fit `protocol::signaling::{MAX_SDP_LEN, MAX_CANDIDATE_LEN, MAX_SDP_MID_LEN}` (16 KiB,
 //! 1 KiB, 256 bytes; `too_large`) and an SDP may not be empty (`bad_message`).
+//!
+//! Membership churn: `slot` notices are coalesced (`--slot-notice-ms`, 500 ms): a member is told
+//! its latest slot at most once per interval per swarm, and not at all if the churn cancelled
+//! out. With the join bucket, one connection looping join/leave costs each other member of the
+//! swarm at most 2 `slot`s per second plus one `peer_left` per accepted join it was paired with.
 //!
 //! Shutdown: every client gets `reconnect {after_ms}` (min + random jitter), then a close (1012).
 
@@ -124,6 +130,7 @@ pub async fn serve(
 ) -> Result<(), Error> {
     state.config().validate()?;
     let sweeper = tokio::spawn(state.clone().run_sweeper());
+    let slot_notices = tokio::spawn(state.clone().run_slot_notices());
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let st = state.clone();
     let graceful = async move {
@@ -147,6 +154,7 @@ pub async fn serve(
         .with_graceful_shutdown(graceful)
         .await;
     sweeper.abort();
+    slot_notices.abort();
     result.map_err(Error::Serve)
 }
 

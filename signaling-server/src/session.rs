@@ -169,6 +169,7 @@ struct Session {
     id: PeerId,
     swarms: Vec<Membership>,
     rate: Bucket,
+    joins: Bucket,
     budget: Bucket,
     _guard: ConnGuard,
 }
@@ -196,6 +197,7 @@ fn run(mut ws: WebSocket, state: AppState, guard: ConnGuard) -> impl Future<Outp
         let cfg = state.config();
         let mut s = Session {
             rate: Bucket::full(cfg.rate_burst, now),
+            joins: Bucket::full(cfg.join_burst, now),
             budget: Bucket::full(cfg.error_budget as f32, now),
             state,
             conn,
@@ -531,6 +533,14 @@ impl Session {
             return self
                 .fail(ws, ErrorCode::TooManySwarms, m, Some(&swarm))
                 .await;
+        }
+        let cfg = self.state.config();
+        if !self
+            .joins
+            .take(self.state.now_ms(), cfg.join_rate_per_s, cfg.join_burst)
+        {
+            let m = "join rate limit exceeded".to_owned();
+            return self.fail(ws, ErrorCode::RateLimited, m, Some(&swarm)).await;
         }
         let reply = self.state.join(&swarm, self.id);
         if !already {

@@ -252,6 +252,8 @@ impl AppState {
         let reg_cfg = RegistryConfig {
             intro_peers: cfg.intro_peers,
             max_slots: cfg.max_slots,
+            defer_slot_notices: cfg.slot_notice_ms > 0,
+            peer_left_only_if_known: true,
             ..RegistryConfig::default()
         };
         let swarms = (0..SWARM_SHARDS)
@@ -427,7 +429,7 @@ impl AppState {
         to: PeerId,
         data: SignalData,
     ) -> Result<(), RelayRefused> {
-        match lock(self.swarm_shard(swarm)).reg.may_relay(swarm, from, to) {
+        match lock(self.swarm_shard(swarm)).reg.relay(swarm, from, to) {
             Relay::Allowed => {}
             Relay::UnknownPeer => return Err(RelayRefused::UnknownPeer),
             Relay::NotIntroduced => return Err(RelayRefused::NotIntroduced),
@@ -550,6 +552,29 @@ impl AppState {
         loop {
             tick.tick().await;
             self.sweep_idle();
+        }
+    }
+
+    /// Sends the coalesced `slot` notices of every shard (see `Config::slot_notice_ms`).
+    pub fn flush_slot_notices(&self) {
+        for shard in self.0.swarms.iter() {
+            let notices = lock(shard).reg.take_slot_notices();
+            self.deliver_notices(notices);
+        }
+    }
+
+    /// Runs [`Self::flush_slot_notices`] every `slot_notice_ms`, forever (nothing to do when 0:
+    /// the notices then go out at once).
+    pub async fn run_slot_notices(self) {
+        let ms = self.0.cfg.slot_notice_ms;
+        if ms == 0 {
+            return;
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.flush_slot_notices();
         }
     }
 

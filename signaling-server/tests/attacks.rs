@@ -168,3 +168,105 @@ async fn oversized_signal_data_is_not_relayed() {
         "{text}"
     );
 }
+
+/// A churner loops join/leave ~20 times a second next to 30 quiet viewers (and reconnects
+/// whenever the server closes it). Before, each bystander got ~2 membership notices per loop (a
+/// `slot` on every join and every leave, plus `peer_left`s): ~40 messages/s each. Now:
+/// * joins are rate-limited per connection (burst 4, then 0.5/s; the refusals spend the error
+///   budget, so the churner is closed and must reconnect);
+/// * `slot` notices are coalesced: a member is told its latest slot at most once per 500 ms per
+///   swarm, and not at all when the churn cancelled out;
+/// * `peer_left` goes only to members that knew the leaver (were given it, or it signaled
+///   them): bystanders that the churner was merely given never hear of it.
+///
+/// The documented bound, per bystander and swarm: ≤ 1 `slot` per 500 ms, + one `peer_left` per
+/// accepted join of a member that signaled it or was given to it. Here: ≤ 2 notices/s.
+#[tokio::test]
+async fn join_leave_churn_does_not_flood_bystanders() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (addr, _h) = spawn(Config::default()).await;
+    let mut bystanders = Vec::new();
+    for _ in 0..30 {
+        let mut b = Client::connect(addr).await;
+        b.join("live").await;
+        bystanders.push(b);
+    }
+    // Let the joins' own notices arrive, then drain them.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for b in &mut bystanders {
+        while b.try_recv(Duration::from_millis(20)).await.is_ok() {}
+    }
+    let window = Duration::from_secs(3);
+    let tail = Duration::from_millis(700);
+    let counters: Vec<_> = bystanders
+        .into_iter()
+        .map(|mut b| {
+            tokio::spawn(async move {
+                let end = tokio::time::Instant::now() + window + tail;
+                let mut n = 0u32;
+                while let Some(left) = end.checked_duration_since(tokio::time::Instant::now()) {
+                    match tokio::time::timeout(left, b.ws.next()).await {
+                        Ok(Some(Ok(Message::Text(_)))) => n += 1,
+                        Ok(Some(Ok(_))) => {}
+                        _ => break,
+                    }
+                }
+                n
+            })
+        })
+        .collect();
+    let churner = tokio::spawn(async move {
+        let mut c = Client::connect(addr).await;
+        let end = tokio::time::Instant::now() + window;
+        let (join, leave) = (
+            ClientMsg::Join {
+                swarm: "live".into(),
+                token: None,
+            }
+            .to_json(),
+            ClientMsg::Leave {
+                swarm: "live".into(),
+            }
+            .to_json(),
+        );
+        let (mut loops, mut reconnects) = (0, 0);
+        while tokio::time::Instant::now() < end {
+            if c.ws.send(Message::Text(join.clone().into())).await.is_err()
+                || c.ws
+                    .send(Message::Text(leave.clone().into()))
+                    .await
+                    .is_err()
+            {
+                c = Client::connect(addr).await;
+                reconnects += 1;
+                continue;
+            }
+            loops += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (loops, reconnects)
+    });
+    let (loops, reconnects) = churner.await.unwrap();
+    let mut counts = Vec::new();
+    for c in counters {
+        counts.push(c.await.unwrap());
+    }
+    let secs = (window + tail).as_secs_f64();
+    let max = counts.iter().copied().max().unwrap_or(0);
+    let mean = counts.iter().sum::<u32>() as f64 / counts.len() as f64;
+    eprintln!(
+        "churner: {loops} join/leave loops, {reconnects} reconnects; per bystander: max {max} \
+         ({:.1}/s), mean {mean:.1} ({:.1}/s)",
+        max as f64 / secs,
+        mean / secs
+    );
+    // Slots: one per 500 ms at most; no peer_left (the churner signals nobody).
+    let bound = ((window + tail).as_millis() / 500 + 1) as u32;
+    assert!(
+        max <= bound,
+        "a bystander got {max} notices (bound {bound}): {counts:?}"
+    );
+    assert!(max as f64 / secs <= 2.5);
+}

@@ -144,6 +144,20 @@ async fn one_connection_in_several_swarms() {
     a.expect_error(ErrorCode::NotInSwarm).await;
 }
 
+/// `from` (given `to` at its join) offers to `to`, which receives it.
+async fn offer_to(from: &mut Client, to: &mut Client) {
+    from.send(&ClientMsg::Signal {
+        swarm: "s".into(),
+        to: to.id,
+        data: offer("hello"),
+    })
+    .await;
+    match to.recv_skip_slots().await {
+        ServerMsg::Signal { from: f, .. } => assert_eq!(f, from.id),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn leave_close_and_idle_remove_members() {
     let cfg = Config {
@@ -156,6 +170,9 @@ async fn leave_close_and_idle_remove_members() {
     let mut b = Client::connect(addr).await;
     a.join("s").await;
     assert_eq!(b.join("s").await, vec![a.id]);
+    // Members hear `peer_left` about the members they know (were given, or got a signal from):
+    // each newcomer offers to `a`, as a viewer does.
+    offer_to(&mut b, &mut a).await;
 
     // leave → peer_left to the partner, and b is no longer reachable.
     b.send(&ClientMsg::Leave { swarm: "s".into() }).await;
@@ -174,6 +191,7 @@ async fn leave_close_and_idle_remove_members() {
     // close → peer_left.
     let mut c = Client::connect(addr).await;
     assert_eq!(c.join("s").await, vec![a.id]);
+    offer_to(&mut c, &mut a).await;
     let c_id = c.id;
     c.ws.close(None).await.unwrap();
     drop(c);
@@ -185,6 +203,7 @@ async fn leave_close_and_idle_remove_members() {
     // idle → closed, peer_left; a stays because it pings.
     let mut d = Client::connect(addr).await;
     assert_eq!(d.join("s").await, vec![a.id]);
+    offer_to(&mut d, &mut a).await;
     let d_id = d.id;
     // a keeps pinging (and watches for d's peer_left) while d stays silent.
     let pinger = tokio::spawn(async move {

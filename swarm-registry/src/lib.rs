@@ -9,6 +9,11 @@
 //!   from the origin first (see peer-core's live-edge coordination). On leave the last member
 //!   takes the free index, so only that member and (while the swarm is under `max_slots`) the
 //!   slot count change.
+//! * **Slot notices**: by default `join`/`leave` return the `slot` notices at once. With
+//!   `defer_slot_notices` they only mark the swarm, and [`Registry::take_slot_notices`] (called
+//!   by the driver on a timer) tells each member its current slot if it differs from what it
+//!   was last told: only the latest value matters, so churn between two calls costs a member at
+//!   most one notice, or none if the churn cancelled out.
 //!
 //! * **Pairs**: every introduction is recorded on both sides (the member's *partners*). The
 //!   server relays handshakes only within a pair ([`Registry::may_relay`]), in either direction,
@@ -48,6 +53,14 @@ pub struct RegistryConfig {
     pub max_slots: u32,
     /// Connections a member is assumed to accept (members at or above it are picked last).
     pub member_capacity: u32,
+    /// Coalesce `slot` notices until [`Registry::take_slot_notices`] instead of returning them
+    /// from `join`/`leave`.
+    pub defer_slot_notices: bool,
+    /// Send `peer_left` only to the partners that know the leaver (they were given it in
+    /// `joined`/`peers`, or it signaled them through [`Registry::relay`]); otherwise to every
+    /// partner. A member that never heard of the leaver has nothing to forget, and a member
+    /// churning join/leave cannot make the members it was given receive a notice per loop.
+    pub peer_left_only_if_known: bool,
 }
 
 impl Default for RegistryConfig {
@@ -56,8 +69,18 @@ impl Default for RegistryConfig {
             intro_peers: 8,
             max_slots: 256,
             member_capacity: 12,
+            defer_slot_notices: false,
+            peer_left_only_if_known: false,
         }
     }
+}
+
+/// One side of an introduced pair.
+#[derive(Debug, Clone, Copy)]
+struct Partner {
+    id: PeerId,
+    /// This member knows `id`: it was given `id` in `joined`/`peers`, or `id` signaled it.
+    knows: bool,
 }
 
 #[derive(Debug, Default)]
@@ -65,7 +88,9 @@ struct Member {
     index: usize,
     /// Members introduced to this one or this one to them, still members (at most
     /// `MAX_PARTNERS`); its length is the estimate of the member's open connections.
-    partners: Vec<PeerId>,
+    partners: Vec<Partner>,
+    /// (slot, slots) this member was last told (deferred slot notices only).
+    told: (u32, u32),
 }
 
 impl Member {
@@ -76,12 +101,20 @@ impl Member {
     fn has_room(&self) -> bool {
         self.partners.len() < MAX_PARTNERS
     }
+
+    fn partner(&self, id: PeerId) -> Option<&Partner> {
+        self.partners.iter().find(|p| p.id == id)
+    }
 }
 
 #[derive(Debug, Default)]
 struct Swarm {
     order: Vec<PeerId>,
     members: HashMap<PeerId, Member>,
+    /// Deferred slot notices: the slot count changed, every member must be checked.
+    dirty_all: bool,
+    /// Deferred slot notices: members whose slot changed (the slot count did not).
+    dirty: Vec<PeerId>,
 }
 
 /// Messages the server must send as a consequence of a registry change.
@@ -91,6 +124,8 @@ pub type Notices = Vec<(PeerId, ServerMsg)>;
 pub struct Registry {
     cfg: RegistryConfig,
     swarms: HashMap<String, Swarm>,
+    /// Swarms with deferred slot notices pending (may hold ids of swarms gone since).
+    dirty: Vec<String>,
 }
 
 /// Result of a join.
@@ -107,6 +142,7 @@ impl Registry {
         Registry {
             cfg,
             swarms: HashMap::new(),
+            dirty: Vec::new(),
         }
     }
 
@@ -138,9 +174,25 @@ impl Registry {
             return Relay::UnknownPeer;
         }
         match s.members.get(&from) {
-            Some(m) if m.partners.contains(&to) => Relay::Allowed,
+            Some(m) if m.partner(to).is_some() => Relay::Allowed,
             _ => Relay::NotIntroduced,
         }
+    }
+
+    /// [`Self::may_relay`], and when allowed records that `to` now knows `from` (so `to` gets
+    /// `peer_left` when `from` leaves, with `peer_left_only_if_known`). The server calls this.
+    pub fn relay(&mut self, swarm: &str, from: PeerId, to: PeerId) -> Relay {
+        let r = self.may_relay(swarm, from, to);
+        if r == Relay::Allowed
+            && let Some(p) = self
+                .swarms
+                .get_mut(swarm)
+                .and_then(|s| s.members.get_mut(&to))
+                .and_then(|m| m.partners.iter_mut().find(|p| p.id == from))
+        {
+            p.knows = true;
+        }
+        r
     }
 
     /// Swarm ids with their member counts.
@@ -155,8 +207,10 @@ impl Registry {
     /// Adds `peer` to `swarm` (joining twice just re-introduces).
     pub fn join<R: Rng>(&mut self, swarm: &str, peer: PeerId, rng: &mut R) -> Joined {
         let max_slots = self.cfg.max_slots as usize;
+        let defer = self.cfg.defer_slot_notices;
         let s = self.swarms.entry(swarm.to_owned()).or_default();
         let mut notices = Vec::new();
+        let mut mark = false;
         if !s.members.contains_key(&peer) {
             let index = s.order.len();
             s.order.push(peer);
@@ -169,31 +223,84 @@ impl Registry {
             );
             // The slot count grew: tell everyone else (bounded by max_slots members).
             if s.order.len() <= max_slots {
-                let slots = s.order.len() as u32;
-                for (i, &other) in s.order.iter().enumerate() {
-                    if other != peer {
-                        notices.push((
-                            other,
-                            ServerMsg::Slot {
-                                swarm: swarm.to_owned(),
-                                slot: (i % max_slots) as u32,
-                                slots,
-                            },
-                        ));
+                if defer {
+                    mark = !std::mem::replace(&mut s.dirty_all, true) && s.dirty.is_empty();
+                } else {
+                    let slots = s.order.len() as u32;
+                    for (i, &other) in s.order.iter().enumerate() {
+                        if other != peer {
+                            notices.push((
+                                other,
+                                ServerMsg::Slot {
+                                    swarm: swarm.to_owned(),
+                                    slot: (i % max_slots) as u32,
+                                    slots,
+                                },
+                            ));
+                        }
                     }
                 }
             }
         }
+        if mark {
+            self.dirty.push(swarm.to_owned());
+        }
         let peers = self.introduce(swarm, peer, rng);
-        let s = &self.swarms[swarm];
-        let index = s.members[&peer].index;
+        let slots = self.slots(self.member_count(swarm));
+        let mut slot = 0;
+        if let Some(me) = self
+            .swarms
+            .get_mut(swarm)
+            .and_then(|s| s.members.get_mut(&peer))
+        {
+            slot = (me.index % max_slots) as u32;
+            me.told = (slot, slots);
+        }
         let reply = ServerMsg::Joined {
             swarm: swarm.to_owned(),
             peers,
-            slot: (index % max_slots) as u32,
-            slots: self.slots(s.order.len()),
+            slot,
+            slots,
         };
         Joined { reply, notices }
+    }
+
+    /// Deferred slot notices (`defer_slot_notices`): each member of a swarm that changed since
+    /// the last call whose (slot, slots) differs from what it was last told gets one `slot`
+    /// notice with the current values. Costs O(members whose slot may have changed).
+    pub fn take_slot_notices(&mut self) -> Notices {
+        let max_slots = self.cfg.max_slots;
+        let mut notices = Vec::new();
+        for id in std::mem::take(&mut self.dirty) {
+            let Some(s) = self.swarms.get_mut(&id) else {
+                continue;
+            };
+            let slots = (s.order.len() as u32).min(max_slots).max(1);
+            let check: Vec<PeerId> = if std::mem::take(&mut s.dirty_all) {
+                s.dirty.clear();
+                s.order.clone()
+            } else {
+                std::mem::take(&mut s.dirty)
+            };
+            for p in check {
+                let Some(m) = s.members.get_mut(&p) else {
+                    continue;
+                };
+                let now = ((m.index as u32) % max_slots, slots);
+                if m.told != now {
+                    m.told = now;
+                    notices.push((
+                        p,
+                        ServerMsg::Slot {
+                            swarm: id.clone(),
+                            slot: now.0,
+                            slots: now.1,
+                        },
+                    ));
+                }
+            }
+        }
+        notices
     }
 
     /// Picks up to `intro_peers` members for `peer` to connect to and records the pairs on both
@@ -215,6 +322,7 @@ impl Registry {
             return Vec::new();
         }
         let known = &me.partners;
+        let known = |c: &PeerId| known.iter().any(|p| p.id == *c);
         let n = s.order.len();
         let mut cands: Vec<PeerId> = Vec::new();
         if n <= 4 * k + 1 {
@@ -225,9 +333,7 @@ impl Registry {
                 cands.push(s.order[rng.gen_range(0..n)]);
             }
         }
-        cands.retain(|c| {
-            *c != peer && !known.contains(c) && s.members.get(c).is_some_and(Member::has_room)
-        });
+        cands.retain(|c| *c != peer && !known(c) && s.members.get(c).is_some_and(Member::has_room));
         cands.sort_unstable();
         cands.dedup();
         // Random order, then stable sort by "full or not": random among those with free slots.
@@ -242,11 +348,15 @@ impl Registry {
         cands.truncate(k);
         for c in &cands {
             if let Some(m) = s.members.get_mut(c) {
-                m.partners.push(peer);
+                m.partners.push(Partner {
+                    id: peer,
+                    knows: false,
+                });
             }
         }
         if let Some(me) = s.members.get_mut(&peer) {
-            me.partners.extend_from_slice(&cands);
+            me.partners
+                .extend(cands.iter().map(|&id| Partner { id, knows: true }));
         }
         cands
     }
@@ -262,16 +372,20 @@ impl Registry {
             return Vec::new();
         };
         let mut notices = Vec::new();
+        let only_if_known = self.cfg.peer_left_only_if_known;
         for p in &me.partners {
-            if let Some(m) = s.members.get_mut(p) {
-                m.partners.retain(|x| *x != peer);
-                notices.push((
-                    *p,
-                    ServerMsg::PeerLeft {
-                        swarm: swarm.to_owned(),
-                        peer,
-                    },
-                ));
+            if let Some(m) = s.members.get_mut(&p.id) {
+                let knows = m.partner(peer).is_some_and(|x| x.knows);
+                m.partners.retain(|x| x.id != peer);
+                if knows || !only_if_known {
+                    notices.push((
+                        p.id,
+                        ServerMsg::PeerLeft {
+                            swarm: swarm.to_owned(),
+                            peer,
+                        },
+                    ));
+                }
             }
         }
         s.order.swap_remove(me.index);
@@ -280,8 +394,24 @@ impl Registry {
             self.swarms.remove(swarm);
             return notices;
         }
+        if me.index < n {
+            let moved = s.order[me.index];
+            if let Some(m) = s.members.get_mut(&moved) {
+                m.index = me.index;
+            }
+        }
         let slots = (n as u32).min(max_slots as u32);
-        if n < max_slots {
+        if self.cfg.defer_slot_notices {
+            let was_clean = !s.dirty_all && s.dirty.is_empty();
+            if n < max_slots {
+                s.dirty_all = true;
+            } else if me.index < n && !s.dirty_all {
+                s.dirty.push(s.order[me.index]);
+            }
+            if was_clean && (s.dirty_all || !s.dirty.is_empty()) {
+                self.dirty.push(swarm.to_owned());
+            }
+        } else if n < max_slots {
             // Slot count shrank: everybody learns the new count (and the moved member its slot).
             for (i, &other) in s.order.iter().enumerate() {
                 notices.push((
@@ -303,12 +433,6 @@ impl Registry {
                     slots,
                 },
             ));
-        }
-        if me.index < n {
-            let moved = s.order[me.index];
-            if let Some(m) = s.members.get_mut(&moved) {
-                m.index = me.index;
-            }
         }
         notices
     }
@@ -400,22 +524,25 @@ mod tests {
         }
         let seven = &reg.swarms["s"].members[&7];
         assert_eq!(seven.partners.len(), MAX_PARTNERS);
-        assert!(got.iter().all(|p| seven.partners.contains(p)));
+        assert!(got.iter().all(|p| seven.partner(*p).is_some()));
         assert!(reg.introduce("s", 7, &mut rng).is_empty());
         let check = |reg: &Registry| {
             let s = &reg.swarms["s"];
             for (id, m) in &s.members {
                 assert!(m.partners.len() <= MAX_PARTNERS);
-                for p in &m.partners {
-                    assert!(s.members[p].partners.contains(id), "{id} -> {p} one-sided");
-                    assert_eq!(reg.may_relay("s", *id, *p), Relay::Allowed);
-                    assert_eq!(reg.may_relay("s", *p, *id), Relay::Allowed);
+                for p in m.partners.iter().map(|p| p.id) {
+                    assert!(
+                        s.members[&p].partner(*id).is_some(),
+                        "{id} -> {p} one-sided"
+                    );
+                    assert_eq!(reg.may_relay("s", *id, p), Relay::Allowed);
+                    assert_eq!(reg.may_relay("s", p, *id), Relay::Allowed);
                 }
             }
         };
         check(&reg);
         // Churn elsewhere does not forget a pair of two members that stay.
-        let pair = reg.swarms["s"].members[&7].partners[0];
+        let pair = reg.swarms["s"].members[&7].partners[0].id;
         for p in 300..400 {
             reg.join("s", p, &mut rng);
             if p % 2 == 0 {
@@ -430,7 +557,7 @@ mod tests {
             .find(|p| {
                 *p != 7
                     && reg.is_member("s", *p)
-                    && !reg.swarms["s"].members[&7].partners.contains(p)
+                    && reg.swarms["s"].members[&7].partner(*p).is_none()
             })
             .expect("a member not paired with 7");
         assert_eq!(reg.may_relay("s", 7, stranger), Relay::NotIntroduced);
@@ -440,6 +567,97 @@ mod tests {
         assert_eq!(reg.may_relay("t", 7, pair), Relay::UnknownPeer);
         reg.leave("s", pair);
         assert_eq!(reg.may_relay("s", 7, pair), Relay::UnknownPeer);
-        assert!(!reg.swarms["s"].members[&7].partners.contains(&pair));
+        assert!(reg.swarms["s"].members[&7].partner(pair).is_none());
+    }
+
+    /// Deferred slot notices: churn that cancels out between two flushes costs nobody a notice;
+    /// otherwise each member gets at most one per flush, and after a flush every member was
+    /// told its current slot (compact and unique, as with immediate notices).
+    #[test]
+    fn deferred_slot_notices_coalesce() {
+        let mut rng = SmallRng::seed_from_u64(4);
+        for max_slots in [4, 256] {
+            let mut reg = Registry::new(RegistryConfig {
+                max_slots,
+                defer_slot_notices: true,
+                ..Default::default()
+            });
+            let mut told: HashMap<PeerId, (u32, u32)> = HashMap::new();
+            for p in 0..10 {
+                let j = reg.join("s", p, &mut rng);
+                assert!(j.notices.is_empty());
+                told.insert(p, slot_of(&j.reply));
+            }
+            let apply = |told: &mut HashMap<PeerId, (u32, u32)>, n: Notices| {
+                let mut seen = std::collections::HashSet::new();
+                for (p, m) in n {
+                    assert!(seen.insert(p), "two notices for {p} in one flush");
+                    told.insert(p, slot_of(&m));
+                }
+            };
+            apply(&mut told, reg.take_slot_notices());
+            // A churner joins and leaves 20 times between two flushes: nothing to tell.
+            for _ in 0..20 {
+                reg.join("s", 99, &mut rng);
+                let n = reg.leave("s", 99);
+                assert!(
+                    n.iter()
+                        .all(|(_, m)| matches!(m, ServerMsg::PeerLeft { .. }))
+                );
+            }
+            assert!(reg.take_slot_notices().is_empty());
+            // Real changes: members leave, others join; one flush tells everyone what changed.
+            for p in [0, 3, 5] {
+                reg.leave("s", p);
+                told.remove(&p);
+            }
+            for p in 10..12 {
+                let j = reg.join("s", p, &mut rng);
+                told.insert(p, slot_of(&j.reply));
+            }
+            apply(&mut told, reg.take_slot_notices());
+            let n = reg.member_count("s") as u32;
+            let slots = n.min(max_slots);
+            let mut v: Vec<(u32, u32)> = told.values().copied().collect();
+            v.sort();
+            let want: Vec<(u32, u32)> = {
+                let mut w: Vec<(u32, u32)> = (0..n).map(|i| (i % max_slots, slots)).collect();
+                w.sort();
+                w
+            };
+            assert_eq!(v, want, "max_slots {max_slots}");
+            assert!(reg.take_slot_notices().is_empty());
+        }
+    }
+
+    /// With `peer_left_only_if_known`, a leaver's partners hear of it only if they knew it: they
+    /// were given it, or it signaled them.
+    #[test]
+    fn peer_left_only_to_those_who_know() {
+        let mut rng = SmallRng::seed_from_u64(5);
+        for only_if_known in [false, true] {
+            let mut reg = Registry::new(RegistryConfig {
+                peer_left_only_if_known: only_if_known,
+                ..Default::default()
+            });
+            reg.join("s", 1, &mut rng);
+            reg.join("s", 2, &mut rng);
+            // 3 is given 1 and 2; it signals 2 only.
+            reg.join("s", 3, &mut rng);
+            assert_eq!(reg.relay("s", 3, 2), Relay::Allowed);
+            let told = |n: Notices| {
+                let mut v: Vec<PeerId> = n
+                    .into_iter()
+                    .filter(|(_, m)| matches!(m, ServerMsg::PeerLeft { .. }))
+                    .map(|(p, _)| p)
+                    .collect();
+                v.sort();
+                v
+            };
+            let want: Vec<PeerId> = if only_if_known { vec![2] } else { vec![1, 2] };
+            assert_eq!(told(reg.leave("s", 3)), want);
+            // 2 was given 1 when it joined: 2 knows 1.
+            assert_eq!(told(reg.leave("s", 1)), vec![2]);
+        }
     }
 }
