@@ -33,6 +33,11 @@ pub struct Config {
     /// interval per swarm (0: at once, on every join and leave).
     #[arg(long, env = "SIGNAL_SLOT_NOTICE_MS", default_value_t = 500)]
     pub slot_notice_ms: u64,
+    /// Largest plausible rate of each byte counter in `stats` reports, in Mbit/s (with 10 s of
+    /// burst). Faster growth, counters going down and absurd `peers` are ignored and counted in
+    /// `signaling_stats_rejected_total`.
+    #[arg(long, env = "SIGNAL_STATS_MAX_MBPS", default_value_t = 200)]
+    pub stats_max_mbps: u32,
     /// Errors a connection may cause in a burst before it is closed (refills 1 per 5 s).
     #[arg(long, env = "SIGNAL_ERROR_BUDGET", default_value_t = 10)]
     pub error_budget: u32,
@@ -97,6 +102,7 @@ impl Default for Config {
             join_rate_per_s: 0.5,
             join_burst: 4.0,
             slot_notice_ms: 500,
+            stats_max_mbps: 200,
             error_budget: 10,
             max_swarms_per_conn: 4,
             intro_peers: 8,
@@ -143,6 +149,9 @@ impl Config {
             || !(self.join_burst.is_finite() && self.join_burst >= 1.0)
         {
             return bad("join_rate_per_s must be > 0 and join_burst >= 1");
+        }
+        if self.stats_max_mbps == 0 {
+            return bad("stats_max_mbps must be > 0");
         }
         if self.slot_notice_ms > 60_000 {
             return bad("slot_notice_ms must be <= 60000");

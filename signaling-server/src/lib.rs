@@ -38,6 +38,10 @@
 //! must fit `protocol::signaling::{MAX_SDP_LEN, MAX_CANDIDATE_LEN, MAX_SDP_MID_LEN}` (16 KiB,
 //! 1 KiB, 256 bytes; `too_large`) and an SDP may not be empty (`bad_message`).
 //!
+//! `stats` reports become deltas per (connection, swarm) that must be plausible
+//! (`--stats-max-mbps` per counter, 10 s of burst; see [`reports`]); others are ignored and
+//! counted in `signaling_stats_rejected_total{reason}`.
+//!
 //! Membership churn: `slot` notices are coalesced (`--slot-notice-ms`, 500 ms): a member is told
 //! its latest slot at most once per interval per swarm, and not at all if the churn cancelled
 //! out. With the join bucket, one connection looping join/leave costs each other member of the
@@ -47,6 +51,7 @@
 
 pub mod config;
 pub mod metrics;
+pub mod reports;
 mod session;
 pub mod state;
 pub mod token;

@@ -72,6 +72,7 @@ pub struct Metrics {
     pub relays: AtomicU64,
     pub relays_dropped: AtomicU64,
     pub relays_refused: [AtomicU64; 3],
+    pub stats_rejected: [AtomicU64; 3],
     pub errors: [AtomicU64; 12],
     pub rejects: [AtomicU64; 8],
     pub binary_frames: AtomicU64,
@@ -108,6 +109,10 @@ impl Metrics {
 
     pub fn relay_refused(&self, r: RelayRefused) {
         self.relays_refused[r as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn stats_rejected(&self, r: crate::reports::Rejected) {
+        self.stats_rejected[r as usize].fetch_add(1, Relaxed);
     }
 
     pub fn relays_refused(&self, r: RelayRefused) -> u64 {
@@ -179,7 +184,7 @@ impl Metrics {
             ),
             (
                 "signaling_http_bytes_total",
-                "Bytes viewers fetched over HTTP (reported).",
+                "Bytes viewers fetched over HTTP (reported; plausible deltas only).",
                 &self.http_bytes,
             ),
             (
@@ -218,6 +223,20 @@ impl Metrics {
             let _ = writeln!(
                 o,
                 "signaling_relays_refused_total{{reason=\"{r}\"}} {}",
+                c(a)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP signaling_stats_rejected_total Implausible stats reports ignored, by reason.\n# TYPE signaling_stats_rejected_total counter"
+        );
+        for (r, a) in crate::reports::REJECTED_NAMES
+            .iter()
+            .zip(&self.stats_rejected)
+        {
+            let _ = writeln!(
+                o,
+                "signaling_stats_rejected_total{{reason=\"{r}\"}} {}",
                 c(a)
             );
         }

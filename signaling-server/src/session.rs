@@ -17,7 +17,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use protocol::PeerId;
-use protocol::signaling::{ClientMsg, ErrorCode, MAX_SWARM_ID_LEN, ServerMsg, StatsReport};
+use protocol::signaling::{ClientMsg, ErrorCode, MAX_SWARM_ID_LEN, ServerMsg};
 use std::future::Future;
 use std::sync::Arc;
 use std::task::Poll;
@@ -26,6 +26,7 @@ use futures_util::StreamExt;
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::metrics::{Reject, RelayRefused, kind_index};
+use crate::reports;
 use crate::state::{AppState, CloseReason, Conn, ConnGuard};
 
 /// `GET /ws`.
@@ -153,8 +154,15 @@ const MAX_ERROR_TEXT: usize = 200;
 #[derive(Debug)]
 struct Membership {
     swarm: Box<str>,
-    /// Last cumulative stats reported for this swarm (to turn reports into deltas).
-    last: Option<Box<StatsReport>>,
+    /// Its `stats` reports so far (to turn them into plausible deltas); from the first report.
+    stats: Option<Box<reports::Track>>,
+}
+
+impl Membership {
+    /// The member's last accepted `peers` (taken back out of the swarm's link sum on leave).
+    fn peers(&self) -> u32 {
+        self.stats.as_ref().map_or(0, |t| t.peers())
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -451,8 +459,7 @@ impl Session {
                     return self.not_in_swarm(ws, &swarm).await;
                 };
                 let m = self.swarms.swap_remove(i);
-                self.state
-                    .leave(&m.swarm, self.id, m.last.map_or(0, |l| l.peers));
+                self.state.leave(&m.swarm, self.id, m.peers());
                 Flow::Continue
             }
             ClientMsg::Signal { swarm, to, data } => {
@@ -485,10 +492,18 @@ impl Session {
                 let Some(i) = self.position(&swarm) else {
                     return self.not_in_swarm(ws, &swarm).await;
                 };
-                let m = &mut self.swarms[i];
-                let (delta, peers_delta) = stats_delta(m.last.as_deref(), &stats);
-                m.last = Some(Box::new(stats));
-                self.state.add_stats(&swarm, &delta, peers_delta);
+                let limits = reports::Limits::new(self.state.config().stats_max_mbps);
+                let now = self.state.now_ms();
+                let track = self.swarms[i]
+                    .stats
+                    .get_or_insert_with(|| Box::new(reports::Track::new(now, limits)));
+                match track.accept(now, &stats, limits) {
+                    Ok(d) => self.state.add_stats(&swarm, &d.counters, d.peers),
+                    Err(why) => {
+                        self.state.metrics().stats_rejected(why);
+                        tracing::debug!(peer = self.id, ?why, "implausible stats report ignored");
+                    }
+                }
                 Flow::Continue
             }
             ClientMsg::Ping => self.send_or_close(ws, &ServerMsg::Pong).await,
@@ -546,7 +561,7 @@ impl Session {
         if !already {
             self.swarms.push(Membership {
                 swarm: swarm.into_boxed_str(),
-                last: None,
+                stats: None,
             });
         }
         self.send_or_close(ws, &reply).await
@@ -555,8 +570,7 @@ impl Session {
     /// Leaves every swarm (telling the partners) and forgets the connection.
     fn cleanup(&mut self) {
         for m in std::mem::take(&mut self.swarms) {
-            self.state
-                .leave(&m.swarm, self.id, m.last.map_or(0, |l| l.peers));
+            self.state.leave(&m.swarm, self.id, m.peers());
         }
         self.state.unregister(self.id);
     }
@@ -564,23 +578,6 @@ impl Session {
 
 fn valid_swarm(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_SWARM_ID_LEN && !s.chars().any(char::is_control)
-}
-
-/// Turns a cumulative report into a delta against the previous one. A counter that went down
-/// means the viewer restarted its count: the new value is the delta.
-fn stats_delta(prev: Option<&StatsReport>, now: &StatsReport) -> (StatsReport, i64) {
-    let p = prev.cloned().unwrap_or_default();
-    let d64 = |new: u64, old: u64| if new >= old { new - old } else { new };
-    let d32 = |new: u32, old: u32| if new >= old { new - old } else { new };
-    let delta = StatsReport {
-        http_bytes: d64(now.http_bytes, p.http_bytes),
-        p2p_bytes: d64(now.p2p_bytes, p.p2p_bytes),
-        uploaded_bytes: d64(now.uploaded_bytes, p.uploaded_bytes),
-        stalls: d32(now.stalls, p.stalls),
-        peers: now.peers,
-        integrity_failures: d32(now.integrity_failures, p.integrity_failures),
-    };
-    (delta, i64::from(now.peers) - i64::from(p.peers))
 }
 
 #[cfg(test)]
@@ -599,26 +596,6 @@ mod tests {
         assert!(b.take(100_000, 1.0, 2.0));
         assert!(b.take(100_000, 1.0, 2.0));
         assert!(!b.take(100_000, 1.0, 2.0));
-    }
-
-    #[test]
-    fn deltas_handle_resets() {
-        let a = StatsReport {
-            http_bytes: 10,
-            p2p_bytes: 30,
-            peers: 2,
-            ..Default::default()
-        };
-        let (d, pd) = stats_delta(None, &a);
-        assert_eq!((d.http_bytes, d.p2p_bytes, pd), (10, 30, 2));
-        let b = StatsReport {
-            http_bytes: 15,
-            p2p_bytes: 5,
-            peers: 1,
-            ..Default::default()
-        };
-        let (d, pd) = stats_delta(Some(&a), &b);
-        assert_eq!((d.http_bytes, d.p2p_bytes, pd), (5, 5, -1));
     }
 
     #[test]

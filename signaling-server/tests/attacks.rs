@@ -270,3 +270,71 @@ async fn join_leave_churn_does_not_flood_bystanders() {
     );
     assert!(max as f64 / secs <= 2.5);
 }
+
+fn stats(swarm: &str, http: u64, p2p: u64, peers: u32) -> ClientMsg {
+    ClientMsg::Stats {
+        swarm: swarm.into(),
+        stats: protocol::signaling::StatsReport {
+            http_bytes: http,
+            p2p_bytes: p2p,
+            peers,
+            ..Default::default()
+        },
+    }
+}
+
+/// A viewer reports `http_bytes` = 2^53 − 1 (and other absurd values) to wreck the operator's
+/// counters. Before, `signaling_http_bytes_total` jumped by 9e15. Now cumulative reports become
+/// deltas per (connection, swarm) that must fit a generous bitrate (200 Mbit/s per counter,
+/// 10 s of burst); anything else is ignored, counted in `signaling_stats_rejected_total`, and
+/// becomes the new baseline (so honest counting resumes from there).
+#[tokio::test]
+async fn absurd_stats_do_not_move_counters() {
+    let (addr, h) = spawn(Config::default()).await;
+    let mut m = Client::connect(addr).await;
+    m.join("live").await;
+    let max = (1u64 << 53) - 1;
+    m.send(&stats("live", max, 0, 1)).await;
+    // Goes "down" from there: ignored too (a counter within one membership never decreases).
+    m.send(&stats("live", 1_000_000, 0, 1)).await;
+    // Honest growth from the new baseline counts.
+    m.send(&stats("live", 3_000_000, 500_000, 2)).await;
+    // Alternating huge/small to get a fresh delta each time: every jump up is too fast.
+    for i in 0..5 {
+        m.send(&stats(
+            "live",
+            3_000_000 + (i + 1) * 10_000_000_000,
+            500_000,
+            2,
+        ))
+        .await;
+        m.send(&stats("live", 3_000_000, 500_000, 2)).await;
+    }
+    // Many small steps in a burst cannot add up past the burst allowance (10 s × 25 MB/s).
+    for i in 1..=20u64 {
+        m.send(&stats("live", 3_000_000 + i * 100_000_000, 500_000, 2))
+            .await;
+    }
+    // An absurd peer count does not move the swarm's link sum.
+    m.send(&stats("live", 1, 1, u32::MAX)).await;
+    m.ping_pong().await;
+
+    let text = metrics(h.state()).await;
+    let http = sample(&text, "signaling_http_bytes_total");
+    assert!(http < 300_000_000.0, "http bytes moved by {http}\n{text}");
+    assert!(http >= 2_000_000.0, "honest delta lost: {http}");
+    assert_eq!(sample(&text, "signaling_p2p_bytes_total"), 500_000.0);
+    let rejected: f64 = ["too_fast", "went_down", "peers"]
+        .iter()
+        .map(|r| {
+            sample(
+                &text,
+                &format!("signaling_stats_rejected_total{{reason=\"{r}\"}}"),
+            )
+        })
+        .sum();
+    assert!(rejected >= 12.0, "{text}");
+    let (_, s) = h.state().swarm_stats("live").unwrap();
+    assert_eq!(s.peer_links, 2);
+    assert!(s.http_bytes < 300_000_000);
+}
