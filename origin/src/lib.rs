@@ -431,15 +431,16 @@ impl OriginHandle {
     }
 }
 
-/// Serves `state` on `listener` until `shutdown` resolves (graceful).
+/// Serves `state` on `listener` until `shutdown` resolves (graceful), with the header and
+/// idle timeouts of its configuration (see `http_guard::serve`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let timeouts = state.timeouts();
+    let admit = |_: SocketAddr| http_guard::Admission::Serve(());
+    http_guard::serve(listener, router(state), timeouts, admit, shutdown).await
 }
 
 /// Starts an origin on `127.0.0.1:0` in the current runtime: for other crates' tests.

@@ -63,6 +63,15 @@ struct ServeArgs {
     /// Segment cache budget in MiB (LRU).
     #[arg(long, env = "ORIGIN_CACHE_MB", default_value_t = 256)]
     cache_mb: usize,
+    /// A client must send a complete request head within this time of connecting, or of its
+    /// previous response on a keep-alive connection (so idle keep-alive connections are closed
+    /// after it too): slowloris sockets are closed.
+    #[arg(long, env = "ORIGIN_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    header_timeout_ms: u64,
+    /// A connection on which no byte moves either way for this long is closed (a trickled
+    /// request, a download the client stopped reading).
+    #[arg(long, env = "ORIGIN_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    idle_timeout_ms: u64,
 }
 
 fn main() -> Result<()> {
@@ -96,6 +105,8 @@ async fn serve(a: ServeArgs) -> Result<()> {
         allow_origins: a.allow_origin,
         window: a.window,
         cache_bytes: a.cache_mb.saturating_mul(1024 * 1024),
+        header_timeout: std::time::Duration::from_millis(a.header_timeout_ms),
+        idle_timeout: std::time::Duration::from_millis(a.idle_timeout_ms),
         ..Config::default()
     };
     let state = AppState::new(config).context("invalid configuration")?;

@@ -95,6 +95,17 @@ pub struct Config {
     /// Byte budget of the segment cache.
     pub cache_bytes: usize,
     pub clock: Clock,
+    /// Longest wait for a complete request head (from accept, or from the previous response on
+    /// a keep-alive connection: so also the keep-alive idle limit).
+    pub header_timeout: std::time::Duration,
+    /// A connection on which no byte moves either way for this long is closed.
+    pub idle_timeout: std::time::Duration,
+    /// Proxies whose `Forwarded` / `X-Forwarded-For` are believed (for logs and the local-only
+    /// admin check).
+    pub trusted_proxies: Vec<http_guard::IpNet>,
+    /// Token for the operator endpoints (`/stats`, `POST /stats/reset`, the stream list of
+    /// `/`); without it they answer local requests only.
+    pub admin_token: Option<String>,
 }
 
 impl Default for Config {
@@ -107,6 +118,10 @@ impl Default for Config {
             window: 6,
             cache_bytes: 256 * 1024 * 1024,
             clock: system_clock(),
+            header_timeout: std::time::Duration::from_secs(10),
+            idle_timeout: std::time::Duration::from_secs(60),
+            trusted_proxies: Vec::new(),
+            admin_token: None,
         }
     }
 }
@@ -171,6 +186,7 @@ struct Inner {
     window: usize,
     clock: Clock,
     allow_origins: Vec<String>,
+    timeouts: http_guard::Timeouts,
     blobs: BlobCache,
     hashes: HashCache,
     stats: Arc<Stats>,
@@ -194,6 +210,11 @@ impl AppState {
             if o != "*" && axum::http::HeaderValue::from_str(o).is_err() {
                 return Err(OriginError::BadAllowOrigin(o.clone()));
             }
+        }
+        if config.header_timeout.is_zero() || config.idle_timeout.is_zero() {
+            return Err(OriginError::Config(
+                "header and idle timeouts must be > 0".into(),
+            ));
         }
         let media_root = match &config.media_dir {
             Some(d) => {
@@ -246,6 +267,10 @@ impl AppState {
             window: config.window,
             clock: config.clock,
             allow_origins: config.allow_origins,
+            timeouts: http_guard::Timeouts {
+                header: config.header_timeout,
+                idle: config.idle_timeout,
+            },
             blobs: BlobCache::new(config.cache_bytes),
             hashes: HashCache::new(HASH_CACHE_ENTRIES),
             stats: Arc::new(Stats::default()),
@@ -279,6 +304,9 @@ impl AppState {
     }
     pub fn allow_origins(&self) -> &[String] {
         &self.0.allow_origins
+    }
+    pub fn timeouts(&self) -> http_guard::Timeouts {
+        self.0.timeouts
     }
     pub fn stats(&self) -> &Arc<Stats> {
         &self.0.stats

@@ -80,6 +80,35 @@ pub struct Config {
     /// signaling message is usually < 1 KiB, and the buffer grows for larger frames).
     #[arg(long, env = "SIGNAL_READ_BUFFER_BYTES", default_value_t = 256)]
     pub read_buffer_bytes: usize,
+    /// A client must send a complete HTTP request head within this time of connecting (or of
+    /// its previous response, on a keep-alive connection): slowloris sockets are closed.
+    #[arg(long, env = "SIGNAL_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+    /// An HTTP connection (not yet a WebSocket) on which no byte moves for this long is closed.
+    #[arg(long, env = "SIGNAL_HTTP_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub http_idle_timeout_ms: u64,
+    /// A WebSocket that sends no message within this time of its `welcome` is closed (a viewer
+    /// joins at once). Later silence is bounded by `heartbeat_ms × idle_factor`.
+    #[arg(
+        long,
+        env = "SIGNAL_FIRST_MESSAGE_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub first_message_timeout_ms: u64,
+    /// Proxy addresses or CIDR networks whose `Forwarded` / `X-Forwarded-For` headers are
+    /// believed (repeat or comma-separate). From anyone else, the socket address is the client's.
+    #[arg(
+        long = "trusted-proxy",
+        env = "SIGNAL_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = http_guard::parse_cidr
+    )]
+    pub trusted_proxies: Vec<http_guard::IpNet>,
+    /// Token for the operator endpoints (`/api/swarms`, `/`, `/dashboard`): `Authorization:
+    /// Bearer <token>`, or HTTP Basic with the token as password (browsers). Without it, those
+    /// endpoints answer local requests only. At least 16 bytes.
+    #[arg(long, env = "SIGNAL_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// On shutdown clients are told to reconnect after `reconnect_min_ms` plus a random jitter of
     /// up to `reconnect_jitter_ms`, so they do not all come back at once.
     #[arg(long, env = "SIGNAL_RECONNECT_MIN_MS", default_value_t = 1_000)]
@@ -116,6 +145,11 @@ impl Default for Config {
             outbox_bytes: 256 * 1024,
             write_timeout_ms: 10_000,
             read_buffer_bytes: 256,
+            header_timeout_ms: 10_000,
+            http_idle_timeout_ms: 60_000,
+            first_message_timeout_ms: 10_000,
+            trusted_proxies: Vec::new(),
+            admin_token: None,
             reconnect_min_ms: 1_000,
             reconnect_jitter_ms: 10_000,
             shutdown_grace_ms: 5_000,
@@ -152,6 +186,21 @@ impl Config {
         }
         if self.stats_max_mbps == 0 {
             return bad("stats_max_mbps must be > 0");
+        }
+        if self.header_timeout_ms == 0
+            || self.http_idle_timeout_ms == 0
+            || self.first_message_timeout_ms == 0
+        {
+            return bad(
+                "header_timeout_ms, http_idle_timeout_ms, first_message_timeout_ms must be > 0",
+            );
+        }
+        if self
+            .admin_token
+            .as_deref()
+            .is_some_and(|t| t.len() < http_guard::admin::MIN_TOKEN_LEN)
+        {
+            return bad("admin_token must be at least 16 bytes");
         }
         if self.slot_notice_ms > 60_000 {
             return bad("slot_notice_ms must be <= 60000");

@@ -17,7 +17,7 @@
 //! |------------------------------|-----------------------------------------------------------|
 //! | `--allowed-origins`          | HTTP 403 before the upgrade                               |
 //! | `--max-connections`          | `error server_full`, then close (1013)                    |
-//! | `--max-conns-per-ip`         | `error rate_limited`, then close (1013)                   |
+//! | `--max-conns-per-ip`         | counted per TCP connection from accept (half-open sockets too): the next few get `error rate_limited` on upgrade, then close (1013); further ones are closed at accept |
 //! | `--max-message-bytes`        | `error too_large`; over 2× the limit also close (1009)    |
 //! | `--rate-per-s`/`--rate-burst`| `error rate_limited`, message dropped                     |
 //! | `--join-rate-per-s`/`--join-burst` | `join` beyond it: `error rate_limited` (with `swarm`), dropped |
@@ -27,6 +27,9 @@
 //! | `--error-budget`             | after that many errors in a burst (refill 1 per 5 s): close (1008) |
 //! | `--outbox-msgs`/`--outbox-bytes` | relays to a client whose outbox is full are dropped (counted in `signaling_relays_dropped_total`); a full outbox for a membership notice, or a write stuck for `--write-timeout-ms`, closes that client (1008) |
 //! | idle (`--heartbeat-ms` × `--idle-factor`) | close (1001)                                 |
+//! | `--header-timeout-ms` (10 s) | an HTTP request head (the upgrade) not complete in time, from accept or from the previous response on a keep-alive connection: socket closed |
+//! | `--http-idle-timeout-ms` (60 s) | an HTTP connection (not yet a WebSocket) on which no byte moves: socket closed |
+//! | `--first-message-timeout-ms` (10 s) | a WebSocket that sends no message after `welcome`: close (1001) |
 //!
 //! Malformed JSON and unknown types get `error bad_message`, a wrong `v` `unsupported_version`,
 //! binary frames `binary_frame`, messages about a swarm the connection is not in `not_in_swarm`,
@@ -65,7 +68,6 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 pub use config::Config;
@@ -89,8 +91,9 @@ pub enum Error {
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
-/// The app. Serve it with `into_make_service_with_connect_info::<SocketAddr>()` so that the
-/// per-IP limit applies (without connect info, that limit is skipped), or use [`serve`].
+/// The app. [`serve`] runs it with the header, idle and per-IP limits applied at accept; served
+/// another way, give it `ConnectInfo<SocketAddr>` (else the per-IP limit is skipped and the
+/// admin endpoints, local-only by default, refuse everybody).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/ws", get(session::ws_handler))
@@ -136,7 +139,6 @@ pub async fn serve(
     state.config().validate()?;
     let sweeper = tokio::spawn(state.clone().run_sweeper());
     let slot_notices = tokio::spawn(state.clone().run_slot_notices());
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let st = state.clone();
     let graceful = async move {
         shutdown.await;
@@ -150,14 +152,16 @@ pub async fn serve(
             tracing::warn!(left = st.open_connections(), "shutdown grace period over");
         }
     };
-    // No Nagle: signaling messages are small and latency-sensitive (Nagle + delayed ACK adds
-    // tens of milliseconds to back-to-back relays).
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(graceful)
-        .await;
+    let timeouts = http_guard::Timeouts {
+        header: Duration::from_millis(state.config().header_timeout_ms),
+        idle: Duration::from_millis(state.config().http_idle_timeout_ms),
+    };
+    let admit = {
+        let st = state.clone();
+        move |addr: SocketAddr| st.admit_tcp(addr.ip())
+    };
+    let result =
+        http_guard::serve(listener, router(state.clone()), timeouts, admit, graceful).await;
     sweeper.abort();
     slot_notices.abort();
     result.map_err(Error::Serve)

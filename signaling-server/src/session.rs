@@ -27,13 +27,14 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use crate::metrics::{Reject, RelayRefused, kind_index};
 use crate::reports;
-use crate::state::{AppState, CloseReason, Conn, ConnGuard};
+use crate::state::{Accepted, AppState, CloseReason, Conn, ConnGuard};
 
 /// `GET /ws`.
 pub(crate) async fn ws_handler(
     State(state): State<AppState>,
     headers: HeaderMap,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    accepted: Option<Extension<Accepted>>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let cfg = state.config();
@@ -55,21 +56,30 @@ pub(crate) async fn ws_handler(
         .max_write_buffer_size(cfg.outbox_bytes.saturating_mul(2))
         .max_message_size(hard_cap)
         .max_frame_size(hard_cap);
+    // The per-IP slot of this TCP connection (if the accept loop counted it) lives as long as
+    // the refusal below, or the session.
+    let accepted = accepted.map(|Extension(a)| a);
     if state.is_shutting_down() {
         state.metrics().reject(Reject::ShuttingDown);
-        return ws.on_upgrade(move |socket| {
+        return ws.on_upgrade(move |socket| async move {
+            let _slot = accepted;
             refuse(
                 socket,
                 state,
                 ErrorCode::ShuttingDown,
                 "server is shutting down",
             )
+            .await
         });
     }
-    let ip = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
-    match state.admit(ip) {
-        Ok(guard) => ws.on_upgrade(move |socket| run(socket, state, guard)),
+    let client = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
+    match state.admit(accepted.clone(), client) {
+        Ok(guard) => {
+            tracing::debug!(client = ?client, "websocket admitted");
+            ws.on_upgrade(move |socket| run(socket, state, guard))
+        }
         Err(reason) => {
+            tracing::debug!(client = ?client, ?reason, "websocket refused");
             state.metrics().reject(reason);
             let (code, msg) = match reason {
                 Reject::PerIp => (
@@ -81,7 +91,10 @@ pub(crate) async fn ws_handler(
                     "server is full, try another or later",
                 ),
             };
-            ws.on_upgrade(move |socket| refuse(socket, state, code, msg))
+            ws.on_upgrade(move |socket| async move {
+                let _slot = accepted;
+                refuse(socket, state, code, msg).await
+            })
         }
     }
 }
@@ -406,8 +419,14 @@ impl Session {
         let now = self.state.now_ms();
         self.conn.touch(now);
         let (text, binary) = match msg {
-            Message::Text(t) => (t, false),
-            Message::Binary(_) => (Default::default(), true),
+            Message::Text(t) => {
+                self.conn.heard();
+                (t, false)
+            }
+            Message::Binary(_) => {
+                self.conn.heard();
+                (Default::default(), true)
+            }
             // tungstenite answers pings itself; either way the client is alive.
             Message::Ping(_) | Message::Pong(_) => return Flow::Continue,
             Message::Close(_) => return Flow::Close,

@@ -338,3 +338,108 @@ async fn absurd_stats_do_not_move_counters() {
     assert_eq!(s.peer_links, 2);
     assert!(s.http_bytes < 300_000_000);
 }
+
+/// Opens `n` raw sockets that send a partial request head and never finish it.
+async fn slowloris(addr: std::net::SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut socks = Vec::new();
+    for _ in 0..n {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websock")
+            .await
+            .unwrap();
+        socks.push(s);
+    }
+    socks
+}
+
+/// True if the server closed `s` within `wait` (whatever it sent before closing).
+async fn closed_within(s: &mut tokio::net::TcpStream, wait: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let end = tokio::time::Instant::now() + wait;
+    loop {
+        let Some(left) = end.checked_duration_since(tokio::time::Instant::now()) else {
+            return false;
+        };
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Slowloris: 20 sockets that never finish their request head. Before, they stayed open for
+/// as long as the client liked (40 s and counting). Now the head must be complete within the
+/// header timeout (10 s by default, 300 ms here), and the server keeps serving others.
+#[tokio::test]
+async fn slowloris_sockets_are_closed() {
+    let cfg = Config {
+        header_timeout_ms: 300,
+        ..Config::default()
+    };
+    let (addr, _h) = spawn(cfg).await;
+    let mut socks = slowloris(addr, 20).await;
+    let start = tokio::time::Instant::now();
+    for s in &mut socks {
+        assert!(
+            closed_within(s, Duration::from_secs(2)).await,
+            "a half-open request was kept"
+        );
+    }
+    assert!(start.elapsed() < Duration::from_secs(2));
+    Client::connect(addr).await.ping_pong().await;
+}
+
+/// An idle keep-alive connection (one request done, then silence) is closed too, and a
+/// WebSocket that says nothing after its `welcome` is closed after the first-message timeout
+/// (before: after 3 heartbeats, 90 s by default).
+#[tokio::test]
+async fn idle_and_silent_connections_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let cfg = Config {
+        header_timeout_ms: 300,
+        first_message_timeout_ms: 300,
+        ..Config::default()
+    };
+    let (addr, _h) = spawn(cfg).await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(closed_within(&mut s, Duration::from_secs(2)).await);
+    let mut silent = Client::connect(addr).await;
+    let start = tokio::time::Instant::now();
+    silent.expect_closed().await;
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
+
+/// Half-open sockets count against the per-IP limit from accept (before: only WebSockets
+/// counted, at upgrade, so one address could hold any number of half-open sockets). Up to a few
+/// over the limit get the typed refusal; beyond that they are closed at accept.
+#[tokio::test]
+async fn slowloris_sockets_count_against_the_per_ip_limit() {
+    let cfg = Config {
+        max_conns_per_ip: 4,
+        ..Config::default()
+    };
+    let (addr, _h) = spawn(cfg).await;
+    let socks = slowloris(addr, 4).await;
+    let ws = common::connect_raw(addr).await;
+    let mut c = Client { ws, id: 0 };
+    c.expect_error(ErrorCode::RateLimited).await;
+    c.expect_closed().await;
+    // Far over the limit: closed without a word.
+    let mut more = slowloris(addr, 20).await;
+    let mut closed = 0;
+    for s in &mut more {
+        if closed_within(s, Duration::from_millis(300)).await {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 15, "only {closed} of 20 closed at accept");
+    drop((socks, more));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Client::connect(addr).await.ping_pong().await;
+}
