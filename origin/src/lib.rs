@@ -29,7 +29,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path as UrlPath, Request, State};
+use axum::extract::{ConnectInfo, Path as UrlPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
@@ -77,7 +77,17 @@ pub fn router(state: AppState) -> Router {
     if let Some(cors) = cors_layer(state.allow_origins()) {
         r = r.layer(cors);
     }
-    r.layer(TraceLayer::new_for_http()).with_state(state)
+    // Request spans carry the client: the socket address, or the forwarded one from a trusted
+    // proxy.
+    let proxies = state.proxies().clone();
+    let trace = TraceLayer::new_for_http().make_span_with(move |req: &Request| {
+        let client = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ci| proxies.client_ip(ci.0.ip(), req.headers()));
+        tracing::debug_span!("request", method = %req.method(), uri = %req.uri(), client = ?client)
+    });
+    r.layer(trace).with_state(state)
 }
 
 fn cors_layer(origins: &[String]) -> Option<CorsLayer> {

@@ -72,6 +72,16 @@ struct ServeArgs {
     /// request, a download the client stopped reading).
     #[arg(long, env = "ORIGIN_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
     idle_timeout_ms: u64,
+    /// Proxy address or CIDR network whose Forwarded / X-Forwarded-For headers are believed
+    /// (logs, the local-only admin check); repeat or comma-separate. From anyone else the
+    /// socket address is the client's.
+    #[arg(
+        long = "trusted-proxy",
+        env = "ORIGIN_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = http_guard::parse_cidr
+    )]
+    trusted_proxies: Vec<http_guard::IpNet>,
 }
 
 fn main() -> Result<()> {
@@ -107,6 +117,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         cache_bytes: a.cache_mb.saturating_mul(1024 * 1024),
         header_timeout: std::time::Duration::from_millis(a.header_timeout_ms),
         idle_timeout: std::time::Duration::from_millis(a.idle_timeout_ms),
+        trusted_proxies: a.trusted_proxies,
         ..Config::default()
     };
     let state = AppState::new(config).context("invalid configuration")?;

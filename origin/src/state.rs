@@ -187,6 +187,7 @@ struct Inner {
     clock: Clock,
     allow_origins: Vec<String>,
     timeouts: http_guard::Timeouts,
+    proxies: http_guard::TrustedProxies,
     blobs: BlobCache,
     hashes: HashCache,
     stats: Arc<Stats>,
@@ -271,6 +272,7 @@ impl AppState {
                 header: config.header_timeout,
                 idle: config.idle_timeout,
             },
+            proxies: http_guard::TrustedProxies::new(config.trusted_proxies),
             blobs: BlobCache::new(config.cache_bytes),
             hashes: HashCache::new(HASH_CACHE_ENTRIES),
             stats: Arc::new(Stats::default()),
@@ -307,6 +309,10 @@ impl AppState {
     }
     pub fn timeouts(&self) -> http_guard::Timeouts {
         self.0.timeouts
+    }
+    /// `--trusted-proxy`: whose forwarding headers are believed.
+    pub fn proxies(&self) -> &http_guard::TrustedProxies {
+        &self.0.proxies
     }
     pub fn stats(&self) -> &Arc<Stats> {
         &self.0.stats

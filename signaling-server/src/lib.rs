@@ -31,6 +31,12 @@
 //! | `--http-idle-timeout-ms` (60 s) | an HTTP connection (not yet a WebSocket) on which no byte moves: socket closed |
 //! | `--first-message-timeout-ms` (10 s) | a WebSocket that sends no message after `welcome`: close (1001) |
 //!
+//! Client addresses (per-IP limits, logs): the socket's, or, only for a request whose socket
+//! peer is a `--trusted-proxy` address or network, the one it forwarded (`Forwarded: for=`, else
+//! `X-Forwarded-For`, walked from the nearest hop back past trusted proxies). Connections from a
+//! trusted proxy are counted at the upgrade under the forwarded address, not at accept: the proxy
+//! must bound half-open connections itself.
+//!
 //! Malformed JSON and unknown types get `error bad_message`, a wrong `v` `unsupported_version`,
 //! binary frames `binary_frame`, messages about a swarm the connection is not in `not_in_swarm`,
 //! bad swarm ids `bad_swarm`.

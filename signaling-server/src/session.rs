@@ -72,12 +72,10 @@ pub(crate) async fn ws_handler(
             .await
         });
     }
-    let client = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
+    // The address limits and logs use: the socket's, or the forwarded one from a trusted proxy.
+    let client = peer.map(|Extension(ConnectInfo(addr))| state.client_ip(addr.ip(), &headers));
     match state.admit(accepted.clone(), client) {
-        Ok(guard) => {
-            tracing::debug!(client = ?client, "websocket admitted");
-            ws.on_upgrade(move |socket| run(socket, state, guard))
-        }
+        Ok(guard) => ws.on_upgrade(move |socket| run(socket, state, guard)),
         Err(reason) => {
             tracing::debug!(client = ?client, ?reason, "websocket refused");
             state.metrics().reject(reason);
@@ -192,7 +190,7 @@ struct Session {
     rate: Bucket,
     joins: Bucket,
     budget: Bucket,
-    _guard: ConnGuard,
+    guard: ConnGuard,
 }
 
 /// What woke the connection task.
@@ -224,9 +222,9 @@ fn run(mut ws: WebSocket, state: AppState, guard: ConnGuard) -> impl Future<Outp
             conn,
             id,
             swarms: Vec::new(),
-            _guard: guard,
+            guard,
         };
-        tracing::debug!(peer = id, "connected");
+        tracing::debug!(peer = id, client = ?s.guard.client, "connected");
         if Box::pin(s.welcome(&mut ws)).await {
             loop {
                 let conn = &s.conn;
@@ -249,7 +247,7 @@ fn run(mut ws: WebSocket, state: AppState, guard: ConnGuard) -> impl Future<Outp
             }
         }
         s.cleanup();
-        tracing::debug!(peer = id, "disconnected");
+        tracing::debug!(peer = id, client = ?s.guard.client, "disconnected");
     }
 }
 

@@ -217,6 +217,8 @@ pub struct Accepted {
 pub struct ConnGuard {
     state: AppState,
     _ip: Option<Arc<IpSlot>>,
+    /// The client's address (forwarded, behind a trusted proxy), for logs.
+    pub(crate) client: Option<IpAddr>,
 }
 
 impl Drop for ConnGuard {
@@ -237,6 +239,8 @@ pub struct Inner {
     open: AtomicUsize,
     /// Open connections per address key (counted from accept).
     per_ip: Mutex<HashMap<IpAddr, u32>>,
+    /// `--trusted-proxy`: whose forwarding headers are believed.
+    proxies: http_guard::TrustedProxies,
     swarms: Box<[Mutex<SwarmShard>]>,
     shutting_down: AtomicBool,
 }
@@ -300,6 +304,7 @@ impl AppState {
         // Ids start at a random point so they do not reveal how many viewers came before; 2^40
         // leaves room for 2^53 - 2^40 connections before reaching JavaScript's exact range.
         let first_id = seed.gen_range(1..(1u64 << 40));
+        let proxies = http_guard::TrustedProxies::new(cfg.trusted_proxies.iter().copied());
         AppState(Arc::new(Inner {
             cfg,
             metrics: Metrics::default(),
@@ -310,6 +315,7 @@ impl AppState {
                 .collect(),
             open: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
+            proxies,
             swarms,
             shutting_down: AtomicBool::new(false),
         }))
@@ -336,6 +342,12 @@ impl AppState {
         self.0.shutting_down.load(Relaxed)
     }
 
+    /// The client address of a request from socket peer `peer`: forwarding headers are believed
+    /// only from `--trusted-proxy` addresses.
+    pub fn client_ip(&self, peer: IpAddr, headers: &axum::http::HeaderMap) -> IpAddr {
+        self.0.proxies.client_ip(peer, headers)
+    }
+
     /// Counts one connection under `key`; `allow` more than the limit (for refusals).
     fn take_ip_slot(&self, key: IpAddr, allow: u32) -> Option<(Arc<IpSlot>, bool)> {
         let limit = self.0.cfg.max_conns_per_ip;
@@ -355,9 +367,16 @@ impl AppState {
     }
 
     /// Called by the accept loop for every TCP connection, before a byte is read: counts it
-    /// against its address's limit.
+    /// against its address's limit (unless it comes from a trusted proxy, whose clients are
+    /// counted at the upgrade under their forwarded addresses).
     pub fn admit_tcp(&self, peer: IpAddr) -> http_guard::Admission<Accepted> {
         use http_guard::Admission;
+        if self.0.proxies.contains(peer) {
+            return Admission::Serve(Accepted {
+                slot: None,
+                over_limit: false,
+            });
+        }
         match self.take_ip_slot(http_guard::canonical(peer), PER_IP_REFUSALS) {
             Some((slot, false)) => Admission::Serve(Accepted {
                 slot: Some(slot),
@@ -405,6 +424,7 @@ impl AppState {
         Ok(ConnGuard {
             state: self.clone(),
             _ip: slot,
+            client,
         })
     }
 

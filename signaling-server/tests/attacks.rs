@@ -443,3 +443,57 @@ async fn slowloris_sockets_count_against_the_per_ip_limit() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     Client::connect(addr).await.ping_pong().await;
 }
+
+/// Connects a WebSocket whose request carries `X-Forwarded-For: xff`; Ok(welcome) or the
+/// refusal's error code.
+async fn connect_as(addr: std::net::SocketAddr, xff: &str) -> Result<Client, ErrorCode> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("x-forwarded-for", xff.parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let mut c = Client { ws, id: 0 };
+    match c.recv().await {
+        ServerMsg::Welcome { peer_id, .. } => {
+            c.id = peer_id;
+            Ok(c)
+        }
+        ServerMsg::Error { code, .. } => Err(code),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A client behind no proxy writes `X-Forwarded-For` to pose as many addresses and dodge the
+/// per-IP limit: it still counts as its socket address. Only a configured `--trusted-proxy`
+/// (here 127.0.0.1, standing in for a reverse proxy) is believed, and then each forwarded
+/// client counts on its own. Before, forwarding headers were ignored even from a trusted proxy,
+/// so all its clients shared the proxy's limit.
+#[tokio::test]
+async fn forwarded_for_counts_only_from_trusted_proxies() {
+    let cfg = Config {
+        max_conns_per_ip: 1,
+        ..Config::default()
+    };
+    let (addr, _h) = spawn(cfg.clone()).await;
+    let _a = connect_as(addr, "203.0.113.1").await.unwrap();
+    assert_eq!(
+        connect_as(addr, "203.0.113.2").await.err(),
+        Some(ErrorCode::RateLimited)
+    );
+
+    let cfg = Config {
+        trusted_proxies: vec![http_guard::parse_cidr("127.0.0.1").unwrap()],
+        ..cfg
+    };
+    let (addr, _h) = spawn(cfg).await;
+    let a = connect_as(addr, "203.0.113.1").await.unwrap();
+    let _b = connect_as(addr, "198.51.100.7, 203.0.113.2").await.unwrap();
+    // The proxy appends the address it saw: a spoofed first entry changes nothing.
+    assert_eq!(
+        connect_as(addr, "203.0.113.2, 203.0.113.1").await.err(),
+        Some(ErrorCode::RateLimited)
+    );
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(connect_as(addr, "203.0.113.1").await.is_ok());
+}
