@@ -53,7 +53,8 @@ pub struct Config {
     /// Open WebSocket connections in total; more get `error server_full` and are closed.
     #[arg(long, env = "SIGNAL_MAX_CONNECTIONS", default_value_t = 200_000)]
     pub max_connections: usize,
-    /// Open connections per client IP address; more get `error rate_limited` and are closed.
+    /// Open connections per client address (an IPv4 address, or an IPv6 /64: one subscriber's
+    /// prefix), counted from accept; more get `error rate_limited` and are closed.
     #[arg(long, env = "SIGNAL_MAX_CONNS_PER_IP", default_value_t = 64)]
     pub max_conns_per_ip: u32,
     /// Allowed `Origin` header values (comma separated, exact match, e.g.

@@ -17,7 +17,7 @@
 //! |------------------------------|-----------------------------------------------------------|
 //! | `--allowed-origins`          | HTTP 403 before the upgrade                               |
 //! | `--max-connections`          | `error server_full`, then close (1013)                    |
-//! | `--max-conns-per-ip`         | counted per TCP connection from accept (half-open sockets too): the next few get `error rate_limited` on upgrade, then close (1013); further ones are closed at accept |
+//! | `--max-conns-per-ip`         | per IPv4 address or IPv6 /64, counted per TCP connection from accept (half-open sockets too): the next few get `error rate_limited` on upgrade, then close (1013); further ones are closed at accept |
 //! | `--max-message-bytes`        | `error too_large`; over 2× the limit also close (1009)    |
 //! | `--rate-per-s`/`--rate-burst`| `error rate_limited`, message dropped                     |
 //! | `--join-rate-per-s`/`--join-burst` | `join` beyond it: `error rate_limited` (with `swarm`), dropped |

@@ -237,7 +237,8 @@ pub struct Inner {
     conns: Box<[ConnShard]>,
     /// Admitted connections (including those still in the WebSocket handshake).
     open: AtomicUsize,
-    /// Open connections per address key (counted from accept).
+    /// Open connections per address key (`http_guard::ip_key`: the IPv4 address, or the IPv6
+    /// /64), counted from accept.
     per_ip: Mutex<HashMap<IpAddr, u32>>,
     /// `--trusted-proxy`: whose forwarding headers are believed.
     proxies: http_guard::TrustedProxies,
@@ -377,7 +378,7 @@ impl AppState {
                 over_limit: false,
             });
         }
-        match self.take_ip_slot(http_guard::canonical(peer), PER_IP_REFUSALS) {
+        match self.take_ip_slot(http_guard::ip_key(peer), PER_IP_REFUSALS) {
             Some((slot, false)) => Admission::Serve(Accepted {
                 slot: Some(slot),
                 over_limit: false,
@@ -410,7 +411,7 @@ impl AppState {
                 slot: Some(slot), ..
             }) => Some(slot),
             _ => match client {
-                Some(ip) => match self.take_ip_slot(http_guard::canonical(ip), 0) {
+                Some(ip) => match self.take_ip_slot(http_guard::ip_key(ip), 0) {
                     Some((slot, _)) => Some(slot),
                     None => return Err(Reject::PerIp),
                 },

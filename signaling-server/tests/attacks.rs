@@ -497,3 +497,36 @@ async fn forwarded_for_counts_only_from_trusted_proxies() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(connect_as(addr, "203.0.113.1").await.is_ok());
 }
+
+/// An IPv6 host owns a whole /64 and can use a fresh address for every connection: per-IP
+/// limits count IPv6 clients by their /64 (IPv4 clients by their exact address). Before, two
+/// addresses of one /64 each got their own limit. (The addresses come through a trusted proxy:
+/// loopback offers one IPv6 address only.)
+#[tokio::test]
+async fn ipv6_neighbours_share_one_per_ip_limit() {
+    let cfg = Config {
+        max_conns_per_ip: 1,
+        trusted_proxies: vec![http_guard::parse_cidr("127.0.0.1").unwrap()],
+        ..Config::default()
+    };
+    let (addr, _h) = spawn(cfg).await;
+    let _a = connect_as(addr, "2001:db8:1:2::1").await.unwrap();
+    assert_eq!(
+        connect_as(addr, "2001:db8:1:2:ffff:ffff:ffff:ffff")
+            .await
+            .err(),
+        Some(ErrorCode::RateLimited)
+    );
+    assert_eq!(
+        connect_as(addr, "[2001:db8:1:2::77]:4711").await.err(),
+        Some(ErrorCode::RateLimited)
+    );
+    // The next /64 is another subscriber; IPv4 neighbours are distinct.
+    let _b = connect_as(addr, "2001:db8:1:3::1").await.unwrap();
+    let _c = connect_as(addr, "198.51.100.1").await.unwrap();
+    let _d = connect_as(addr, "198.51.100.2").await.unwrap();
+    assert_eq!(
+        connect_as(addr, "::ffff:198.51.100.2").await.err(),
+        Some(ErrorCode::RateLimited)
+    );
+}
