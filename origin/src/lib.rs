@@ -10,7 +10,15 @@
 //! | `/live/<stream>/<dir>/seg_<seq>.<ext>` | live segment `seq` (= file `seq % n`) |
 //! | `/live/<stream>/<dir>/<name>.integrity.json` | sidecar of the current live window |
 //! | `/synthetic/<name>/index.m3u8`, `seg_<seq>.bin`, `index.integrity.json` | generated stream |
-//! | `/healthz`, `/metrics`, `/stats`, `POST /stats/reset` | operations |
+//! | `/healthz`, `/metrics` | operations (public) |
+//! | `/stats`, `POST /stats/reset` | operations (admin) |
+//!
+//! Admin: `/stats`, `POST /stats/reset` and the stream list of `/`. With an admin token
+//! (`--admin-token`) they need `Authorization: Bearer <token>`; without one (the default) they
+//! answer local requests only (a loopback client, not forwarded by a proxy that was not declared
+//! with `--trusted-proxy`). `/healthz` and `/metrics` stay public for load balancers and
+//! Prometheus scrapers on other hosts; the metrics' labels are bounded to the configured streams
+//! and existing VOD folders, which are public URLs anyway.
 //!
 //! Integrity sidecar convention (normative): for a media playlist `<dir>/<name>.m3u8` the sidecar
 //! is `<dir>/<name>.integrity.json`, in [`protocol::Manifest::to_json`] format, keyed by media
@@ -58,18 +66,25 @@ URL layout:
   /synthetic/<name>/index.m3u8             generated live stream; seg_<seq>.bin, index.integrity.json
   /healthz                                 liveness
   /metrics                                 Prometheus text: bytes and requests per stream and kind
-  /stats                                   JSON snapshot; POST /stats/reset returns it and zeroes it
+  /stats                                   (admin) JSON snapshot; POST /stats/reset returns it and
+                                           zeroes it
+Admin endpoints (/stats, /stats/reset, the stream list of /) need Authorization: Bearer
+<--admin-token>; without a token they answer local requests only (loopback, not forwarded by a
+proxy missing from --trusted-proxy)
 Sidecar convention: <dir>/<name>.m3u8 -> <dir>/<name>.integrity.json (protocol::Manifest JSON,
 keyed by media sequence number, every segment currently listed).";
 
 /// Builds the HTTP router.
 pub fn router(state: AppState) -> Router {
+    let admin = Router::new()
+        .route("/stats", get(stats_json))
+        .route("/stats/reset", post(stats_reset))
+        .route_layer(middleware::from_fn_with_state(state.clone(), admin_only));
     let mut r = Router::new()
         .route("/", get(index))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
-        .route("/stats", get(stats_json))
-        .route("/stats/reset", post(stats_reset))
+        .merge(admin)
         .route("/vod/{stream}/{*path}", get(vod))
         .route("/live/{stream}/{*path}", get(live))
         .route("/synthetic/{name}/{*path}", get(synthetic))
@@ -141,7 +156,32 @@ fn finish(
     r
 }
 
-async fn index(State(st): State<AppState>) -> String {
+/// The socket peer of a request (set by [`serve`]; absent under `oneshot` unless a test adds it).
+fn peer_of(req: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+    req.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
+}
+
+/// Lets a request through to an admin route only with the admin token, or from this host when
+/// no token is configured.
+async fn admin_only(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let peer = peer_of(req.extensions());
+    match st.admin_check(peer, req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(denied) => {
+            tracing::debug!(?peer, uri = %req.uri(), ?denied, "admin request refused");
+            denied.into_response()
+        }
+    }
+}
+
+/// The URL layout; the configured streams only for the operator (see [`admin_only`]).
+async fn index(State(st): State<AppState>, req: Request) -> String {
+    if st
+        .admin_check(peer_of(req.extensions()), req.headers())
+        .is_err()
+    {
+        return format!("P2P CDN origin\n\n{URL_LAYOUT}\n");
+    }
     format!(
         "P2P CDN origin\nlive streams: {:?}\nsynthetic streams: {:?}\nmedia folder: {}\n\n{URL_LAYOUT}\n",
         st.live_names(),

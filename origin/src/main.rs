@@ -82,6 +82,11 @@ struct ServeArgs {
         value_parser = http_guard::parse_cidr
     )]
     trusted_proxies: Vec<http_guard::IpNet>,
+    /// Token for the admin endpoints (/stats, POST /stats/reset, the stream list of /):
+    /// Authorization: Bearer <token>; at least 16 bytes. Without it they answer local requests
+    /// only.
+    #[arg(long, env = "ORIGIN_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 fn main() -> Result<()> {
@@ -118,6 +123,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         header_timeout: std::time::Duration::from_millis(a.header_timeout_ms),
         idle_timeout: std::time::Duration::from_millis(a.idle_timeout_ms),
         trusted_proxies: a.trusted_proxies,
+        admin_token: a.admin_token,
         ..Config::default()
     };
     let state = AppState::new(config).context("invalid configuration")?;

@@ -188,6 +188,7 @@ struct Inner {
     allow_origins: Vec<String>,
     timeouts: http_guard::Timeouts,
     proxies: http_guard::TrustedProxies,
+    admin: http_guard::AdminAccess,
     blobs: BlobCache,
     hashes: HashCache,
     stats: Arc<Stats>,
@@ -217,6 +218,16 @@ impl AppState {
                 "header and idle timeouts must be > 0".into(),
             ));
         }
+        if config
+            .admin_token
+            .as_deref()
+            .is_some_and(|t| t.len() < http_guard::admin::MIN_TOKEN_LEN)
+        {
+            return Err(OriginError::Config(
+                "the admin token must be at least 16 bytes".into(),
+            ));
+        }
+        let proxies = http_guard::TrustedProxies::new(config.trusted_proxies.iter().copied());
         let media_root = match &config.media_dir {
             Some(d) => {
                 let c =
@@ -272,7 +283,8 @@ impl AppState {
                 header: config.header_timeout,
                 idle: config.idle_timeout,
             },
-            proxies: http_guard::TrustedProxies::new(config.trusted_proxies),
+            admin: http_guard::AdminAccess::new(config.admin_token, proxies.clone()),
+            proxies,
             blobs: BlobCache::new(config.cache_bytes),
             hashes: HashCache::new(HASH_CACHE_ENTRIES),
             stats: Arc::new(Stats::default()),
@@ -309,6 +321,14 @@ impl AppState {
     }
     pub fn timeouts(&self) -> http_guard::Timeouts {
         self.0.timeouts
+    }
+    /// Whether a request from socket peer `peer` may use the operator endpoints.
+    pub fn admin_check(
+        &self,
+        peer: Option<std::net::IpAddr>,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<(), http_guard::admin::Denied> {
+        self.0.admin.check(peer, headers)
     }
     /// `--trusted-proxy`: whose forwarding headers are believed.
     pub fn proxies(&self) -> &http_guard::TrustedProxies {

@@ -108,3 +108,124 @@ async fn idle_and_stalled_connections_are_closed() {
     assert!(got < 40_000_000, "the whole segment was sent: {got}");
     h.shutdown().await.unwrap();
 }
+
+/// A request through the router from socket address `peer` (None: unknown).
+async fn req_as(
+    state: &origin::AppState,
+    method: &str,
+    path: &str,
+    peer: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    use axum::body::Body;
+    use axum::http::Request;
+    let mut b = Request::builder().method(method).uri(path);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let mut req = b.body(Body::empty()).unwrap();
+    if let Some(p) = peer {
+        let addr: SocketAddr = p.parse().unwrap();
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(addr));
+    }
+    let (resp, body) = send(state, req).await;
+    (
+        resp.status().as_u16(),
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// Anyone could zero the operator's byte counters (`POST /stats/reset`) and read them and the
+/// list of streams. Now `/stats`, `POST /stats/reset` and the stream list of `/` are admin:
+/// without `--admin-token`, local requests only (a loopback client, not forwarded by an
+/// undeclared proxy); with one, `Authorization: Bearer <token>`. `/healthz`, `/metrics` and the
+/// media stay public.
+#[tokio::test]
+async fn admin_endpoints_refuse_without_token() {
+    let media = Media::new();
+    let clock = TestClock::new();
+    let st = origin::AppState::new(config(&media, &clock)).unwrap();
+    // Some traffic to count.
+    let (status, _) = req_as(&st, "GET", "/vod/sample/index.m3u8", None, &[]).await;
+    assert_eq!(status, 200);
+    let remote = Some("203.0.113.5:4000");
+    let local = Some("127.0.0.1:4000");
+    let undeclared_proxy = [("x-forwarded-for", "203.0.113.5")];
+    for (peer, headers) in [
+        (None, &[][..]),
+        (remote, &[][..]),
+        (local, &undeclared_proxy[..]),
+    ] {
+        assert_eq!(req_as(&st, "GET", "/stats", peer, headers).await.0, 403);
+        assert_eq!(
+            req_as(&st, "POST", "/stats/reset", peer, headers).await.0,
+            403
+        );
+        let (status, index) = req_as(&st, "GET", "/", peer, headers).await;
+        assert_eq!(status, 200);
+        assert!(
+            index.contains("/vod/<stream>/") && !index.contains("tsm"),
+            "{index}"
+        );
+        for public in ["/healthz", "/metrics", "/vod/sample/index.m3u8"] {
+            assert_eq!(req_as(&st, "GET", public, peer, headers).await.0, 200);
+        }
+    }
+    // The counters were not reset by anyone above.
+    let (status, stats) = req_as(&st, "GET", "/stats", local, &[]).await;
+    assert_eq!(status, 200);
+    assert!(!stats.contains("\"bytes\":0}"), "{stats}");
+    let (_, index) = req_as(&st, "GET", "/", local, &[]).await;
+    assert!(index.contains("tsm"), "{index}");
+    assert_eq!(req_as(&st, "POST", "/stats/reset", local, &[]).await.0, 200);
+
+    // Behind a declared proxy, the forwarded client decides.
+    let st = origin::AppState::new(origin::Config {
+        trusted_proxies: vec![http_guard::parse_cidr("127.0.0.1").unwrap()],
+        ..config(&media, &clock)
+    })
+    .unwrap();
+    assert_eq!(
+        req_as(&st, "GET", "/stats", local, &undeclared_proxy)
+            .await
+            .0,
+        403
+    );
+    let from_local = [("x-forwarded-for", "127.0.0.1")];
+    assert_eq!(
+        req_as(&st, "GET", "/stats", local, &from_local).await.0,
+        200
+    );
+
+    // With a token: anywhere, with the token only.
+    let token = "origin-admin-token-0123";
+    let st = origin::AppState::new(origin::Config {
+        admin_token: Some(token.into()),
+        ..config(&media, &clock)
+    })
+    .unwrap();
+    let bearer = format!("Bearer {token}");
+    for peer in [local, remote] {
+        assert_eq!(req_as(&st, "GET", "/stats", peer, &[]).await.0, 401);
+        let wrong = [("authorization", "Bearer origin-admin-token-9999")];
+        assert_eq!(
+            req_as(&st, "POST", "/stats/reset", peer, &wrong).await.0,
+            401
+        );
+        let good = [("authorization", bearer.as_str())];
+        assert_eq!(req_as(&st, "GET", "/stats", peer, &good).await.0, 200);
+        assert_eq!(
+            req_as(&st, "POST", "/stats/reset", peer, &good).await.0,
+            200
+        );
+    }
+    // A short token is a configuration error.
+    assert!(
+        origin::AppState::new(origin::Config {
+            admin_token: Some("short".into()),
+            ..config(&media, &clock)
+        })
+        .is_err()
+    );
+}

@@ -8,8 +8,16 @@
 //! | `/ws`          | the signaling WebSocket (JSON text messages, `protocol::signaling`) |
 //! | `/healthz`     | `ok` (503 while shutting down)                                      |
 //! | `/metrics`     | Prometheus text                                                     |
-//! | `/api/swarms`  | JSON overview: totals and the largest swarms                        |
-//! | `/`, `/dashboard` | HTML dashboard polling `/api/swarms`                            |
+//! | `/api/swarms`  | admin: JSON overview: totals and the largest swarms                 |
+//! | `/`, `/dashboard` | admin: HTML dashboard polling `/api/swarms`                      |
+//!
+//! Admin routes list swarm ids (stream URLs) and their audiences. With `--admin-token` they
+//! need `Authorization: Bearer <token>`, or HTTP Basic with the token as password (a browser
+//! opening the dashboard is prompted, and its polls then carry the credentials); without a
+//! token (the default) they answer local requests only: a loopback client, not forwarded by a
+//! proxy that was not declared with `--trusted-proxy`. Others get 401 / 403. `/healthz` and
+//! `/metrics` stay public: load balancers and Prometheus scrapers reach them from other hosts,
+//! and they hold only aggregate counters (no swarm ids, no addresses).
 //!
 //! ## Limits and what a client sees when it hits one
 //!
@@ -101,14 +109,40 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 /// another way, give it `ConnectInfo<SocketAddr>` (else the per-IP limit is skipped and the
 /// admin endpoints, local-only by default, refuse everybody).
 pub fn router(state: AppState) -> Router {
+    let admin = Router::new()
+        .route("/api/swarms", get(api_swarms))
+        .route("/", get(dashboard))
+        .route("/dashboard", get(dashboard))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin_only,
+        ));
     Router::new()
         .route("/ws", get(session::ws_handler))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_handler))
-        .route("/api/swarms", get(api_swarms))
-        .route("/", get(dashboard))
-        .route("/dashboard", get(dashboard))
+        .merge(admin)
         .with_state(state)
+}
+
+/// Lets a request through to an admin route only with the admin token, or from this host when
+/// no token is configured.
+async fn admin_only(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    match state.admin_check(peer, req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(denied) => {
+            tracing::debug!(?peer, uri = %req.uri(), ?denied, "admin request refused");
+            denied.into_response()
+        }
+    }
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {

@@ -242,6 +242,8 @@ pub struct Inner {
     per_ip: Mutex<HashMap<IpAddr, u32>>,
     /// `--trusted-proxy`: whose forwarding headers are believed.
     proxies: http_guard::TrustedProxies,
+    /// `--admin-token`, or local-only.
+    admin: http_guard::AdminAccess,
     swarms: Box<[Mutex<SwarmShard>]>,
     shutting_down: AtomicBool,
 }
@@ -306,6 +308,7 @@ impl AppState {
         // leaves room for 2^53 - 2^40 connections before reaching JavaScript's exact range.
         let first_id = seed.gen_range(1..(1u64 << 40));
         let proxies = http_guard::TrustedProxies::new(cfg.trusted_proxies.iter().copied());
+        let admin = http_guard::AdminAccess::new(cfg.admin_token.clone(), proxies.clone());
         AppState(Arc::new(Inner {
             cfg,
             metrics: Metrics::default(),
@@ -316,6 +319,7 @@ impl AppState {
                 .collect(),
             open: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
+            admin,
             proxies,
             swarms,
             shutting_down: AtomicBool::new(false),
@@ -347,6 +351,15 @@ impl AppState {
     /// only from `--trusted-proxy` addresses.
     pub fn client_ip(&self, peer: IpAddr, headers: &axum::http::HeaderMap) -> IpAddr {
         self.0.proxies.client_ip(peer, headers)
+    }
+
+    /// Whether a request from socket peer `peer` may use the operator endpoints.
+    pub fn admin_check(
+        &self,
+        peer: Option<IpAddr>,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<(), http_guard::admin::Denied> {
+        self.0.admin.check(peer, headers)
     }
 
     /// Counts one connection under `key`; `allow` more than the limit (for refusals).

@@ -530,3 +530,91 @@ async fn ipv6_neighbours_share_one_per_ip_limit() {
         Some(ErrorCode::RateLimited)
     );
 }
+
+/// GET `path` through the router, from socket address `peer` (None: unknown), with headers.
+async fn get_as(
+    state: &AppState,
+    path: &str,
+    peer: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (axum::http::StatusCode, axum::http::HeaderMap) {
+    let mut req = Request::get(path);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut req = req.body(Body::empty()).unwrap();
+    if let Some(p) = peer {
+        let addr: std::net::SocketAddr = p.parse().unwrap();
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(addr));
+    }
+    let resp = router(state.clone()).oneshot(req).await.unwrap();
+    (resp.status(), resp.headers().clone())
+}
+
+/// Anyone could list every swarm (stream URLs, audience sizes) at `/api/swarms` and open the
+/// dashboard. Now those are admin endpoints: without `--admin-token` they answer local
+/// requests only (a loopback client, not forwarded by an undeclared proxy); with one, they need
+/// `Authorization: Bearer <token>` (or Basic with the token as password, for browsers).
+/// `/healthz` and `/metrics` stay public (aggregate counters only, for load balancers and
+/// scrapers).
+#[tokio::test]
+async fn admin_endpoints_refuse_without_token() {
+    use axum::http::StatusCode;
+    let admin = ["/api/swarms", "/", "/dashboard"];
+    let state = AppState::new(Config::default());
+    for path in admin {
+        for (peer, headers) in [
+            (None, &[][..]),
+            (Some("203.0.113.5:4000"), &[][..]),
+            (Some("[2001:db8::5]:4000"), &[][..]),
+            // A proxy on this host that was not declared with --trusted-proxy.
+            (
+                Some("127.0.0.1:4000"),
+                &[("x-forwarded-for", "203.0.113.5")][..],
+            ),
+        ] {
+            let (status, _) = get_as(&state, path, peer, headers).await;
+            assert_eq!(
+                status,
+                StatusCode::FORBIDDEN,
+                "{path} from {peer:?} {headers:?}"
+            );
+        }
+        for peer in ["127.0.0.1:4000", "[::1]:4000"] {
+            let (status, _) = get_as(&state, path, Some(peer), &[]).await;
+            assert_eq!(status, StatusCode::OK, "{path} from {peer}");
+        }
+    }
+    for path in ["/healthz", "/metrics"] {
+        let (status, _) = get_as(&state, path, Some("203.0.113.5:4000"), &[]).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
+
+    let token = "an-admin-token-0123456789";
+    let state = AppState::new(Config {
+        admin_token: Some(token.into()),
+        ..Config::default()
+    });
+    let bearer = format!("Bearer {token}");
+    use base64::Engine;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("ops:{token}"))
+    );
+    for path in admin {
+        for peer in ["127.0.0.1:4000", "203.0.113.5:4000"] {
+            let (status, headers) = get_as(&state, path, Some(peer), &[]).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{path} from {peer}");
+            assert!(headers.get_all("www-authenticate").iter().count() >= 1);
+            let wrong = [("authorization", "Bearer not-the-token-0123456")];
+            let (status, _) = get_as(&state, path, Some(peer), &wrong).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+            for auth in [&bearer, &basic] {
+                let h = [("authorization", auth.as_str())];
+                let (status, _) = get_as(&state, path, Some(peer), &h).await;
+                assert_eq!(status, StatusCode::OK, "{path} from {peer} with {auth}");
+            }
+        }
+    }
+}
