@@ -99,8 +99,17 @@ pub fn router(state: AppState) -> Router {
         let client = req
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|ci| proxies.client_ip(ci.0.ip(), req.headers()));
-        tracing::debug_span!("request", method = %req.method(), uri = %req.uri(), client = ?client)
+            .map_or_else(
+                || "-".to_owned(),
+                |ci| proxies.client_ip(ci.0.ip(), req.headers()).to_string(),
+            );
+        tracing::debug_span!(
+            target: "tower_http::trace::make_span",
+            "request",
+            method = %req.method(),
+            uri = %req.uri(),
+            client = %client,
+        )
     });
     r.layer(trace).with_state(state)
 }
