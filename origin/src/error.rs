@@ -18,6 +18,8 @@ pub enum OriginError {
     BadSynthetic { spec: String, reason: String },
     #[error("bad --allow-origin value {0:?}")]
     BadAllowOrigin(String),
+    #[error("invalid configuration: {0}")]
+    Config(String),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -10,7 +10,15 @@
 //! | `/live/<stream>/<dir>/seg_<seq>.<ext>` | live segment `seq` (= file `seq % n`) |
 //! | `/live/<stream>/<dir>/<name>.integrity.json` | sidecar of the current live window |
 //! | `/synthetic/<name>/index.m3u8`, `seg_<seq>.bin`, `index.integrity.json` | generated stream |
-//! | `/healthz`, `/metrics`, `/stats`, `POST /stats/reset` | operations |
+//! | `/healthz`, `/metrics` | operations (public) |
+//! | `/stats`, `POST /stats/reset` | operations (admin) |
+//!
+//! Admin: `/stats`, `POST /stats/reset` and the stream list of `/`. With an admin token
+//! (`--admin-token`) they need `Authorization: Bearer <token>`; without one (the default) they
+//! answer local requests only (a loopback client, not forwarded by a proxy that was not declared
+//! with `--trusted-proxy`). `/healthz` and `/metrics` stay public for load balancers and
+//! Prometheus scrapers on other hosts; the metrics' labels are bounded to the configured streams
+//! and existing VOD folders, which are public URLs anyway.
 //!
 //! Integrity sidecar convention (normative): for a media playlist `<dir>/<name>.m3u8` the sidecar
 //! is `<dir>/<name>.integrity.json`, in [`protocol::Manifest::to_json`] format, keyed by media
@@ -29,7 +37,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path as UrlPath, Request, State};
+use axum::extract::{ConnectInfo, Path as UrlPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
@@ -58,18 +66,25 @@ URL layout:
   /synthetic/<name>/index.m3u8             generated live stream; seg_<seq>.bin, index.integrity.json
   /healthz                                 liveness
   /metrics                                 Prometheus text: bytes and requests per stream and kind
-  /stats                                   JSON snapshot; POST /stats/reset returns it and zeroes it
+  /stats                                   (admin) JSON snapshot; POST /stats/reset returns it and
+                                           zeroes it
+Admin endpoints (/stats, /stats/reset, the stream list of /) need Authorization: Bearer
+<--admin-token>; without a token they answer local requests only (loopback, not forwarded by a
+proxy missing from --trusted-proxy)
 Sidecar convention: <dir>/<name>.m3u8 -> <dir>/<name>.integrity.json (protocol::Manifest JSON,
 keyed by media sequence number, every segment currently listed).";
 
 /// Builds the HTTP router.
 pub fn router(state: AppState) -> Router {
+    let admin = Router::new()
+        .route("/stats", get(stats_json))
+        .route("/stats/reset", post(stats_reset))
+        .route_layer(middleware::from_fn_with_state(state.clone(), admin_only));
     let mut r = Router::new()
         .route("/", get(index))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
-        .route("/stats", get(stats_json))
-        .route("/stats/reset", post(stats_reset))
+        .merge(admin)
         .route("/vod/{stream}/{*path}", get(vod))
         .route("/live/{stream}/{*path}", get(live))
         .route("/synthetic/{name}/{*path}", get(synthetic))
@@ -77,7 +92,26 @@ pub fn router(state: AppState) -> Router {
     if let Some(cors) = cors_layer(state.allow_origins()) {
         r = r.layer(cors);
     }
-    r.layer(TraceLayer::new_for_http()).with_state(state)
+    // Request spans carry the client: the socket address, or the forwarded one from a trusted
+    // proxy.
+    let proxies = state.proxies().clone();
+    let trace = TraceLayer::new_for_http().make_span_with(move |req: &Request| {
+        let client = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or_else(
+                || "-".to_owned(),
+                |ci| proxies.client_ip(ci.0.ip(), req.headers()).to_string(),
+            );
+        tracing::debug_span!(
+            target: "tower_http::trace::make_span",
+            "request",
+            method = %req.method(),
+            uri = %req.uri(),
+            client = %client,
+        )
+    });
+    r.layer(trace).with_state(state)
 }
 
 fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
@@ -131,7 +165,32 @@ fn finish(
     r
 }
 
-async fn index(State(st): State<AppState>) -> String {
+/// The socket peer of a request (set by [`serve`]; absent under `oneshot` unless a test adds it).
+fn peer_of(req: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+    req.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
+}
+
+/// Lets a request through to an admin route only with the admin token, or from this host when
+/// no token is configured.
+async fn admin_only(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let peer = peer_of(req.extensions());
+    match st.admin_check(peer, req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(denied) => {
+            tracing::debug!(?peer, uri = %req.uri(), ?denied, "admin request refused");
+            denied.into_response()
+        }
+    }
+}
+
+/// The URL layout; the configured streams only for the operator (see [`admin_only`]).
+async fn index(State(st): State<AppState>, req: Request) -> String {
+    if st
+        .admin_check(peer_of(req.extensions()), req.headers())
+        .is_err()
+    {
+        return format!("P2P CDN origin\n\n{URL_LAYOUT}\n");
+    }
     format!(
         "P2P CDN origin\nlive streams: {:?}\nsynthetic streams: {:?}\nmedia folder: {}\n\n{URL_LAYOUT}\n",
         st.live_names(),
@@ -431,15 +490,16 @@ impl OriginHandle {
     }
 }
 
-/// Serves `state` on `listener` until `shutdown` resolves (graceful).
+/// Serves `state` on `listener` until `shutdown` resolves (graceful), with the header and
+/// idle timeouts of its configuration (see `http_guard::serve`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let timeouts = state.timeouts();
+    let admit = |_: SocketAddr| http_guard::Admission::Serve(());
+    http_guard::serve(listener, router(state), timeouts, admit, shutdown).await
 }
 
 /// Starts an origin on `127.0.0.1:0` in the current runtime: for other crates' tests.

@@ -63,6 +63,30 @@ struct ServeArgs {
     /// Segment cache budget in MiB (LRU).
     #[arg(long, env = "ORIGIN_CACHE_MB", default_value_t = 256)]
     cache_mb: usize,
+    /// A client must send a complete request head within this time of connecting, or of its
+    /// previous response on a keep-alive connection (so idle keep-alive connections are closed
+    /// after it too): slowloris sockets are closed.
+    #[arg(long, env = "ORIGIN_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    header_timeout_ms: u64,
+    /// A connection on which no byte moves either way for this long is closed (a trickled
+    /// request, a download the client stopped reading).
+    #[arg(long, env = "ORIGIN_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    idle_timeout_ms: u64,
+    /// Proxy address or CIDR network whose Forwarded / X-Forwarded-For headers are believed
+    /// (logs, the local-only admin check); repeat or comma-separate. From anyone else the
+    /// socket address is the client's.
+    #[arg(
+        long = "trusted-proxy",
+        env = "ORIGIN_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = http_guard::parse_cidr
+    )]
+    trusted_proxies: Vec<http_guard::IpNet>,
+    /// Token for the admin endpoints (/stats, POST /stats/reset, the stream list of /):
+    /// Authorization: Bearer <token>; at least 16 bytes. Without it they answer local requests
+    /// only.
+    #[arg(long, env = "ORIGIN_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 fn main() -> Result<()> {
@@ -96,6 +120,10 @@ async fn serve(a: ServeArgs) -> Result<()> {
         allow_origins: a.allow_origin,
         window: a.window,
         cache_bytes: a.cache_mb.saturating_mul(1024 * 1024),
+        header_timeout: std::time::Duration::from_millis(a.header_timeout_ms),
+        idle_timeout: std::time::Duration::from_millis(a.idle_timeout_ms),
+        trusted_proxies: a.trusted_proxies,
+        admin_token: a.admin_token,
         ..Config::default()
     };
     let state = AppState::new(config).context("invalid configuration")?;

@@ -95,6 +95,17 @@ pub struct Config {
     /// Byte budget of the segment cache.
     pub cache_bytes: usize,
     pub clock: Clock,
+    /// Longest wait for a complete request head (from accept, or from the previous response on
+    /// a keep-alive connection: so also the keep-alive idle limit).
+    pub header_timeout: std::time::Duration,
+    /// A connection on which no byte moves either way for this long is closed.
+    pub idle_timeout: std::time::Duration,
+    /// Proxies whose `Forwarded` / `X-Forwarded-For` are believed (for logs and the local-only
+    /// admin check).
+    pub trusted_proxies: Vec<http_guard::IpNet>,
+    /// Token for the operator endpoints (`/stats`, `POST /stats/reset`, the stream list of
+    /// `/`); without it they answer local requests only.
+    pub admin_token: Option<String>,
 }
 
 impl Default for Config {
@@ -107,6 +118,10 @@ impl Default for Config {
             window: 6,
             cache_bytes: 256 * 1024 * 1024,
             clock: system_clock(),
+            header_timeout: std::time::Duration::from_secs(10),
+            idle_timeout: std::time::Duration::from_secs(60),
+            trusted_proxies: Vec::new(),
+            admin_token: None,
         }
     }
 }
@@ -171,6 +186,9 @@ struct Inner {
     window: usize,
     clock: Clock,
     allow_origins: Vec<String>,
+    timeouts: http_guard::Timeouts,
+    proxies: http_guard::TrustedProxies,
+    admin: http_guard::AdminAccess,
     blobs: BlobCache,
     hashes: HashCache,
     stats: Arc<Stats>,
@@ -195,6 +213,21 @@ impl AppState {
                 return Err(OriginError::BadAllowOrigin(o.clone()));
             }
         }
+        if config.header_timeout.is_zero() || config.idle_timeout.is_zero() {
+            return Err(OriginError::Config(
+                "header and idle timeouts must be > 0".into(),
+            ));
+        }
+        if config
+            .admin_token
+            .as_deref()
+            .is_some_and(|t| t.len() < http_guard::admin::MIN_TOKEN_LEN)
+        {
+            return Err(OriginError::Config(
+                "the admin token must be at least 16 bytes".into(),
+            ));
+        }
+        let proxies = http_guard::TrustedProxies::new(config.trusted_proxies.iter().copied());
         let media_root = match &config.media_dir {
             Some(d) => {
                 let c =
@@ -246,6 +279,12 @@ impl AppState {
             window: config.window,
             clock: config.clock,
             allow_origins: config.allow_origins,
+            timeouts: http_guard::Timeouts {
+                header: config.header_timeout,
+                idle: config.idle_timeout,
+            },
+            admin: http_guard::AdminAccess::new(config.admin_token, proxies.clone()),
+            proxies,
             blobs: BlobCache::new(config.cache_bytes),
             hashes: HashCache::new(HASH_CACHE_ENTRIES),
             stats: Arc::new(Stats::default()),
@@ -279,6 +318,21 @@ impl AppState {
     }
     pub fn allow_origins(&self) -> &[String] {
         &self.0.allow_origins
+    }
+    pub fn timeouts(&self) -> http_guard::Timeouts {
+        self.0.timeouts
+    }
+    /// Whether a request from socket peer `peer` may use the operator endpoints.
+    pub fn admin_check(
+        &self,
+        peer: Option<std::net::IpAddr>,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<(), http_guard::admin::Denied> {
+        self.0.admin.check(peer, headers)
+    }
+    /// `--trusted-proxy`: whose forwarding headers are believed.
+    pub fn proxies(&self) -> &http_guard::TrustedProxies {
+        &self.0.proxies
     }
     pub fn stats(&self) -> &Arc<Stats> {
         &self.0.stats

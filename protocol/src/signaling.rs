@@ -16,6 +16,14 @@ pub const MAX_SIGNAL_LEN: usize = 64 * 1024;
 /// cut id would not match the receiver's and every connection in that swarm would fail.
 pub const MAX_SWARM_ID_LEN: usize = crate::frame::MAX_SWARM_LEN;
 
+/// Longest SDP (`offer`/`answer`) relayed, in bytes. A data-channel-only browser offer is
+/// 1–3 KiB; with every ICE candidate inlined it stays well under 8 KiB.
+pub const MAX_SDP_LEN: usize = 16 * 1024;
+/// Longest ICE `candidate` line relayed, in bytes (real ones are under 200).
+pub const MAX_CANDIDATE_LEN: usize = 1024;
+/// Longest `sdp_mid` relayed, in bytes (browsers use `"0"`).
+pub const MAX_SDP_MID_LEN: usize = 256;
+
 /// WebRTC handshake payloads relayed verbatim between two members of a swarm.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -33,6 +41,61 @@ pub enum SignalData {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sdp_m_line_index: Option<u16>,
     },
+}
+
+/// Why a server refuses to relay [`SignalData`] ([`SignalData::check`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignalDataError {
+    #[error("{field} of {len} bytes is over the limit of {max}")]
+    TooLarge {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("empty sdp")]
+    EmptySdp,
+}
+
+impl SignalDataError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            SignalDataError::TooLarge { .. } => ErrorCode::TooLarge,
+            SignalDataError::EmptySdp => ErrorCode::BadMessage,
+        }
+    }
+}
+
+impl SignalData {
+    /// The limits a server checks before relaying: SDP non-empty and at most [`MAX_SDP_LEN`],
+    /// `candidate` at most [`MAX_CANDIDATE_LEN`] (empty = end of candidates), `sdp_mid` at most
+    /// [`MAX_SDP_MID_LEN`] bytes.
+    pub fn check(&self) -> Result<(), SignalDataError> {
+        let bound = |field, len, max| {
+            if len > max {
+                Err(SignalDataError::TooLarge { field, len, max })
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            SignalData::Offer { sdp } | SignalData::Answer { sdp } => {
+                if sdp.is_empty() {
+                    return Err(SignalDataError::EmptySdp);
+                }
+                bound("sdp", sdp.len(), MAX_SDP_LEN)
+            }
+            SignalData::Candidate {
+                candidate, sdp_mid, ..
+            } => {
+                bound("candidate", candidate.len(), MAX_CANDIDATE_LEN)?;
+                bound(
+                    "sdp_mid",
+                    sdp_mid.as_ref().map_or(0, String::len),
+                    MAX_SDP_MID_LEN,
+                )
+            }
+        }
+    }
 }
 
 /// Traffic totals a viewer reports for one swarm (cumulative since it joined).
@@ -367,6 +430,35 @@ mod tests {
             r#"{"v":1,"type":"signal","swarm":"s","from":9,"data":{"kind":"answer","sdp":"x"}}"#;
         assert_eq!(m.to_json(), text);
         assert_eq!(ServerMsg::from_json(text, MAX_SIGNAL_LEN), Ok(m));
+    }
+
+    #[test]
+    fn signal_data_limits() {
+        let sdp = |n: usize| "s".repeat(n);
+        assert_eq!(
+            SignalData::Offer {
+                sdp: sdp(MAX_SDP_LEN)
+            }
+            .check(),
+            Ok(())
+        );
+        let e = SignalData::Answer {
+            sdp: sdp(MAX_SDP_LEN + 1),
+        }
+        .check()
+        .err();
+        assert_eq!(e.map(|e| e.code()), Some(ErrorCode::TooLarge));
+        let e = SignalData::Offer { sdp: sdp(0) }.check().err();
+        assert_eq!(e.map(|e| e.code()), Some(ErrorCode::BadMessage));
+        let cand = |c: usize, mid: usize| SignalData::Candidate {
+            candidate: sdp(c),
+            sdp_mid: Some(sdp(mid)),
+            sdp_m_line_index: Some(0),
+        };
+        assert_eq!(cand(0, 1).check(), Ok(()));
+        assert_eq!(cand(MAX_CANDIDATE_LEN, MAX_SDP_MID_LEN).check(), Ok(()));
+        assert!(cand(MAX_CANDIDATE_LEN + 1, 1).check().is_err());
+        assert!(cand(1, MAX_SDP_MID_LEN + 1).check().is_err());
     }
 
     #[test]

@@ -22,6 +22,22 @@ pub struct Config {
     /// Burst of messages per connection (token bucket size). ICE candidates come in bursts.
     #[arg(long, env = "SIGNAL_RATE_BURST", default_value_t = 200.0)]
     pub rate_burst: f32,
+    /// Sustained `join`s per second per connection (a separate, stricter bucket: every join
+    /// changes the swarm for everybody else). `leave` needs a previous join, so it is bounded too.
+    #[arg(long, env = "SIGNAL_JOIN_RATE_PER_S", default_value_t = 0.5)]
+    pub join_rate_per_s: f32,
+    /// Burst of `join`s per connection (one per rendition a player may switch between).
+    #[arg(long, env = "SIGNAL_JOIN_BURST", default_value_t = 4.0)]
+    pub join_burst: f32,
+    /// `slot` notices are coalesced: a member is told its latest slot at most once per this
+    /// interval per swarm (0: at once, on every join and leave).
+    #[arg(long, env = "SIGNAL_SLOT_NOTICE_MS", default_value_t = 500)]
+    pub slot_notice_ms: u64,
+    /// Largest plausible rate of each byte counter in `stats` reports, in Mbit/s (with 10 s of
+    /// burst). Faster growth, counters going down and absurd `peers` are ignored and counted in
+    /// `signaling_stats_rejected_total`.
+    #[arg(long, env = "SIGNAL_STATS_MAX_MBPS", default_value_t = 200)]
+    pub stats_max_mbps: u32,
     /// Errors a connection may cause in a burst before it is closed (refills 1 per 5 s).
     #[arg(long, env = "SIGNAL_ERROR_BUDGET", default_value_t = 10)]
     pub error_budget: u32,
@@ -37,7 +53,8 @@ pub struct Config {
     /// Open WebSocket connections in total; more get `error server_full` and are closed.
     #[arg(long, env = "SIGNAL_MAX_CONNECTIONS", default_value_t = 200_000)]
     pub max_connections: usize,
-    /// Open connections per client IP address; more get `error rate_limited` and are closed.
+    /// Open connections per client address (an IPv4 address, or an IPv6 /64: one subscriber's
+    /// prefix), counted from accept; more get `error rate_limited` and are closed.
     #[arg(long, env = "SIGNAL_MAX_CONNS_PER_IP", default_value_t = 64)]
     pub max_conns_per_ip: u32,
     /// Allowed `Origin` header values (comma separated, exact match, e.g.
@@ -64,6 +81,35 @@ pub struct Config {
     /// signaling message is usually < 1 KiB, and the buffer grows for larger frames).
     #[arg(long, env = "SIGNAL_READ_BUFFER_BYTES", default_value_t = 256)]
     pub read_buffer_bytes: usize,
+    /// A client must send a complete HTTP request head within this time of connecting (or of
+    /// its previous response, on a keep-alive connection): slowloris sockets are closed.
+    #[arg(long, env = "SIGNAL_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+    /// An HTTP connection (not yet a WebSocket) on which no byte moves for this long is closed.
+    #[arg(long, env = "SIGNAL_HTTP_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub http_idle_timeout_ms: u64,
+    /// A WebSocket that sends no message within this time of its `welcome` is closed (a viewer
+    /// joins at once). Later silence is bounded by `heartbeat_ms × idle_factor`.
+    #[arg(
+        long,
+        env = "SIGNAL_FIRST_MESSAGE_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub first_message_timeout_ms: u64,
+    /// Proxy addresses or CIDR networks whose `Forwarded` / `X-Forwarded-For` headers are
+    /// believed (repeat or comma-separate). From anyone else, the socket address is the client's.
+    #[arg(
+        long = "trusted-proxy",
+        env = "SIGNAL_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = http_guard::parse_cidr
+    )]
+    pub trusted_proxies: Vec<http_guard::IpNet>,
+    /// Token for the operator endpoints (`/api/swarms`, `/`, `/dashboard`): `Authorization:
+    /// Bearer <token>`, or HTTP Basic with the token as password (browsers). Without it, those
+    /// endpoints answer local requests only. At least 16 bytes.
+    #[arg(long, env = "SIGNAL_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// On shutdown clients are told to reconnect after `reconnect_min_ms` plus a random jitter of
     /// up to `reconnect_jitter_ms`, so they do not all come back at once.
     #[arg(long, env = "SIGNAL_RECONNECT_MIN_MS", default_value_t = 1_000)]
@@ -83,6 +129,10 @@ impl Default for Config {
             max_message_bytes: protocol::signaling::MAX_SIGNAL_LEN,
             rate_per_s: 50.0,
             rate_burst: 200.0,
+            join_rate_per_s: 0.5,
+            join_burst: 4.0,
+            slot_notice_ms: 500,
+            stats_max_mbps: 200,
             error_budget: 10,
             max_swarms_per_conn: 4,
             intro_peers: 8,
@@ -96,6 +146,11 @@ impl Default for Config {
             outbox_bytes: 256 * 1024,
             write_timeout_ms: 10_000,
             read_buffer_bytes: 256,
+            header_timeout_ms: 10_000,
+            http_idle_timeout_ms: 60_000,
+            first_message_timeout_ms: 10_000,
+            trusted_proxies: Vec::new(),
+            admin_token: None,
             reconnect_min_ms: 1_000,
             reconnect_jitter_ms: 10_000,
             shutdown_grace_ms: 5_000,
@@ -123,6 +178,33 @@ impl Config {
             || !(self.rate_burst.is_finite() && self.rate_burst >= 1.0)
         {
             return bad("rate_per_s must be > 0 and rate_burst >= 1");
+        }
+        if !self.join_rate_per_s.is_finite()
+            || self.join_rate_per_s <= 0.0
+            || !(self.join_burst.is_finite() && self.join_burst >= 1.0)
+        {
+            return bad("join_rate_per_s must be > 0 and join_burst >= 1");
+        }
+        if self.stats_max_mbps == 0 {
+            return bad("stats_max_mbps must be > 0");
+        }
+        if self.header_timeout_ms == 0
+            || self.http_idle_timeout_ms == 0
+            || self.first_message_timeout_ms == 0
+        {
+            return bad(
+                "header_timeout_ms, http_idle_timeout_ms, first_message_timeout_ms must be > 0",
+            );
+        }
+        if self
+            .admin_token
+            .as_deref()
+            .is_some_and(|t| t.len() < http_guard::admin::MIN_TOKEN_LEN)
+        {
+            return bad("admin_token must be at least 16 bytes");
+        }
+        if self.slot_notice_ms > 60_000 {
+            return bad("slot_notice_ms must be <= 60000");
         }
         if self.max_swarms_per_conn == 0 || self.max_connections == 0 || self.max_conns_per_ip == 0
         {

@@ -8,8 +8,16 @@
 //! | `/ws`          | the signaling WebSocket (JSON text messages, `protocol::signaling`) |
 //! | `/healthz`     | `ok` (503 while shutting down)                                      |
 //! | `/metrics`     | Prometheus text                                                     |
-//! | `/api/swarms`  | JSON overview: totals and the largest swarms                        |
-//! | `/`, `/dashboard` | HTML dashboard polling `/api/swarms`                            |
+//! | `/api/swarms`  | admin: JSON overview: totals and the largest swarms                 |
+//! | `/`, `/dashboard` | admin: HTML dashboard polling `/api/swarms`                      |
+//!
+//! Admin routes list swarm ids (stream URLs) and their audiences. With `--admin-token` they
+//! need `Authorization: Bearer <token>`, or HTTP Basic with the token as password (a browser
+//! opening the dashboard is prompted, and its polls then carry the credentials); without a
+//! token (the default) they answer local requests only: a loopback client, not forwarded by a
+//! proxy that was not declared with `--trusted-proxy`. Others get 401 / 403. `/healthz` and
+//! `/metrics` stay public: load balancers and Prometheus scrapers reach them from other hosts,
+//! and they hold only aggregate counters (no swarm ids, no addresses).
 //!
 //! ## Limits and what a client sees when it hits one
 //!
@@ -17,24 +25,50 @@
 //! |------------------------------|-----------------------------------------------------------|
 //! | `--allowed-origins`          | HTTP 403 before the upgrade                               |
 //! | `--max-connections`          | `error server_full`, then close (1013)                    |
-//! | `--max-conns-per-ip`         | `error rate_limited`, then close (1013)                   |
+//! | `--max-conns-per-ip`         | per IPv4 address or IPv6 /64, counted per TCP connection from accept (half-open sockets too): the next few get `error rate_limited` on upgrade, then close (1013); further ones are closed at accept |
 //! | `--max-message-bytes`        | `error too_large`; over 2× the limit also close (1009)    |
 //! | `--rate-per-s`/`--rate-burst`| `error rate_limited`, message dropped                     |
+//! | `--join-rate-per-s`/`--join-burst` | `join` beyond it: `error rate_limited` (with `swarm`), dropped |
 //! | `--max-swarms-per-conn`      | `error too_many_swarms`                                   |
 //! | `--intro-peers`              | at most that many peers in `joined`/`peers`               |
 //! | `--token-secret`             | `join` without a valid token: `error unauthorized`        |
 //! | `--error-budget`             | after that many errors in a burst (refill 1 per 5 s): close (1008) |
 //! | `--outbox-msgs`/`--outbox-bytes` | relays to a client whose outbox is full are dropped (counted in `signaling_relays_dropped_total`); a full outbox for a membership notice, or a write stuck for `--write-timeout-ms`, closes that client (1008) |
 //! | idle (`--heartbeat-ms` × `--idle-factor`) | close (1001)                                 |
+//! | `--header-timeout-ms` (10 s) | an HTTP request head (the upgrade) not complete in time, from accept or from the previous response on a keep-alive connection: socket closed |
+//! | `--http-idle-timeout-ms` (60 s) | an HTTP connection (not yet a WebSocket) on which no byte moves: socket closed |
+//! | `--first-message-timeout-ms` (10 s) | a WebSocket that sends no message after `welcome`: close (1001) |
+//!
+//! Client addresses (per-IP limits, logs): the socket's, or, only for a request whose socket
+//! peer is a `--trusted-proxy` address or network, the one it forwarded (`Forwarded: for=`, else
+//! `X-Forwarded-For`, walked from the nearest hop back past trusted proxies). Connections from a
+//! trusted proxy are counted at the upgrade under the forwarded address, not at accept: the proxy
+//! must bound half-open connections itself.
 //!
 //! Malformed JSON and unknown types get `error bad_message`, a wrong `v` `unsupported_version`,
-//! binary frames `binary_frame`, signals to non-members `unknown_peer`, messages about a swarm
-//! the connection is not in `not_in_swarm`, bad swarm ids `bad_swarm`.
+//! binary frames `binary_frame`, messages about a swarm the connection is not in `not_in_swarm`,
+//! bad swarm ids `bad_swarm`.
+//!
+//! `signal` is relayed only within a pair the server introduced (one was given the other in
+//! `joined`/`peers`, either direction, both still members): anything else gets `unknown_peer`
+//! (not charged to the error budget) and counts in `signaling_relays_refused_total`. Its `data`
+//! must fit `protocol::signaling::{MAX_SDP_LEN, MAX_CANDIDATE_LEN, MAX_SDP_MID_LEN}` (16 KiB,
+//! 1 KiB, 256 bytes; `too_large`) and an SDP may not be empty (`bad_message`).
+//!
+//! `stats` reports become deltas per (connection, swarm) that must be plausible
+//! (`--stats-max-mbps` per counter, 10 s of burst; see [`reports`]); others are ignored and
+//! counted in `signaling_stats_rejected_total{reason}`.
+//!
+//! Membership churn: `slot` notices are coalesced (`--slot-notice-ms`, 500 ms): a member is told
+//! its latest slot at most once per interval per swarm, and not at all if the churn cancelled
+//! out. With the join bucket, one connection looping join/leave costs each other member of the
+//! swarm at most 2 `slot`s per second plus one `peer_left` per accepted join it was paired with.
 //!
 //! Shutdown: every client gets `reconnect {after_ms}` (min + random jitter), then a close (1012).
 
 pub mod config;
 pub mod metrics;
+pub mod reports;
 mod session;
 pub mod state;
 pub mod token;
@@ -48,7 +82,6 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 pub use config::Config;
@@ -72,17 +105,44 @@ pub enum Error {
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
-/// The app. Serve it with `into_make_service_with_connect_info::<SocketAddr>()` so that the
-/// per-IP limit applies (without connect info, that limit is skipped), or use [`serve`].
+/// The app. [`serve`] runs it with the header, idle and per-IP limits applied at accept; served
+/// another way, give it `ConnectInfo<SocketAddr>` (else the per-IP limit is skipped and the
+/// admin endpoints, local-only by default, refuse everybody).
 pub fn router(state: AppState) -> Router {
+    let admin = Router::new()
+        .route("/api/swarms", get(api_swarms))
+        .route("/", get(dashboard))
+        .route("/dashboard", get(dashboard))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin_only,
+        ));
     Router::new()
         .route("/ws", get(session::ws_handler))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_handler))
-        .route("/api/swarms", get(api_swarms))
-        .route("/", get(dashboard))
-        .route("/dashboard", get(dashboard))
+        .merge(admin)
         .with_state(state)
+}
+
+/// Lets a request through to an admin route only with the admin token, or from this host when
+/// no token is configured.
+async fn admin_only(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    match state.admin_check(peer, req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(denied) => {
+            tracing::debug!(?peer, uri = %req.uri(), ?denied, "admin request refused");
+            denied.into_response()
+        }
+    }
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
@@ -118,7 +178,7 @@ pub async fn serve(
 ) -> Result<(), Error> {
     state.config().validate()?;
     let sweeper = tokio::spawn(state.clone().run_sweeper());
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let slot_notices = tokio::spawn(state.clone().run_slot_notices());
     let st = state.clone();
     let graceful = async move {
         shutdown.await;
@@ -132,15 +192,18 @@ pub async fn serve(
             tracing::warn!(left = st.open_connections(), "shutdown grace period over");
         }
     };
-    // No Nagle: signaling messages are small and latency-sensitive (Nagle + delayed ACK adds
-    // tens of milliseconds to back-to-back relays).
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(graceful)
-        .await;
+    let timeouts = http_guard::Timeouts {
+        header: Duration::from_millis(state.config().header_timeout_ms),
+        idle: Duration::from_millis(state.config().http_idle_timeout_ms),
+    };
+    let admit = {
+        let st = state.clone();
+        move |addr: SocketAddr| st.admit_tcp(addr.ip())
+    };
+    let result =
+        http_guard::serve(listener, router(state.clone()), timeouts, admit, graceful).await;
     sweeper.abort();
+    slot_notices.abort();
     result.map_err(Error::Serve)
 }
 

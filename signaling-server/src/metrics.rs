@@ -51,6 +51,19 @@ pub const REJECT_NAMES: [&str; 8] = [
     "shutting_down",
 ];
 
+/// Why a `signal` was not relayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayRefused {
+    /// `to` is not a member of the swarm (left, never was, or is the sender).
+    UnknownPeer = 0,
+    /// Both are members, but the server never introduced one to the other.
+    NotIntroduced,
+    /// The handshake data is over the size limits or empty.
+    BadData,
+}
+
+pub const RELAY_REFUSED_NAMES: [&str; 3] = ["unknown_peer", "not_introduced", "bad_data"];
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub connections_total: AtomicU64,
@@ -58,6 +71,8 @@ pub struct Metrics {
     pub messages_out: AtomicU64,
     pub relays: AtomicU64,
     pub relays_dropped: AtomicU64,
+    pub relays_refused: [AtomicU64; 3],
+    pub stats_rejected: [AtomicU64; 3],
     pub errors: [AtomicU64; 12],
     pub rejects: [AtomicU64; 8],
     pub binary_frames: AtomicU64,
@@ -90,6 +105,18 @@ impl Metrics {
 
     pub fn rejected(&self, r: Reject) -> u64 {
         self.rejects[r as usize].load(Relaxed)
+    }
+
+    pub fn relay_refused(&self, r: RelayRefused) {
+        self.relays_refused[r as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn stats_rejected(&self, r: crate::reports::Rejected) {
+        self.stats_rejected[r as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn relays_refused(&self, r: RelayRefused) -> u64 {
+        self.relays_refused[r as usize].load(Relaxed)
     }
 
     pub fn errors_sent(&self, code: ErrorCode) -> u64 {
@@ -157,7 +184,7 @@ impl Metrics {
             ),
             (
                 "signaling_http_bytes_total",
-                "Bytes viewers fetched over HTTP (reported).",
+                "Bytes viewers fetched over HTTP (reported; plausible deltas only).",
                 &self.http_bytes,
             ),
             (
@@ -185,6 +212,31 @@ impl Metrics {
             let _ = writeln!(
                 o,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                c(a)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP signaling_relays_refused_total Signals not relayed, by reason.\n# TYPE signaling_relays_refused_total counter"
+        );
+        for (r, a) in RELAY_REFUSED_NAMES.iter().zip(&self.relays_refused) {
+            let _ = writeln!(
+                o,
+                "signaling_relays_refused_total{{reason=\"{r}\"}} {}",
+                c(a)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP signaling_stats_rejected_total Implausible stats reports ignored, by reason.\n# TYPE signaling_stats_rejected_total counter"
+        );
+        for (r, a) in crate::reports::REJECTED_NAMES
+            .iter()
+            .zip(&self.stats_rejected)
+        {
+            let _ = writeln!(
+                o,
+                "signaling_stats_rejected_total{{reason=\"{r}\"}} {}",
                 c(a)
             );
         }

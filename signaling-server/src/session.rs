@@ -17,7 +17,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use protocol::PeerId;
-use protocol::signaling::{ClientMsg, ErrorCode, MAX_SWARM_ID_LEN, ServerMsg, StatsReport};
+use protocol::signaling::{ClientMsg, ErrorCode, MAX_SWARM_ID_LEN, ServerMsg};
 use std::future::Future;
 use std::sync::Arc;
 use std::task::Poll;
@@ -25,14 +25,16 @@ use std::task::Poll;
 use futures_util::StreamExt;
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::metrics::{Reject, kind_index};
-use crate::state::{AppState, CloseReason, Conn, ConnGuard};
+use crate::metrics::{Reject, RelayRefused, kind_index};
+use crate::reports;
+use crate::state::{Accepted, AppState, CloseReason, Conn, ConnGuard};
 
 /// `GET /ws`.
 pub(crate) async fn ws_handler(
     State(state): State<AppState>,
     headers: HeaderMap,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    accepted: Option<Extension<Accepted>>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let cfg = state.config();
@@ -54,21 +56,28 @@ pub(crate) async fn ws_handler(
         .max_write_buffer_size(cfg.outbox_bytes.saturating_mul(2))
         .max_message_size(hard_cap)
         .max_frame_size(hard_cap);
+    // The per-IP slot of this TCP connection (if the accept loop counted it) lives as long as
+    // the refusal below, or the session.
+    let accepted = accepted.map(|Extension(a)| a);
     if state.is_shutting_down() {
         state.metrics().reject(Reject::ShuttingDown);
-        return ws.on_upgrade(move |socket| {
+        return ws.on_upgrade(move |socket| async move {
+            let _slot = accepted;
             refuse(
                 socket,
                 state,
                 ErrorCode::ShuttingDown,
                 "server is shutting down",
             )
+            .await
         });
     }
-    let ip = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
-    match state.admit(ip) {
+    // The address limits and logs use: the socket's, or the forwarded one from a trusted proxy.
+    let client = peer.map(|Extension(ConnectInfo(addr))| state.client_ip(addr.ip(), &headers));
+    match state.admit(accepted.clone(), client) {
         Ok(guard) => ws.on_upgrade(move |socket| run(socket, state, guard)),
         Err(reason) => {
+            tracing::debug!(client = ?client, ?reason, "websocket refused");
             state.metrics().reject(reason);
             let (code, msg) = match reason {
                 Reject::PerIp => (
@@ -80,7 +89,10 @@ pub(crate) async fn ws_handler(
                     "server is full, try another or later",
                 ),
             };
-            ws.on_upgrade(move |socket| refuse(socket, state, code, msg))
+            ws.on_upgrade(move |socket| async move {
+                let _slot = accepted;
+                refuse(socket, state, code, msg).await
+            })
         }
     }
 }
@@ -153,8 +165,15 @@ const MAX_ERROR_TEXT: usize = 200;
 #[derive(Debug)]
 struct Membership {
     swarm: Box<str>,
-    /// Last cumulative stats reported for this swarm (to turn reports into deltas).
-    last: Option<Box<StatsReport>>,
+    /// Its `stats` reports so far (to turn them into plausible deltas); from the first report.
+    stats: Option<Box<reports::Track>>,
+}
+
+impl Membership {
+    /// The member's last accepted `peers` (taken back out of the swarm's link sum on leave).
+    fn peers(&self) -> u32 {
+        self.stats.as_ref().map_or(0, |t| t.peers())
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -169,8 +188,9 @@ struct Session {
     id: PeerId,
     swarms: Vec<Membership>,
     rate: Bucket,
+    joins: Bucket,
     budget: Bucket,
-    _guard: ConnGuard,
+    guard: ConnGuard,
 }
 
 /// What woke the connection task.
@@ -196,14 +216,15 @@ fn run(mut ws: WebSocket, state: AppState, guard: ConnGuard) -> impl Future<Outp
         let cfg = state.config();
         let mut s = Session {
             rate: Bucket::full(cfg.rate_burst, now),
+            joins: Bucket::full(cfg.join_burst, now),
             budget: Bucket::full(cfg.error_budget as f32, now),
             state,
             conn,
             id,
             swarms: Vec::new(),
-            _guard: guard,
+            guard,
         };
-        tracing::debug!(peer = id, "connected");
+        tracing::debug!(peer = id, client = ?s.guard.client, "connected");
         if Box::pin(s.welcome(&mut ws)).await {
             loop {
                 let conn = &s.conn;
@@ -226,7 +247,7 @@ fn run(mut ws: WebSocket, state: AppState, guard: ConnGuard) -> impl Future<Outp
             }
         }
         s.cleanup();
-        tracing::debug!(peer = id, "disconnected");
+        tracing::debug!(peer = id, client = ?s.guard.client, "disconnected");
     }
 }
 
@@ -275,8 +296,8 @@ impl Session {
         }
     }
 
-    /// Sends an `error`; closes the connection when its error budget is spent.
-    async fn fail(
+    /// Sends an `error` (not charged to the error budget).
+    async fn refuse(
         &mut self,
         ws: &mut WebSocket,
         code: ErrorCode,
@@ -297,7 +318,22 @@ impl Session {
             message,
             swarm: swarm.map(str::to_owned),
         };
-        if !self.send(ws, &err).await {
+        if self.send(ws, &err).await {
+            Flow::Continue
+        } else {
+            Flow::Close
+        }
+    }
+
+    /// Sends an `error`; closes the connection when its error budget is spent.
+    async fn fail(
+        &mut self,
+        ws: &mut WebSocket,
+        code: ErrorCode,
+        message: String,
+        swarm: Option<&str>,
+    ) -> Flow {
+        if self.refuse(ws, code, message, swarm).await == Flow::Close {
             return Flow::Close;
         }
         let budget = self.state.config().error_budget as f32;
@@ -381,8 +417,14 @@ impl Session {
         let now = self.state.now_ms();
         self.conn.touch(now);
         let (text, binary) = match msg {
-            Message::Text(t) => (t, false),
-            Message::Binary(_) => (Default::default(), true),
+            Message::Text(t) => {
+                self.conn.heard();
+                (t, false)
+            }
+            Message::Binary(_) => {
+                self.conn.heard();
+                (Default::default(), true)
+            }
             // tungstenite answers pings itself; either way the client is alive.
             Message::Ping(_) | Message::Pong(_) => return Flow::Continue,
             Message::Close(_) => return Flow::Close,
@@ -434,20 +476,32 @@ impl Session {
                     return self.not_in_swarm(ws, &swarm).await;
                 };
                 let m = self.swarms.swap_remove(i);
-                self.state
-                    .leave(&m.swarm, self.id, m.last.map_or(0, |l| l.peers));
+                self.state.leave(&m.swarm, self.id, m.peers());
                 Flow::Continue
             }
             ClientMsg::Signal { swarm, to, data } => {
                 if self.position(&swarm).is_none() {
                     return self.not_in_swarm(ws, &swarm).await;
                 }
-                match self.state.relay(swarm, self.id, to, data) {
+                if let Err(e) = data.check() {
+                    self.state.metrics().relay_refused(RelayRefused::BadData);
+                    return self.fail(ws, e.code(), e.to_string(), Some(&swarm)).await;
+                }
+                match self.state.relay(&swarm, self.id, to, data) {
                     Ok(()) => Flow::Continue,
-                    Err(()) => {
-                        let m = format!("peer {to} is not in this swarm");
-                        // The swarm id was moved into the relay; the peer id says enough.
-                        self.fail(ws, ErrorCode::UnknownPeer, m, None).await
+                    Err(why) => {
+                        self.state.metrics().relay_refused(why);
+                        let m = match why {
+                            RelayRefused::NotIntroduced => {
+                                format!("peer {to} was not introduced to you, nor you to it")
+                            }
+                            _ => format!("peer {to} is not in this swarm"),
+                        };
+                        // Not charged to the error budget: a viewer hits this in ordinary races
+                        // (the peer just left; ids kept from before a reconnect), and a hostile
+                        // one gains nothing by repeating it.
+                        self.refuse(ws, ErrorCode::UnknownPeer, m, Some(&swarm))
+                            .await
                     }
                 }
             }
@@ -455,10 +509,18 @@ impl Session {
                 let Some(i) = self.position(&swarm) else {
                     return self.not_in_swarm(ws, &swarm).await;
                 };
-                let m = &mut self.swarms[i];
-                let (delta, peers_delta) = stats_delta(m.last.as_deref(), &stats);
-                m.last = Some(Box::new(stats));
-                self.state.add_stats(&swarm, &delta, peers_delta);
+                let limits = reports::Limits::new(self.state.config().stats_max_mbps);
+                let now = self.state.now_ms();
+                let track = self.swarms[i]
+                    .stats
+                    .get_or_insert_with(|| Box::new(reports::Track::new(now, limits)));
+                match track.accept(now, &stats, limits) {
+                    Ok(d) => self.state.add_stats(&swarm, &d.counters, d.peers),
+                    Err(why) => {
+                        self.state.metrics().stats_rejected(why);
+                        tracing::debug!(peer = self.id, ?why, "implausible stats report ignored");
+                    }
+                }
                 Flow::Continue
             }
             ClientMsg::Ping => self.send_or_close(ws, &ServerMsg::Pong).await,
@@ -504,11 +566,19 @@ impl Session {
                 .fail(ws, ErrorCode::TooManySwarms, m, Some(&swarm))
                 .await;
         }
+        let cfg = self.state.config();
+        if !self
+            .joins
+            .take(self.state.now_ms(), cfg.join_rate_per_s, cfg.join_burst)
+        {
+            let m = "join rate limit exceeded".to_owned();
+            return self.fail(ws, ErrorCode::RateLimited, m, Some(&swarm)).await;
+        }
         let reply = self.state.join(&swarm, self.id);
         if !already {
             self.swarms.push(Membership {
                 swarm: swarm.into_boxed_str(),
-                last: None,
+                stats: None,
             });
         }
         self.send_or_close(ws, &reply).await
@@ -517,8 +587,7 @@ impl Session {
     /// Leaves every swarm (telling the partners) and forgets the connection.
     fn cleanup(&mut self) {
         for m in std::mem::take(&mut self.swarms) {
-            self.state
-                .leave(&m.swarm, self.id, m.last.map_or(0, |l| l.peers));
+            self.state.leave(&m.swarm, self.id, m.peers());
         }
         self.state.unregister(self.id);
     }
@@ -526,23 +595,6 @@ impl Session {
 
 fn valid_swarm(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_SWARM_ID_LEN && !s.chars().any(char::is_control)
-}
-
-/// Turns a cumulative report into a delta against the previous one. A counter that went down
-/// means the viewer restarted its count: the new value is the delta.
-fn stats_delta(prev: Option<&StatsReport>, now: &StatsReport) -> (StatsReport, i64) {
-    let p = prev.cloned().unwrap_or_default();
-    let d64 = |new: u64, old: u64| if new >= old { new - old } else { new };
-    let d32 = |new: u32, old: u32| if new >= old { new - old } else { new };
-    let delta = StatsReport {
-        http_bytes: d64(now.http_bytes, p.http_bytes),
-        p2p_bytes: d64(now.p2p_bytes, p.p2p_bytes),
-        uploaded_bytes: d64(now.uploaded_bytes, p.uploaded_bytes),
-        stalls: d32(now.stalls, p.stalls),
-        peers: now.peers,
-        integrity_failures: d32(now.integrity_failures, p.integrity_failures),
-    };
-    (delta, i64::from(now.peers) - i64::from(p.peers))
 }
 
 #[cfg(test)]
@@ -561,26 +613,6 @@ mod tests {
         assert!(b.take(100_000, 1.0, 2.0));
         assert!(b.take(100_000, 1.0, 2.0));
         assert!(!b.take(100_000, 1.0, 2.0));
-    }
-
-    #[test]
-    fn deltas_handle_resets() {
-        let a = StatsReport {
-            http_bytes: 10,
-            p2p_bytes: 30,
-            peers: 2,
-            ..Default::default()
-        };
-        let (d, pd) = stats_delta(None, &a);
-        assert_eq!((d.http_bytes, d.p2p_bytes, pd), (10, 30, 2));
-        let b = StatsReport {
-            http_bytes: 15,
-            p2p_bytes: 5,
-            peers: 1,
-            ..Default::default()
-        };
-        let (d, pd) = stats_delta(Some(&a), &b);
-        assert_eq!((d.http_bytes, d.p2p_bytes, pd), (5, 5, -1));
     }
 
     #[test]

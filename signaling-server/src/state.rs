@@ -23,8 +23,8 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::metrics::{Metrics, Reject};
-use crate::registry::{Notices, Registry, RegistryConfig};
+use crate::metrics::{Metrics, Reject, RelayRefused};
+use crate::registry::{Notices, Registry, RegistryConfig, Relay};
 
 const CONN_SHARDS: usize = 16;
 const SWARM_SHARDS: usize = 16;
@@ -91,6 +91,8 @@ pub(crate) struct Conn {
     wake: AtomicBool,
     last_seen_ms: AtomicU64,
     close: AtomicU8,
+    /// The client sent a message (a data frame) since its `welcome`.
+    heard: AtomicBool,
 }
 
 impl Conn {
@@ -101,11 +103,17 @@ impl Conn {
             wake: AtomicBool::new(false),
             last_seen_ms: AtomicU64::new(now_ms),
             close: AtomicU8::new(0),
+            heard: AtomicBool::new(false),
         }
     }
 
     pub(crate) fn touch(&self, now_ms: u64) {
         self.last_seen_ms.store(now_ms, Relaxed);
+    }
+
+    /// A message (not a WebSocket ping) arrived: the first-message timeout no longer applies.
+    pub(crate) fn heard(&self) {
+        self.heard.store(true, Relaxed);
     }
 
     /// Asks the connection's task to close (the first reason wins).
@@ -171,26 +179,51 @@ struct SwarmShard {
     stats: HashMap<String, SwarmStats>,
 }
 
+/// Connections over `max_conns_per_ip` that are still served, so the client reads a typed
+/// refusal (`error rate_limited`); beyond this many the server closes them at accept.
+pub const PER_IP_REFUSALS: u32 = 4;
+
+/// One connection counted against its address's per-IP limit, until dropped.
+#[derive(Debug)]
+pub struct IpSlot {
+    state: AppState,
+    key: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut m = lock(&self.state.0.per_ip);
+        if let Some(c) = m.get_mut(&self.key) {
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// What the accept loop learned about a TCP connection (in every request's extensions).
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// Counted at accept under the socket address (None: from a trusted proxy, counted at the
+    /// upgrade under the forwarded address instead).
+    slot: Option<Arc<IpSlot>>,
+    /// Over the per-IP limit: its WebSocket upgrade gets a refusal.
+    over_limit: bool,
+}
+
 /// Holds one admission slot (total and per-IP counters) until dropped.
 #[derive(Debug)]
 pub struct ConnGuard {
     state: AppState,
-    ip: Option<IpAddr>,
+    _ip: Option<Arc<IpSlot>>,
+    /// The client's address (forwarded, behind a trusted proxy), for logs.
+    pub(crate) client: Option<IpAddr>,
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        let inner = &self.state.0;
-        inner.open.fetch_sub(1, Relaxed);
-        if let Some(ip) = self.ip {
-            let mut m = lock(&inner.per_ip);
-            if let Some(c) = m.get_mut(&ip) {
-                *c = c.saturating_sub(1);
-                if *c == 0 {
-                    m.remove(&ip);
-                }
-            }
-        }
+        self.state.0.open.fetch_sub(1, Relaxed);
     }
 }
 
@@ -204,7 +237,13 @@ pub struct Inner {
     conns: Box<[ConnShard]>,
     /// Admitted connections (including those still in the WebSocket handshake).
     open: AtomicUsize,
+    /// Open connections per address key (`http_guard::ip_key`: the IPv4 address, or the IPv6
+    /// /64), counted from accept.
     per_ip: Mutex<HashMap<IpAddr, u32>>,
+    /// `--trusted-proxy`: whose forwarding headers are believed.
+    proxies: http_guard::TrustedProxies,
+    /// `--admin-token`, or local-only.
+    admin: http_guard::AdminAccess,
     swarms: Box<[Mutex<SwarmShard>]>,
     shutting_down: AtomicBool,
 }
@@ -252,6 +291,8 @@ impl AppState {
         let reg_cfg = RegistryConfig {
             intro_peers: cfg.intro_peers,
             max_slots: cfg.max_slots,
+            defer_slot_notices: cfg.slot_notice_ms > 0,
+            peer_left_only_if_known: true,
             ..RegistryConfig::default()
         };
         let swarms = (0..SWARM_SHARDS)
@@ -266,6 +307,8 @@ impl AppState {
         // Ids start at a random point so they do not reveal how many viewers came before; 2^40
         // leaves room for 2^53 - 2^40 connections before reaching JavaScript's exact range.
         let first_id = seed.gen_range(1..(1u64 << 40));
+        let proxies = http_guard::TrustedProxies::new(cfg.trusted_proxies.iter().copied());
+        let admin = http_guard::AdminAccess::new(cfg.admin_token.clone(), proxies.clone());
         AppState(Arc::new(Inner {
             cfg,
             metrics: Metrics::default(),
@@ -276,6 +319,8 @@ impl AppState {
                 .collect(),
             open: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
+            admin,
+            proxies,
             swarms,
             shutting_down: AtomicBool::new(false),
         }))
@@ -302,26 +347,98 @@ impl AppState {
         self.0.shutting_down.load(Relaxed)
     }
 
-    /// Reserves a connection slot for a client at `ip`.
-    pub(crate) fn admit(&self, ip: Option<IpAddr>) -> Result<ConnGuard, Reject> {
+    /// The client address of a request from socket peer `peer`: forwarding headers are believed
+    /// only from `--trusted-proxy` addresses.
+    pub fn client_ip(&self, peer: IpAddr, headers: &axum::http::HeaderMap) -> IpAddr {
+        self.0.proxies.client_ip(peer, headers)
+    }
+
+    /// Whether a request from socket peer `peer` may use the operator endpoints.
+    pub fn admin_check(
+        &self,
+        peer: Option<IpAddr>,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<(), http_guard::admin::Denied> {
+        self.0.admin.check(peer, headers)
+    }
+
+    /// Counts one connection under `key`; `allow` more than the limit (for refusals).
+    fn take_ip_slot(&self, key: IpAddr, allow: u32) -> Option<(Arc<IpSlot>, bool)> {
+        let limit = self.0.cfg.max_conns_per_ip;
+        let mut m = lock(&self.0.per_ip);
+        let c = m.entry(key).or_insert(0);
+        if *c >= limit.saturating_add(allow) {
+            return None;
+        }
+        *c += 1;
+        let over = *c > limit;
+        drop(m);
+        let slot = Arc::new(IpSlot {
+            state: self.clone(),
+            key,
+        });
+        Some((slot, over))
+    }
+
+    /// Called by the accept loop for every TCP connection, before a byte is read: counts it
+    /// against its address's limit (unless it comes from a trusted proxy, whose clients are
+    /// counted at the upgrade under their forwarded addresses).
+    pub fn admit_tcp(&self, peer: IpAddr) -> http_guard::Admission<Accepted> {
+        use http_guard::Admission;
+        if self.0.proxies.contains(peer) {
+            return Admission::Serve(Accepted {
+                slot: None,
+                over_limit: false,
+            });
+        }
+        match self.take_ip_slot(http_guard::ip_key(peer), PER_IP_REFUSALS) {
+            Some((slot, false)) => Admission::Serve(Accepted {
+                slot: Some(slot),
+                over_limit: false,
+            }),
+            Some((slot, true)) => Admission::Serve(Accepted {
+                slot: Some(slot),
+                over_limit: true,
+            }),
+            None => {
+                self.0.metrics.reject(Reject::PerIp);
+                Admission::Close
+            }
+        }
+    }
+
+    /// Reserves a WebSocket slot: the total limit, and the per-IP one unless the accept loop
+    /// counted the connection already (`accepted`). `client` is the client's address (the
+    /// forwarded one behind a trusted proxy); None when unknown (no per-IP limit then).
+    pub(crate) fn admit(
+        &self,
+        accepted: Option<Accepted>,
+        client: Option<IpAddr>,
+    ) -> Result<ConnGuard, Reject> {
         let inner = &self.0;
+        let slot = match accepted {
+            Some(Accepted {
+                over_limit: true, ..
+            }) => return Err(Reject::PerIp),
+            Some(Accepted {
+                slot: Some(slot), ..
+            }) => Some(slot),
+            _ => match client {
+                Some(ip) => match self.take_ip_slot(http_guard::ip_key(ip), 0) {
+                    Some((slot, _)) => Some(slot),
+                    None => return Err(Reject::PerIp),
+                },
+                None => None,
+            },
+        };
         if inner.open.fetch_add(1, Relaxed) >= inner.cfg.max_connections {
             inner.open.fetch_sub(1, Relaxed);
             return Err(Reject::ServerFull);
         }
-        if let Some(ip) = ip {
-            let mut m = lock(&inner.per_ip);
-            let c = m.entry(ip).or_insert(0);
-            if *c >= inner.cfg.max_conns_per_ip {
-                drop(m);
-                inner.open.fetch_sub(1, Relaxed);
-                return Err(Reject::PerIp);
-            }
-            *c += 1;
-        }
         Ok(ConnGuard {
             state: self.clone(),
-            ip,
+            _ip: slot,
+            client,
         })
     }
 
@@ -418,19 +535,26 @@ impl AppState {
         self.deliver_notices(notices);
     }
 
-    /// Relays a handshake from `from` to `to`, both members of `swarm`. `Err(())`: `to` is not a
-    /// member (left, or never was).
+    /// Relays a handshake from `from` to `to` in `swarm`: only within a pair the server
+    /// introduced (either direction), both still members. The data was checked by the caller.
     pub(crate) fn relay(
         &self,
-        swarm: String,
+        swarm: &str,
         from: PeerId,
         to: PeerId,
         data: SignalData,
-    ) -> Result<(), ()> {
-        if to == from || !lock(self.swarm_shard(&swarm)).reg.is_member(&swarm, to) {
-            return Err(());
+    ) -> Result<(), RelayRefused> {
+        match lock(self.swarm_shard(swarm)).reg.relay(swarm, from, to) {
+            Relay::Allowed => {}
+            Relay::UnknownPeer => return Err(RelayRefused::UnknownPeer),
+            Relay::NotIntroduced => return Err(RelayRefused::NotIntroduced),
         }
-        let text = ServerMsg::Signal { swarm, from, data }.to_json();
+        let text = ServerMsg::Signal {
+            swarm: swarm.to_owned(),
+            from,
+            data,
+        }
+        .to_json();
         if self.deliver(to, text, Class::Relay) {
             self.0.metrics.relays.fetch_add(1, Relaxed);
         }
@@ -518,14 +642,21 @@ impl AppState {
         }
     }
 
-    /// Asks every connection that sent nothing for the idle timeout to close.
+    /// Asks every connection that sent nothing for the idle timeout to close, and those that
+    /// sent no message since their `welcome` for the first-message timeout.
     pub fn sweep_idle(&self) -> usize {
         let now = self.now_ms();
         let idle = self.0.cfg.idle_timeout().as_millis() as u64;
+        let first = self.0.cfg.first_message_timeout_ms.min(idle);
         let mut n = 0;
         for shard in self.0.conns.iter() {
             for conn in lock(shard).values() {
-                if now.saturating_sub(conn.last_seen_ms.load(Relaxed)) > idle {
+                let limit = if conn.heard.load(Relaxed) {
+                    idle
+                } else {
+                    first
+                };
+                if now.saturating_sub(conn.last_seen_ms.load(Relaxed)) > limit {
                     conn.close(CloseReason::Idle);
                     n += 1;
                 }
@@ -537,12 +668,37 @@ impl AppState {
     /// Runs [`Self::sweep_idle`] a few times per heartbeat, forever. One timer for all
     /// connections instead of one per connection.
     pub async fn run_sweeper(self) {
-        let period = Duration::from_millis(u64::from(self.0.cfg.heartbeat_ms / 4).max(25));
+        let cfg = &self.0.cfg;
+        let period = u64::from(cfg.heartbeat_ms / 4).min(cfg.first_message_timeout_ms / 4);
+        let period = Duration::from_millis(period.max(25));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             self.sweep_idle();
+        }
+    }
+
+    /// Sends the coalesced `slot` notices of every shard (see `Config::slot_notice_ms`).
+    pub fn flush_slot_notices(&self) {
+        for shard in self.0.swarms.iter() {
+            let notices = lock(shard).reg.take_slot_notices();
+            self.deliver_notices(notices);
+        }
+    }
+
+    /// Runs [`Self::flush_slot_notices`] every `slot_notice_ms`, forever (nothing to do when 0:
+    /// the notices then go out at once).
+    pub async fn run_slot_notices(self) {
+        let ms = self.0.cfg.slot_notice_ms;
+        if ms == 0 {
+            return;
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.flush_slot_notices();
         }
     }
 
@@ -619,6 +775,7 @@ mod tests {
 
     #[test]
     fn admission_counts_total_and_per_ip() {
+        use http_guard::Admission;
         let cfg = Config {
             max_connections: 3,
             max_conns_per_ip: 2,
@@ -626,18 +783,45 @@ mod tests {
         };
         let state = AppState::new(cfg);
         let ip: IpAddr = [10, 0, 0, 1].into();
-        let a = state.admit(Some(ip));
-        let b = state.admit(Some(ip));
+        let a = state.admit(None, Some(ip));
+        let b = state.admit(None, Some(ip));
         assert!(a.is_ok() && b.is_ok());
-        assert_eq!(state.admit(Some(ip)).err(), Some(Reject::PerIp));
-        let c = state.admit(Some([10, 0, 0, 2].into()));
+        assert_eq!(state.admit(None, Some(ip)).err(), Some(Reject::PerIp));
+        let c = state.admit(None, Some([10, 0, 0, 2].into()));
         assert!(c.is_ok());
-        assert_eq!(state.admit(None).err(), Some(Reject::ServerFull));
+        assert_eq!(state.admit(None, None).err(), Some(Reject::ServerFull));
         drop(a);
         assert_eq!(state.open_connections(), 2);
-        assert!(state.admit(Some(ip)).is_ok());
+        assert!(state.admit(None, Some(ip)).is_ok());
         drop((b, c));
         assert_eq!(state.open_connections(), 0);
+        assert!(lock(&state.0.per_ip).is_empty());
+
+        // At accept: served up to the limit, then a few refusals, then closed.
+        let other: IpAddr = [10, 0, 0, 3].into();
+        let mut held = Vec::new();
+        for i in 0..2 + PER_IP_REFUSALS + 2 {
+            let adm = state.admit_tcp(other);
+            match (i, &adm) {
+                (0..2, Admission::Serve(a)) => assert!(!a.over_limit),
+                (i, Admission::Serve(a)) if (2..2 + PER_IP_REFUSALS).contains(&i) => {
+                    assert!(a.over_limit);
+                    assert_eq!(
+                        state.admit(Some(a.clone()), None).err(),
+                        Some(Reject::PerIp)
+                    );
+                }
+                (i, Admission::Close) if i >= 2 + PER_IP_REFUSALS => {}
+                (i, other) => panic!("connection {i}: {other:?}"),
+            }
+            held.push(adm);
+        }
+        // A WebSocket of a counted connection is not counted twice.
+        if let Admission::Serve(a) = &held[0] {
+            let g = state.admit(Some(a.clone()), Some(other));
+            assert!(g.is_ok());
+        }
+        drop(held);
         assert!(lock(&state.0.per_ip).is_empty());
     }
 }

@@ -2,159 +2,18 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use common::{Client, WAIT, connect_raw, offer};
+use futures_util::SinkExt;
 use protocol::PeerId;
 use protocol::signaling::{ClientMsg, ErrorCode, ServerMsg, SignalData, StatsReport};
 use signaling_server::{Config, metrics::Reject, spawn, token};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-const WAIT: Duration = Duration::from_secs(3);
-
-struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    id: PeerId,
-}
-
-async fn connect_raw(addr: SocketAddr) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
-    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
-        .await
-        .unwrap();
-    ws
-}
-
-impl Client {
-    async fn connect(addr: SocketAddr) -> Client {
-        let ws = connect_raw(addr).await;
-        let mut c = Client { ws, id: 0 };
-        match c.recv().await {
-            ServerMsg::Welcome {
-                peer_id,
-                heartbeat_ms,
-            } => {
-                assert!(peer_id < (1 << 53));
-                assert!(heartbeat_ms > 0);
-                c.id = peer_id;
-            }
-            other => panic!("expected welcome, got {other:?}"),
-        }
-        c
-    }
-
-    async fn send(&mut self, msg: &ClientMsg) {
-        self.send_text(msg.to_json()).await;
-    }
-
-    async fn send_text(&mut self, text: String) {
-        self.ws.send(Message::Text(text.into())).await.unwrap();
-    }
-
-    /// Next server message (fails on timeout or close).
-    async fn recv(&mut self) -> ServerMsg {
-        self.try_recv(WAIT)
-            .await
-            .unwrap_or_else(|e| panic!("client {}: {e}", self.id))
-    }
-
-    async fn try_recv(&mut self, wait: Duration) -> Result<ServerMsg, String> {
-        loop {
-            let m = tokio::time::timeout(wait, self.ws.next())
-                .await
-                .map_err(|_| "timeout".to_owned())?;
-            match m {
-                Some(Ok(Message::Text(t))) => {
-                    return ServerMsg::from_json(t.as_str(), 1 << 20).map_err(|e| e.to_string());
-                }
-                Some(Ok(Message::Close(f))) => return Err(format!("closed {f:?}")),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(format!("error {e}")),
-                None => return Err("closed".to_owned()),
-            }
-        }
-    }
-
-    /// Skips `slot` notices (they arrive whenever membership changes).
-    async fn recv_skip_slots(&mut self) -> ServerMsg {
-        loop {
-            match self.recv().await {
-                ServerMsg::Slot { .. } => continue,
-                m => return m,
-            }
-        }
-    }
-
-    /// Asserts that nothing but slot notices arrives for `wait`.
-    async fn assert_quiet(&mut self, wait: Duration) {
-        loop {
-            match self.try_recv(wait).await {
-                Ok(ServerMsg::Slot { .. }) => continue,
-                Ok(m) => panic!("client {} expected silence, got {m:?}", self.id),
-                Err(e) => {
-                    assert_eq!(e, "timeout");
-                    return;
-                }
-            }
-        }
-    }
-
-    async fn join(&mut self, swarm: &str) -> Vec<PeerId> {
-        self.send(&ClientMsg::Join {
-            swarm: swarm.into(),
-            token: None,
-        })
-        .await;
-        match self.recv_skip_slots().await {
-            ServerMsg::Joined {
-                swarm: s,
-                peers,
-                slots,
-                ..
-            } => {
-                assert_eq!(s, swarm);
-                assert!(slots >= 1);
-                peers
-            }
-            other => panic!("expected joined, got {other:?}"),
-        }
-    }
-
-    async fn expect_error(&mut self, code: ErrorCode) {
-        match self.recv_skip_slots().await {
-            ServerMsg::Error { code: c, .. } if c == code => {}
-            other => panic!("expected error {code:?}, got {other:?}"),
-        }
-    }
-
-    async fn ping_pong(&mut self) {
-        self.send(&ClientMsg::Ping).await;
-        match self.recv_skip_slots().await {
-            ServerMsg::Pong => {}
-            other => panic!("expected pong, got {other:?}"),
-        }
-    }
-
-    /// Waits until the server closes the connection.
-    async fn expect_closed(&mut self) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.try_recv(left).await {
-                Ok(_) => continue,
-                Err(e) if e == "timeout" => panic!("client {} was not closed", self.id),
-                Err(_) => return,
-            }
-        }
-    }
-}
-
-fn offer(sdp: &str) -> SignalData {
-    SignalData::Offer { sdp: sdp.into() }
-}
 
 #[tokio::test]
 async fn offer_answer_between_members_only() {
@@ -285,6 +144,20 @@ async fn one_connection_in_several_swarms() {
     a.expect_error(ErrorCode::NotInSwarm).await;
 }
 
+/// `from` (given `to` at its join) offers to `to`, which receives it.
+async fn offer_to(from: &mut Client, to: &mut Client) {
+    from.send(&ClientMsg::Signal {
+        swarm: "s".into(),
+        to: to.id,
+        data: offer("hello"),
+    })
+    .await;
+    match to.recv_skip_slots().await {
+        ServerMsg::Signal { from: f, .. } => assert_eq!(f, from.id),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn leave_close_and_idle_remove_members() {
     let cfg = Config {
@@ -297,6 +170,9 @@ async fn leave_close_and_idle_remove_members() {
     let mut b = Client::connect(addr).await;
     a.join("s").await;
     assert_eq!(b.join("s").await, vec![a.id]);
+    // Members hear `peer_left` about the members they know (were given, or got a signal from):
+    // each newcomer offers to `a`, as a viewer does.
+    offer_to(&mut b, &mut a).await;
 
     // leave → peer_left to the partner, and b is no longer reachable.
     b.send(&ClientMsg::Leave { swarm: "s".into() }).await;
@@ -315,6 +191,7 @@ async fn leave_close_and_idle_remove_members() {
     // close → peer_left.
     let mut c = Client::connect(addr).await;
     assert_eq!(c.join("s").await, vec![a.id]);
+    offer_to(&mut c, &mut a).await;
     let c_id = c.id;
     c.ws.close(None).await.unwrap();
     drop(c);
@@ -326,6 +203,7 @@ async fn leave_close_and_idle_remove_members() {
     // idle → closed, peer_left; a stays because it pings.
     let mut d = Client::connect(addr).await;
     assert_eq!(d.join("s").await, vec![a.id]);
+    offer_to(&mut d, &mut a).await;
     let d_id = d.id;
     // a keeps pinging (and watches for d's peer_left) while d stays silent.
     let pinger = tokio::spawn(async move {
