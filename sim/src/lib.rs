@@ -259,6 +259,8 @@ enum Ev {
         seq: u64,
     },
     Timer(V, Time),
+    /// The server's periodic flush of coalesced `slot` notices.
+    SlotNotices,
     /// A frame left `v`'s send buffer towards `peer`.
     Sent {
         v: V,
@@ -328,6 +330,8 @@ pub struct Sim {
 }
 
 const MANIFEST_URL: &str = "sim://live/index.integrity.json";
+/// The signaling server's default `slot_notice_ms`.
+const SLOT_NOTICE_EVERY: Duration = Duration::from_millis(500);
 
 fn t_secs(s: f64) -> Time {
     Time::from_secs_f64(s)
@@ -351,7 +355,13 @@ fn url_seq(url: &str) -> Option<u64> {
 impl Sim {
     pub fn new(cfg: SimConfig) -> Self {
         let rng = SmallRng::seed_from_u64(cfg.seed);
-        let registry = Registry::new(RegistryConfig::default());
+        // As the signaling server runs it: slot notices coalesced (sent every 500 ms, see
+        // `Ev::SlotNotices`), `peer_left` only to members that knew the leaver.
+        let registry = Registry::new(RegistryConfig {
+            defer_slot_notices: true,
+            peer_left_only_if_known: true,
+            ..RegistryConfig::default()
+        });
         Sim {
             rng,
             now: Time::ZERO,
@@ -390,6 +400,7 @@ impl Sim {
             let bad = i < bad_count;
             self.spawn_viewer(t_secs(t), bad);
         }
+        self.at(Time::ZERO + SLOT_NOTICE_EVERY, Ev::SlotNotices);
         if self.cfg.churn_pct_per_min > 0.0 {
             let t = self.churn_gap();
             self.at(t_secs(t), Ev::Churn);
@@ -687,6 +698,11 @@ impl Sim {
             }
             Ev::Poll(v) => self.poll(v),
             Ev::PlayerCheck { v, seq } => self.player_check(v, seq),
+            Ev::SlotNotices => {
+                let notices = self.registry.take_slot_notices();
+                self.notify(notices);
+                self.at(self.now + SLOT_NOTICE_EVERY, Ev::SlotNotices);
+            }
             Ev::Timer(v, t) => {
                 if self.viewers[v].alive && self.viewers[v].timer == Some(t) {
                     self.viewers[v].timer = None;
@@ -767,7 +783,10 @@ impl Sim {
             }
             ClientMsg::Leave { swarm } => self.registry.leave(&swarm, me),
             ClientMsg::Signal { swarm, to, data } => {
-                if !self.viewers[v].alive || !self.registry.is_member(&swarm, to) {
+                // Relayed only within pairs the server introduced, as the server does.
+                if !self.viewers[v].alive
+                    || self.registry.relay(&swarm, me, to) != swarm_registry::Relay::Allowed
+                {
                     return;
                 }
                 vec![(
@@ -781,6 +800,11 @@ impl Sim {
             }
             ClientMsg::Stats { .. } | ClientMsg::Ping => Vec::new(),
         };
+        self.notify(notices);
+    }
+
+    /// Delivers the server's messages, each after its receiver's signaling latency.
+    fn notify(&mut self, notices: Vec<(PeerId, ServerMsg)>) {
         for (p, m) in notices {
             let to = Self::idx(p);
             if to < self.viewers.len() {
