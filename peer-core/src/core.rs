@@ -135,7 +135,8 @@ impl PeerCore {
         self.remotes.peers.len()
     }
     /// What `peer` announced in its `Have`s and we keep (at most
-    /// [`crate::remotes::MAX_REMOTE_HAVE`] entries), lowest sequence number first.
+    /// [`crate::remotes::MAX_REMOTE_HAVE`] entries and [`crate::remotes::MAX_REMOTE_HAVE_BYTES`]
+    /// bitmap bytes), lowest sequence number first.
     pub fn peer_haves(&self, peer: PeerId) -> impl Iterator<Item = &protocol::HaveEntry> + '_ {
         self.remotes
             .peers
