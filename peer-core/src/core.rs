@@ -40,6 +40,8 @@ pub struct PeerCore {
     pub(crate) manifests: Manifests,
     pub(crate) stats: Stats,
     stats_at: Time,
+    /// Our counters when we last joined: reports to the server count from there.
+    joined_base: StatsReport,
     closed: bool,
 }
 
@@ -80,6 +82,7 @@ impl PeerCore {
             manifests,
             stats: Stats::default(),
             stats_at: Time::ZERO,
+            joined_base: StatsReport::default(),
             closed: false,
             cfg,
         };
@@ -135,7 +138,8 @@ impl PeerCore {
         self.remotes.peers.len()
     }
     /// What `peer` announced in its `Have`s and we keep (at most
-    /// [`crate::remotes::MAX_REMOTE_HAVE`] entries), lowest sequence number first.
+    /// [`crate::remotes::MAX_REMOTE_HAVE`] entries and [`crate::remotes::MAX_REMOTE_HAVE_BYTES`]
+    /// bitmap bytes), lowest sequence number first.
     pub fn peer_haves(&self, peer: PeerId) -> impl Iterator<Item = &protocol::HaveEntry> + '_ {
         self.remotes
             .peers
@@ -301,14 +305,16 @@ impl PeerCore {
         self.flush_have();
         if self.session.joined && now >= self.stats_at {
             self.stats_at = now + STATS_INTERVAL;
-            let s = &self.stats;
+            // Totals since this join (PROTOCOL §1): a rejoin after a reconnect starts again
+            // from zero, so the server never counts the same bytes twice.
+            let (s, b) = (&self.stats, &self.joined_base);
             let report = StatsReport {
-                http_bytes: s.delivered_http_bytes,
-                p2p_bytes: s.delivered_p2p_bytes,
-                uploaded_bytes: s.uploaded_bytes,
-                stalls: s.stalls,
+                http_bytes: s.delivered_http_bytes - b.http_bytes,
+                p2p_bytes: s.delivered_p2p_bytes - b.p2p_bytes,
+                uploaded_bytes: s.uploaded_bytes - b.uploaded_bytes,
+                stalls: s.stalls - b.stalls,
                 peers: self.remotes.peers.values().filter(|r| r.open).count() as u32,
-                integrity_failures: s.integrity_failures,
+                integrity_failures: s.integrity_failures - b.integrity_failures,
             };
             self.out.push_back(Output::SignalSend(ClientMsg::Stats {
                 swarm: self.cfg.swarm.clone(),
@@ -319,6 +325,15 @@ impl PeerCore {
 
     pub(crate) fn joined_now(&mut self, now: Time) {
         self.stats_at = now + STATS_INTERVAL;
+        let s = &self.stats;
+        self.joined_base = StatsReport {
+            http_bytes: s.delivered_http_bytes,
+            p2p_bytes: s.delivered_p2p_bytes,
+            uploaded_bytes: s.uploaded_bytes,
+            stalls: s.stalls,
+            peers: 0,
+            integrity_failures: s.integrity_failures,
+        };
     }
 
     /// Leaves: goodbye to the server, every connection and request closed, no more outputs.

@@ -46,7 +46,8 @@
 //! * A segment the origin re-published (its manifest entry changed) takes the new entry; a
 //!   chunk matching the old entry is skew, not corruption: dropped, its peer not banned.
 //! * A peer that sends a chunk failing verification, a chunk not asked for, more bytes than a
-//!   chunk holds, or a malformed frame is disconnected and banned (the ban list is bounded:
+//!   chunk holds, a malformed frame, or frames faster than [`remotes::FLOOD_RATE`] past a burst
+//!   of [`remotes::FLOOD_BURST`] is disconnected and banned (the ban list is bounded:
 //!   beyond [`remotes::MAX_BANNED`] the oldest ban is forgotten).
 
 mod config;
@@ -234,6 +235,9 @@ pub enum BanReason {
     TooManyBytes,
     /// A frame that does not decode.
     Malformed(String),
+    /// More frames than [`remotes::FLOOD_RATE`] a second, past a burst of
+    /// [`remotes::FLOOD_BURST`] (whatever they are, in any state of the connection).
+    Flood,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -39,6 +39,15 @@ pub const CONTROL_BUDGET: usize = 64 * 1024;
 /// A peer whose send buffer stays over its window this long without going down is not
 /// reading its channel (see [`Remote::stuck`]).
 pub const STUCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Frames a peer may send per second, sustained, whatever they are. An honest peer sends a few
+/// hundred at most (the chunks we asked for, at our downlink's rate; a `Have` per chunk it
+/// stores; a request per few chunks it needs); past the burst a peer is banned
+/// ([`crate::BanReason::Flood`]).
+pub const FLOOD_RATE: u64 = 2000;
+/// Frames a peer may send at once above [`FLOOD_RATE`].
+pub const FLOOD_BURST: u64 = 4000;
+/// Microseconds of [`FLOOD_RATE`] one frame uses.
+const FRAME_COST_US: u64 = 1_000_000 / FLOOD_RATE;
 /// After a peer said busy, prefer others for this long.
 const BUSY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -70,6 +79,9 @@ pub struct Remote {
     pub buffered: usize,
     /// Since when `buffered` is over the send window with no report of it going down.
     pub full_since: Option<Time>,
+    /// Frame rate limit (a virtual clock, GCRA): every frame moves it [`FLOOD_RATE`]'s share
+    /// of a second ahead of the real one; more than [`FLOOD_BURST`] frames ahead is a flood.
+    pub frames_due: Time,
     /// Last chunk from this peer, or when our first outstanding request to it was sent.
     pub last_progress: Time,
 }
@@ -95,6 +107,7 @@ impl Remote {
             penalty_until: Time::ZERO,
             buffered: 0,
             full_since: None,
+            frames_due: now,
             last_progress: now,
         }
     }
@@ -111,6 +124,23 @@ impl Remote {
     pub fn stuck(&self, now: Time, cfg: &Config) -> bool {
         self.buffered > cfg.send_window_per_peer.saturating_add(CONTROL_BUDGET)
             || self.full_since.is_some_and(|t| now >= t + STUCK_TIMEOUT)
+    }
+
+    /// One frame from the peer: `false` when it is over the frame rate limit.
+    fn frame_in(&mut self, now: Time) -> bool {
+        let due = self.frames_due.0.max(now.0) + FRAME_COST_US;
+        if due > now.0 + FLOOD_BURST * FRAME_COST_US {
+            return false;
+        }
+        self.frames_due = Time(due);
+        true
+    }
+
+    /// The peer has used half its burst: it sends far above any honest rate, and its frames
+    /// that change nothing run no scheduling pass (an honest peer never gets here, so its
+    /// frames always do, as before the limit existed).
+    pub fn hurried(&self, now: Time) -> bool {
+        self.frames_due.0 > now.0 + FLOOD_BURST * FRAME_COST_US / 2
     }
 
     /// Our estimate of the send buffer grew by `n` bytes (a frame sent).
@@ -194,14 +224,17 @@ impl Haves {
         }
     }
 
-    /// Drops the lowest sequence numbers while over a bound.
-    fn trim(&mut self) {
+    /// Drops the lowest sequence numbers while over a bound; returns whether it dropped any.
+    fn trim(&mut self) -> bool {
+        let mut dropped = false;
         while self.entries.len() > MAX_REMOTE_HAVE || self.bytes > MAX_REMOTE_HAVE_BYTES {
             let Some((_, old)) = self.entries.pop_first() else {
                 break;
             };
             self.bytes -= old.bitmap.len();
+            dropped = true;
         }
+        dropped
     }
 }
 
@@ -394,23 +427,38 @@ impl PeerCore {
             .push_back(Output::Event(Event::PeerConnected { peer }));
     }
 
-    pub(crate) fn on_rtc_message(&mut self, now: Time, conn: ConnId, data: Bytes) {
+    /// A frame from the peer on `conn`. Returns whether a scheduling pass is due: always,
+    /// except for a frame that changed nothing from a peer sending far above any honest rate
+    /// (see [`Remote::hurried`]).
+    pub(crate) fn on_rtc_message(&mut self, now: Time, conn: ConnId, data: Bytes) -> bool {
         let Some(peer) = self.peer_of(conn) else {
-            return;
+            return true;
         };
-        let Some(r) = self.remotes.peers.get(&peer) else {
-            return;
+        let Some(r) = self.remotes.peers.get_mut(&peer) else {
+            return true;
         };
-        if r.opened.is_none() {
-            return;
+        // Every frame counts, whatever the state of the connection: not open yet (ignored),
+        // in its open grace, before `Hello`.
+        if !r.frame_in(now) {
+            self.ban(now, peer, BanReason::Flood);
+            return true;
         }
+        let calm = !r.hurried(now);
+        if r.opened.is_none() {
+            return calm;
+        }
+        let mut changed = false;
         if !r.open {
             // The other side spoke: its channel is ready, the grace is over.
             self.release(now, peer);
+            changed = true;
         }
         match Frame::decode_bytes(data) {
-            Ok(frame) => self.on_frame(now, peer, frame),
-            Err(e) => self.ban(now, peer, BanReason::Malformed(e.to_string())),
+            Ok(frame) => self.on_frame(now, peer, frame) || changed || calm,
+            Err(e) => {
+                self.ban(now, peer, BanReason::Malformed(e.to_string()));
+                true
+            }
         }
     }
 
@@ -433,7 +481,8 @@ impl PeerCore {
         }));
     }
 
-    fn on_frame(&mut self, now: Time, peer: PeerId, frame: Frame) {
+    /// Returns whether anything changed that a scheduling pass depends on.
+    fn on_frame(&mut self, now: Time, peer: PeerId, frame: Frame) -> bool {
         match frame {
             Frame::Hello {
                 swarm,
@@ -441,7 +490,8 @@ impl PeerCore {
                 instance,
             } => {
                 if swarm != self.cfg.swarm {
-                    return self.drop_peer(now, peer, DisconnectReason::WrongSwarm);
+                    self.drop_peer(now, peer, DisconnectReason::WrongSwarm);
+                    return true;
                 }
                 let twin = instance.and_then(|_| {
                     self.remotes
@@ -460,18 +510,25 @@ impl PeerCore {
                     if dups.len() > MAX_CANDIDATES {
                         dups.pop_front();
                     }
-                    return self.drop_peer(now, peer, DisconnectReason::Duplicate);
+                    self.drop_peer(now, peer, DisconnectReason::Duplicate);
+                    return true;
                 }
-                if let Some(r) = self.remotes.peers.get_mut(&peer) {
-                    r.hello = true;
-                    r.instance = instance;
-                    r.their_max_inflight = (max_inflight as usize).max(1);
-                }
+                let Some(r) = self.remotes.peers.get_mut(&peer) else {
+                    return false;
+                };
+                let max_inflight = (max_inflight as usize).max(1);
+                let changed =
+                    !r.hello || r.instance != instance || r.their_max_inflight != max_inflight;
+                r.hello = true;
+                r.instance = instance;
+                r.their_max_inflight = max_inflight;
+                changed
             }
             Frame::Have { entries } => {
                 let Some(r) = self.remotes.peers.get_mut(&peer) else {
-                    return;
+                    return false;
                 };
+                let mut changed = false;
                 for e in entries {
                     // Entries that disagree with our manifest are ignored, not punished: the
                     // peer may have a newer manifest.
@@ -480,16 +537,19 @@ impl PeerCore {
                     {
                         continue;
                     }
-                    r.have.insert(e);
+                    changed |= r.have.insert(e);
                 }
-                r.have.trim();
+                r.have.trim() || changed
             }
             Frame::Drop { seqs } => {
-                if let Some(r) = self.remotes.peers.get_mut(&peer) {
-                    for s in seqs {
-                        r.have.remove(s);
-                    }
+                let Some(r) = self.remotes.peers.get_mut(&peer) else {
+                    return false;
+                };
+                let mut changed = false;
+                for s in seqs {
+                    changed |= r.have.remove(s);
                 }
+                changed
             }
             Frame::Request {
                 req_id,
@@ -504,18 +564,22 @@ impl PeerCore {
                 data,
             } => self.on_chunk(now, peer, req_id, seq, index, data),
             Frame::Cancel { req_id } => {
-                if let Some(r) = self.remotes.peers.get_mut(&peer) {
-                    let before = queued_chunks(&r.serve);
-                    r.serve.retain(|s| s.req_id != req_id);
-                    self.upload.serve_total -= before - queued_chunks(&r.serve);
-                }
+                let Some(r) = self.remotes.peers.get_mut(&peer) else {
+                    return false;
+                };
+                let before = queued_chunks(&r.serve);
+                r.serve.retain(|s| s.req_id != req_id);
+                let freed = before - queued_chunks(&r.serve);
+                self.upload.serve_total -= freed;
+                freed > 0
             }
             Frame::Absent { req_id, reason } => {
                 let Some(req) = self.sched.requests.get(&req_id) else {
-                    return;
+                    return false;
                 };
                 if req.peer != peer {
-                    return self.ban(now, peer, BanReason::Unsolicited);
+                    self.ban(now, peer, BanReason::Unsolicited);
+                    return true;
                 }
                 let seq = req.seq;
                 self.release_request(req_id);
@@ -528,6 +592,7 @@ impl PeerCore {
                         AbsentReason::Refused => r.penalty_until = now + PEER_PENALTY,
                     }
                 }
+                true
             }
         }
     }

@@ -285,6 +285,7 @@ impl PeerCore {
     }
 
     /// A chunk from `peer`: verified against the manifest before anything else sees it.
+    /// Returns whether anything changed (anything but a late chunk of a cancelled request).
     pub(crate) fn on_chunk(
         &mut self,
         now: Time,
@@ -293,7 +294,7 @@ impl PeerCore {
         seq: u64,
         index: u16,
         data: Bytes,
-    ) {
+    ) -> bool {
         let idx = index as usize;
         let Some(req) = self.sched.requests.get(&req_id).filter(|r| r.peer == peer) else {
             // Late chunk of a request we cancelled: ignore. Anything else was never asked for.
@@ -305,20 +306,23 @@ impl PeerCore {
             if !cancelled {
                 self.ban(now, peer, BanReason::Unsolicited);
             }
-            return;
+            return !cancelled;
         };
         if req.seq != seq || index < req.first || index >= req.first + req.count {
-            return self.ban(now, peer, BanReason::Unsolicited);
+            self.ban(now, peer, BanReason::Unsolicited);
+            return true;
         }
         let bit = 1u64 << (index - req.first);
         if req.received & bit != 0 {
-            return self.ban(now, peer, BanReason::Unsolicited);
+            self.ban(now, peer, BanReason::Unsolicited);
+            return true;
         }
         let Some(s) = self.store.segments.get(&seq) else {
-            return;
+            return false;
         };
         if data.len() > s.m.chunk_len(idx) {
-            return self.ban(now, peer, BanReason::TooManyBytes);
+            self.ban(now, peer, BanReason::TooManyBytes);
+            return true;
         }
         if !s.m.verify_chunk(idx, &data) {
             if s.prev.as_ref().is_some_and(|p| p.verify_chunk(idx, &data)) {
@@ -330,7 +334,7 @@ impl PeerCore {
                 if let Some(r) = self.remotes.peers.get_mut(&peer) {
                     r.have.remove(seq);
                 }
-                return;
+                return true;
             }
             self.stats.integrity_failures += 1;
             self.out.push_back(Output::Event(Event::IntegrityFailure {
@@ -338,7 +342,8 @@ impl PeerCore {
                 seq,
                 chunk: idx,
             }));
-            return self.ban(now, peer, BanReason::BadChunk);
+            self.ban(now, peer, BanReason::BadChunk);
+            return true;
         }
         let len = data.len() as u64;
         self.stats.count_from_peer(peer, len);
@@ -363,6 +368,7 @@ impl PeerCore {
             c.peer_req = None;
         }
         self.store_chunk(now, seq, idx, data, false);
+        true
     }
 
     /// A peer with requests outstanding that sent no chunk for `peer_stall_timeout` has stalled:

@@ -93,6 +93,12 @@ impl PeerCore {
             } => {
                 self.session.link = Link::Up;
                 self.session.failures = 0;
+                if self.session.me.is_some_and(|old| old != peer_id) {
+                    // A new session (the server restarted, or we reconnected elsewhere): ids
+                    // from the old one mean nothing here (the server would refuse to relay to
+                    // them). The new `joined` introduces who is there now.
+                    self.remotes.candidates.clear();
+                }
                 self.session.me = Some(peer_id);
                 // Ping at half the heartbeat so one lost ping does not get us dropped.
                 let every = Duration::from_millis(u64::from(heartbeat_ms.max(1000)) / 2);

@@ -61,6 +61,9 @@ pub struct Stats {
     /// Chunks from peers that matched a re-published segment's old entry, not its new one
     /// (dropped; the peer is not banned).
     pub skewed_chunks: u64,
+    /// Scheduling passes run (one per input that may change a decision; see
+    /// `remotes::Remote::hurried`).
+    pub passes: u64,
 }
 
 impl Stats {
@@ -98,6 +101,7 @@ impl Stats {
         self.signal_reconnects += other.signal_reconnects;
         self.republished += other.republished;
         self.skewed_chunks += other.skewed_chunks;
+        self.passes += other.passes;
         for (p, b) in &other.bytes_from_peer {
             // Already counted in p2p_bytes above: only the per-peer split is merged.
             self.p2p_bytes -= b;

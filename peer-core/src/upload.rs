@@ -46,6 +46,7 @@ pub fn queued_chunks(q: &VecDeque<Serve>) -> usize {
 }
 
 impl PeerCore {
+    /// A request from `peer`: queued (returns `true`), or answered `Absent` at once.
     pub(crate) fn on_request(
         &mut self,
         now: Time,
@@ -54,10 +55,11 @@ impl PeerCore {
         seq: u64,
         first: u16,
         count: u16,
-    ) {
+    ) -> bool {
         let absent = |reason| Frame::Absent { req_id, reason };
         if !self.cfg.upload {
-            return self.send(peer, &absent(AbsentReason::Refused));
+            self.send(peer, &absent(AbsentReason::Refused));
+            return false;
         }
         let end = first as usize + count as usize;
         let held = self.store.segments.get(&seq).is_some_and(|s| {
@@ -67,16 +69,18 @@ impl PeerCore {
                     .all(|c| c.data.is_some())
         });
         if !held {
-            return self.send(peer, &absent(AbsentReason::NotFound));
+            self.send(peer, &absent(AbsentReason::NotFound));
+            return false;
         }
         let Some(r) = self.remotes.peers.get_mut(&peer) else {
-            return;
+            return false;
         };
         let queued = queued_chunks(&r.serve);
         if queued + count as usize > self.cfg.serve_queue_per_peer
             || self.upload.serve_total + count as usize > self.cfg.serve_queue_total
         {
-            return self.send(peer, &absent(AbsentReason::Busy));
+            self.send(peer, &absent(AbsentReason::Busy));
+            return false;
         }
         r.serve.push_back(Serve {
             req_id,
@@ -88,6 +92,7 @@ impl PeerCore {
         if let Some(s) = self.store.segments.get_mut(&seq) {
             s.last_used = now;
         }
+        true
     }
 
     pub(crate) fn upload_timeouts(&self, at: &mut impl FnMut(Time)) {

@@ -3,6 +3,7 @@
 //! * Have flood: `Have` frames padded to 64 KiB do not pin their frames in memory.
 //! * Upload starvation: a peer that never reads its channel and floods requests does not stop
 //!   uploads to the others.
+//! * Frame floods: a peer over the frame rate is banned, whatever state its connection is in.
 //! * Request bitmaps: more than 64 chunks per request is clamped, not an overflow.
 //! * Config: nonsense is rejected (`try_new`) or clamped (`new`).
 //! * Manifest skew: a peer serving a segment the origin re-published is not banned for it.
@@ -14,9 +15,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use peer_core::remotes::{MAX_REMOTE_HAVE_BYTES, STUCK_TIMEOUT};
-use peer_core::{Config, ConfigError, DisconnectReason, MIN_TIMER, PeerCore, Time};
-use protocol::{CHUNK_SIZE, Frame};
+use peer_core::remotes::{FLOOD_BURST, FLOOD_RATE, MAX_REMOTE_HAVE_BYTES, STUCK_TIMEOUT};
+use peer_core::{
+    BanReason, Config, ConfigError, DisconnectReason, Input, MIN_TIMER, PeerCore, Time,
+};
+use protocol::{CHUNK_SIZE, Frame, PeerId};
 
 // ------------------------------------------------------------ helpers
 
@@ -37,6 +40,20 @@ fn request(req_id: u32, seq: u64, first: u16, count: u16) -> Bytes {
         count,
     }
     .encode()
+}
+
+/// `frames` `Cancel` frames from `peer`, evenly spread over `over`: returns how many the core
+/// took in (the harness delivers nothing on a closed connection).
+fn cancel_flood(h: &mut Harness, peer: PeerId, frames: u32, over: Duration) -> u64 {
+    let t0 = h.now + ms(10);
+    let steps = h.steps;
+    let gap = over.as_micros() as u64 / frames as u64;
+    for i in 0..frames {
+        let f = Frame::Cancel { req_id: i }.encode();
+        h.inject_at(Time(t0.0 + i as u64 * gap), peer, f);
+    }
+    h.run_until(t0 + over + ms(10));
+    h.steps - steps
 }
 
 // ------------------------------------------------------------ 1. Have pinning
@@ -202,6 +219,81 @@ fn quiet_stuck_peer_is_dropped_after_stuck_timeout() {
     );
     assert_eq!(h.disconnects(200), vec![DisconnectReason::Timeout]);
     assert_eq!(h.peers[&300].chunks_received.len(), 300);
+}
+
+// ------------------------------------------------------------ 3. frame floods
+
+fn banned_for(h: &Harness, peer: PeerId) -> Option<BanReason> {
+    h.ban_events(peer).first().map(|b| b.1.clone())
+}
+
+/// 100 000 `Cancel` frames within one second: the peer is banned early, and the core took in
+/// a bounded number of its frames.
+#[test]
+fn cancel_flood_is_banned() {
+    let mut h = Harness::new(config(), &[(1, 3 * CHUNK_SIZE)]);
+    assert!(h.connect(100, FakePeer::new(PeerBehaviour::Honest, [1])));
+    h.run_until(at_ms(100));
+    let passes = h.core.stats().passes;
+    let taken = cancel_flood(&mut h, 100, 100_000, Duration::from_secs(1));
+    let passes = h.core.stats().passes - passes;
+    println!(
+        "Cancel flood: {taken} of 100000 frames taken in before the ban, {passes} scheduling passes"
+    );
+    assert_eq!(
+        h.ban_events(100),
+        vec![(h.ban_events(100)[0].0, BanReason::Flood)]
+    );
+    assert!(taken <= FLOOD_BURST + FLOOD_RATE, "{taken} frames taken in");
+    assert!(passes <= FLOOD_BURST / 2 + 200, "{passes} passes");
+}
+
+// ------------------------------------------------------------ 4. no way around the limit
+
+/// A peer that never says `Hello` is rate-limited all the same.
+#[test]
+fn flood_before_hello_is_banned() {
+    let mut h = Harness::new(config(), &[(1, 3 * CHUNK_SIZE)]);
+    assert!(h.connect(100, FakePeer::new(PeerBehaviour::Mute, [])));
+    let taken = cancel_flood(&mut h, 100, 20_000, Duration::from_secs(1));
+    assert_eq!(banned_for(&h, 100), Some(BanReason::Flood));
+    assert!(taken <= FLOOD_BURST + FLOOD_RATE, "{taken} frames taken in");
+}
+
+/// Frames on a connection whose channel has not opened yet (ignored) count too.
+#[test]
+fn flood_before_open_is_banned() {
+    let mut h = Harness::new(config(), &[(1, 3 * CHUNK_SIZE)]);
+    h.peers
+        .insert(100, FakePeer::new(PeerBehaviour::Honest, []));
+    let conn = h.offer_from(100).expect("offer answered");
+    let f = Frame::Cancel { req_id: 1 }.encode();
+    let mut taken = 0;
+    for i in 0..20_000u64 {
+        h.now = Time(h.now.0 + 50);
+        h.input(Input::RtcMessage {
+            conn,
+            data: f.clone(),
+        });
+        taken = i + 1;
+        if h.core.is_banned(100) {
+            break;
+        }
+    }
+    assert_eq!(banned_for(&h, 100), Some(BanReason::Flood));
+    assert!(taken <= FLOOD_BURST + FLOOD_RATE, "{taken} frames taken in");
+}
+
+/// Frames during the open grace (they end it) count too.
+#[test]
+fn flood_during_open_grace_is_banned() {
+    let mut cfg = config();
+    cfg.open_grace = ms(300);
+    let mut h = Harness::new(cfg, &[(1, 3 * CHUNK_SIZE)]);
+    assert!(h.connect(100, FakePeer::new(PeerBehaviour::Mute, [])));
+    let taken = cancel_flood(&mut h, 100, 20_000, ms(200));
+    assert_eq!(banned_for(&h, 100), Some(BanReason::Flood));
+    assert!(taken <= FLOOD_BURST + FLOOD_RATE, "{taken} frames taken in");
 }
 
 // ------------------------------------------------------------ 5. request bitmaps
