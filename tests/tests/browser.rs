@@ -473,7 +473,7 @@ fn signaling_restart_keeps_one_connection_per_pair() -> Result<()> {
             p.id
         );
         ensure!(
-            p.connections as usize <= pages - 1 && p.peers as usize <= pages - 1,
+            (p.connections as usize) < pages && (p.peers as usize) < pages,
             "{}: {} connections, {} open peers for {} other viewers: duplicates",
             p.id,
             p.connections,
