@@ -437,17 +437,23 @@ impl PeerCore {
         let Some(r) = self.remotes.peers.get_mut(&peer) else {
             return true;
         };
-        // Every frame counts, whatever the state of the connection: not open yet (ignored),
-        // in its open grace, before `Hello`.
+        // Every frame counts, whatever the state of the connection: not open yet, in its open
+        // grace, before `Hello`.
         if !r.frame_in(now) {
             self.ban(now, peer, BanReason::Flood);
             return true;
         }
         let calm = !r.hurried(now);
-        if r.opened.is_none() {
-            return calm;
-        }
         let mut changed = false;
+        if r.opened.is_none() {
+            // A message proves the channel open: the driver's open event may come after the
+            // other side's first frames (native: they travel on different tasks), and those
+            // are its Hello and Haves, which must not be lost.
+            r.opened = Some(now);
+            r.since = now;
+            r.remote_set = true;
+            changed = true;
+        }
         if !r.open {
             // The other side spoke: its channel is ready, the grace is over.
             self.release(now, peer);

@@ -522,3 +522,71 @@ fn duplicate_is_not_dialed_again() {
     assert_eq!(h.creates(9).len(), 2);
     assert!(h.core.open_peers().eq([9]));
 }
+
+/// The other side's first frames can reach the core before the driver's own "channel open"
+/// event (the native driver reads them on another task): they prove the channel open and are
+/// processed, not dropped. Dropping them lost the peer's Hello and Haves: it was never asked for
+/// a chunk (native ↔ Chromium interop: the browser uploaded nothing).
+#[test]
+fn frames_before_the_open_event_are_not_lost() {
+    use peer_core::{Config, PeerCore};
+
+    let cfg = Config {
+        swarm: "s".into(),
+        ..Config::default()
+    };
+    let mut core = PeerCore::new(cfg);
+    let t = Time::from_millis(10);
+    core.handle(t, Input::SignalOpened);
+    core.handle(
+        t,
+        Input::SignalMessage(ServerMsg::Welcome {
+            peer_id: 1,
+            heartbeat_ms: 20_000,
+        }),
+    );
+    core.handle(
+        t,
+        Input::SignalMessage(ServerMsg::Joined {
+            swarm: "s".into(),
+            peers: vec![7],
+            slot: 0,
+            slots: 2,
+        }),
+    );
+    let mut conn = None;
+    while let Some(o) = core.poll_output() {
+        if let Output::RtcCreate {
+            conn: c, peer: 7, ..
+        } = o
+        {
+            conn = Some(c);
+        }
+    }
+    let conn = conn.expect("a connection to the introduced peer");
+    let hello = Frame::Hello {
+        swarm: "s".into(),
+        max_inflight: 8,
+        instance: Some(42),
+    }
+    .encode();
+    // No Input::RtcOpen yet.
+    core.handle(
+        Time::from_millis(20),
+        Input::RtcMessage { conn, data: hello },
+    );
+    let outs: Vec<Output> = std::iter::from_fn(|| core.poll_output()).collect();
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::Event(Event::PeerConnected { peer: 7 }))),
+        "{outs:?}"
+    );
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::RtcSend { conn: c, .. } if *c == conn)),
+        "our Hello went out: {outs:?}"
+    );
+    assert_eq!(core.open_peers().collect::<Vec<_>>(), vec![7]);
+    // The late open event changes nothing.
+    core.handle(Time::from_millis(30), Input::RtcOpen { conn });
+}
