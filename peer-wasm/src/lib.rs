@@ -252,7 +252,14 @@ impl Inner {
     fn ensure_core(&mut self, playlist: &str) {
         let manifest_url = peer_core::sidecar_url(playlist);
         if let Some(core) = &self.core {
-            if self.opts.swarm.is_some() || core.config().manifest_url == manifest_url {
+            // Same playlist (its query may change between reloads: tokens, delivery
+            // directives): keep the core.
+            let path = |u: &Option<String>| {
+                u.as_deref()
+                    .map(|u| peer_core::manifest::url_path(u).to_owned())
+            };
+            if self.opts.swarm.is_some() || path(&core.config().manifest_url) == path(&manifest_url)
+            {
                 return;
             }
             self.feed(Input::Close);
