@@ -38,6 +38,17 @@ fn chromium_available() -> bool {
     false
 }
 
+/// The start of every browser case: `None` when Chromium is missing (skipped, outside CI), else
+/// the lock that runs the cases one at a time, with the bundle built.
+fn browser_case() -> Result<Option<std::sync::MutexGuard<'static, ()>>> {
+    if !chromium_available() {
+        return Ok(None);
+    }
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    ensure_bundle()?;
+    Ok(Some(serial))
+}
+
 /// Builds the bundle when `dist/` lacks it (`cargo xtask test` builds it beforehand).
 fn ensure_bundle() -> Result<()> {
     let dist = root().join("dist");
@@ -393,11 +404,9 @@ fn summary(r: &RunResult) -> String {
 
 #[test]
 fn four_pages_share_a_live_stream() -> Result<()> {
-    if !chromium_available() {
+    let Some(_serial) = browser_case()? else {
         return Ok(());
-    }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    ensure_bundle()?;
+    };
     let r = runtime().block_on(run_swarm(4, 60, true, None, None))?;
     eprintln!("{}", summary(&r));
     for p in &r.pages {
@@ -450,11 +459,9 @@ fn four_pages_share_a_live_stream() -> Result<()> {
 /// made through the new ids is recognised by the viewers' `Hello` instance and closed.
 #[test]
 fn signaling_restart_keeps_one_connection_per_pair() -> Result<()> {
-    if !chromium_available() {
+    let Some(_serial) = browser_case()? else {
         return Ok(());
-    }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    ensure_bundle()?;
+    };
     let pages = 4;
     let r = runtime().block_on(run_swarm(pages, 55, true, None, Some(10)))?;
     eprintln!("{}", summary(&r));
@@ -510,11 +517,9 @@ fn signaling_restart_keeps_one_connection_per_pair() -> Result<()> {
 /// its sequence numbers. No fatal hls.js error.
 #[test]
 fn abr_ladder_never_gets_another_renditions_bytes() -> Result<()> {
-    if !chromium_available() {
+    let Some(_serial) = browser_case()? else {
         return Ok(());
-    }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    ensure_bundle()?;
+    };
     let r = runtime().block_on(run(Run {
         secs: 45,
         src: "live/ladder/master.m3u8",
@@ -567,11 +572,9 @@ fn abr_ladder_never_gets_another_renditions_bytes() -> Result<()> {
 /// still reaches hls.js, and the pages play without stalls.
 #[test]
 fn throwing_hooks_and_listeners_do_not_break_playback() -> Result<()> {
-    if !chromium_available() {
+    let Some(_serial) = browser_case()? else {
         return Ok(());
-    }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    ensure_bundle()?;
+    };
     let r = runtime().block_on(run(Run {
         pages: 3,
         secs: 40,
@@ -602,11 +605,9 @@ fn throwing_hooks_and_listeners_do_not_break_playback() -> Result<()> {
 
 #[test]
 fn tampering_peer_is_banned_and_never_played() -> Result<()> {
-    if !chromium_available() {
+    let Some(_serial) = browser_case()? else {
         return Ok(());
-    }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    ensure_bundle()?;
+    };
     // The tampered page opens first so that it holds (and uploads) segments early.
     let r = runtime().block_on(run_swarm(4, 45, true, Some(0), None))?;
     eprintln!("{}", summary(&r));
@@ -672,11 +673,9 @@ fn tampering_peer_is_banned_and_never_played() -> Result<()> {
 #[test]
 #[ignore = "measurement: P2P vs HTTP-only, prints figures"]
 fn bench_offload_vs_http_only() -> Result<()> {
-    if !chromium_available() {
+    let Some(_serial) = browser_case()? else {
         return Ok(());
-    }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    ensure_bundle()?;
+    };
     let pages: Vec<usize> = std::env::var("P2P_BENCH_PAGES")
         .unwrap_or_else(|_| "4,8".into())
         .split(',')
@@ -702,11 +701,9 @@ fn bench_offload_vs_http_only() -> Result<()> {
 #[test]
 #[ignore = "measurement: ABR down-switches with P2P on vs off, prints figures"]
 fn bench_ladder_abr() -> Result<()> {
-    if !chromium_available() {
+    let Some(_serial) = browser_case()? else {
         return Ok(());
-    }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    ensure_bundle()?;
+    };
     for p2p in [true, false] {
         let r = runtime().block_on(run(Run {
             secs: 45,
