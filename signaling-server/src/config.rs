@@ -1,5 +1,6 @@
-//! Server limits and settings. Every field is a clap flag with an env var (`SIGNAL_*`), so the
-//! binary and the library share one definition and one set of defaults.
+//! Server limits and settings. Every field is a clap flag with an env var (`SIGNAL_*`; the
+//! integrity service's `INTEGRITY_*`), so the binary and the library share one definition and one
+//! set of defaults.
 
 use std::time::Duration;
 
@@ -119,6 +120,24 @@ pub struct Config {
     /// Longest wait for clients to be told about a shutdown before the server stops anyway.
     #[arg(long, env = "SIGNAL_SHUTDOWN_GRACE_MS", default_value_t = 5_000)]
     pub shutdown_grace_ms: u64,
+    /// Enables the integrity service (`/integrity`, see `integrity.rs`) for media playlists whose
+    /// URL starts with one of these prefixes (repeat or comma-separate; an absolute http(s) URL
+    /// with a path, e.g. `https://cdn.example/live/`). None: `/integrity` answers 404.
+    #[arg(
+        long = "integrity-origin",
+        env = "INTEGRITY_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub integrity_origins: Vec<String>,
+    /// Interval at which the integrity service re-fetches a followed live playlist.
+    #[arg(long, env = "INTEGRITY_POLL_MS", default_value_t = 500)]
+    pub integrity_poll_ms: u64,
+    /// Playlists the integrity service follows at once; a request for another gets 503.
+    #[arg(long, env = "INTEGRITY_MAX_PLAYLISTS", default_value_t = 64)]
+    pub integrity_max_playlists: usize,
+    /// A followed playlist nobody asked about for this long is dropped (its memory freed).
+    #[arg(long, env = "INTEGRITY_IDLE_MS", default_value_t = 60_000)]
+    pub integrity_idle_ms: u64,
 }
 
 impl Default for Config {
@@ -154,6 +173,10 @@ impl Default for Config {
             reconnect_min_ms: 1_000,
             reconnect_jitter_ms: 10_000,
             shutdown_grace_ms: 5_000,
+            integrity_origins: Vec::new(),
+            integrity_poll_ms: 500,
+            integrity_max_playlists: 64,
+            integrity_idle_ms: 60_000,
         }
     }
 }
@@ -216,6 +239,29 @@ impl Config {
         if self.token_secret.as_deref().is_some_and(|s| s.len() < 16) {
             return bad("token_secret must be at least 16 bytes");
         }
+        if let Err(e) = crate::integrity::Prefixes::parse(&self.integrity_origins) {
+            return Err(crate::Error::Config(e));
+        }
+        if !(50..=60_000).contains(&self.integrity_poll_ms)
+            || self.integrity_idle_ms == 0
+            || self.integrity_max_playlists == 0
+        {
+            return bad(
+                "integrity_poll_ms must be in 50..=60000, integrity_idle_ms and integrity_max_playlists > 0",
+            );
+        }
         Ok(())
+    }
+
+    /// The integrity service's settings (invalid prefixes, refused by [`Self::validate`], are
+    /// dropped here: the service is then disabled).
+    pub fn integrity_settings(&self) -> crate::integrity::Settings {
+        crate::integrity::Settings {
+            prefixes: crate::integrity::Prefixes::parse(&self.integrity_origins)
+                .unwrap_or_default(),
+            poll: Duration::from_millis(self.integrity_poll_ms.max(1)),
+            idle: Duration::from_millis(self.integrity_idle_ms),
+            max_playlists: self.integrity_max_playlists,
+        }
     }
 }

@@ -10,6 +10,7 @@
 //! | `/metrics`     | Prometheus text                                                     |
 //! | `/api/swarms`  | admin: JSON overview: totals and the largest swarms                 |
 //! | `/`, `/dashboard` | admin: HTML dashboard polling `/api/swarms`                      |
+//! | `/integrity`   | integrity manifests for third-party HLS origins ([`integrity`]; 404 without `--integrity-origin`) |
 //!
 //! Admin routes list swarm ids (stream URLs) and their audiences. With `--admin-token` they
 //! need `Authorization: Bearer <token>`, or HTTP Basic with the token as password (a browser
@@ -67,6 +68,7 @@
 //! Shutdown: every client gets `reconnect {after_ms}` (min + random jitter), then a close (1012).
 
 pub mod config;
+pub mod integrity;
 pub mod metrics;
 pub mod reports;
 mod session;
@@ -121,6 +123,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ws", get(session::ws_handler))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_handler))
+        .route("/integrity", get(integrity::handler))
         .merge(admin)
         .with_state(state)
 }
@@ -155,9 +158,10 @@ async fn healthz(State(state): State<AppState>) -> Response {
 
 async fn metrics_handler(State(state): State<AppState>) -> Response {
     let (swarms, members) = state.swarm_totals();
-    let body = state
+    let mut body = state
         .metrics()
         .render(state.open_connections(), swarms, members);
+    state.integrity().render_metrics(&mut body);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
@@ -204,6 +208,7 @@ pub async fn serve(
         http_guard::serve(listener, router(state.clone()), timeouts, admit, graceful).await;
     sweeper.abort();
     slot_notices.abort();
+    state.integrity().stop_all();
     result.map_err(Error::Serve)
 }
 

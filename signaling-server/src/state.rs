@@ -246,6 +246,8 @@ pub struct Inner {
     admin: http_guard::AdminAccess,
     swarms: Box<[Mutex<SwarmShard>]>,
     shutting_down: AtomicBool,
+    /// `/integrity` (disabled without `--integrity-origin`).
+    integrity: Arc<crate::integrity::Service>,
 }
 
 /// Cheap to clone; shared by the router, the connection tasks and the sweeper.
@@ -309,7 +311,9 @@ impl AppState {
         let first_id = seed.gen_range(1..(1u64 << 40));
         let proxies = http_guard::TrustedProxies::new(cfg.trusted_proxies.iter().copied());
         let admin = http_guard::AdminAccess::new(cfg.admin_token.clone(), proxies.clone());
+        let integrity = Arc::new(crate::integrity::Service::new(cfg.integrity_settings()));
         AppState(Arc::new(Inner {
+            integrity,
             cfg,
             metrics: Metrics::default(),
             started: Instant::now(),
@@ -332,6 +336,11 @@ impl AppState {
 
     pub fn metrics(&self) -> &Metrics {
         &self.0.metrics
+    }
+
+    /// The integrity service (`/integrity`).
+    pub fn integrity(&self) -> &Arc<crate::integrity::Service> {
+        &self.0.integrity
     }
 
     pub(crate) fn now_ms(&self) -> u64 {
