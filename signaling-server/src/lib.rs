@@ -39,6 +39,9 @@
 //! | `--header-timeout-ms` (10 s) | an HTTP request head (the upgrade) not complete in time, from accept or from the previous response on a keep-alive connection: socket closed |
 //! | `--http-idle-timeout-ms` (60 s) | an HTTP connection (not yet a WebSocket) on which no byte moves: socket closed |
 //! | `--first-message-timeout-ms` (10 s) | a WebSocket that sends no message after `welcome`: close (1001) |
+//! | `--integrity-origin`         | `/integrity` for a playlist not under a prefix: 403, nothing fetched (no prefix: 404) |
+//! | `--integrity-max-playlists` (64) | a new playlist beyond it: 503 with `Retry-After` |
+//! | `--integrity-idle-ms` (60 s) | a followed playlist nobody asked about: follower stopped, memory freed |
 //!
 //! Client addresses (per-IP limits, logs): the socket's, or, only for a request whose socket
 //! peer is a `--trusted-proxy` address or network, the one it forwarded (`Forwarded: for=`, else
