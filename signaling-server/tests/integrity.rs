@@ -424,3 +424,26 @@ async fn garbage_and_master_playlists_are_502() {
         .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_segment_fetches_are_retried_a_bounded_number_of_times() {
+    let (s, _dir, origin) = Static::start().await;
+    s.write("allowed/r/s0.ts", &segment(7));
+    // s1.ts is missing (404), s2.ts appears after the first pass.
+    s.write(
+        "allowed/r/p.m3u8",
+        b"#EXTM3U\n#EXTINF:1,\ns0.ts\n#EXTINF:1,\ns1.ts\n#EXTINF:1,\ns2.ts\n#EXT-X-ENDLIST\n",
+    );
+    let (server, _h) = spawn(config(origin)).await;
+    let url = format!("http://{origin}/allowed/r/p.m3u8");
+    let m = check(&s, "allowed/r", &ask(server, &url, None).await);
+    assert_eq!(m.segments.iter().map(|x| x.seq).collect::<Vec<_>>(), [0]);
+    s.write("allowed/r/s2.ts", &segment(9));
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let m = check(&s, "allowed/r", &ask(server, &url, None).await);
+    assert_eq!(m.segments.iter().map(|x| x.seq).collect::<Vec<_>>(), [0, 2]);
+    assert_eq!(s.hits("/allowed/r/s1.ts"), 3);
+    assert_eq!(s.hits("/allowed/r/s2.ts"), 2);
+    assert_eq!(s.hits("/allowed/r/s0.ts"), 1);
+    assert_eq!(s.hits("/allowed/r/p.m3u8"), 1);
+}
