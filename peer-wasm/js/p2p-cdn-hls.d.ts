@@ -10,6 +10,10 @@ declare namespace P2PCDN {
      * streams whose origin publishes no sidecar manifest: the peer fetches
      * `<integrity>?playlist=<media playlist URL>`. */
     integrity?: string;
+    /** hls.js's `fetchSetup` signature: builds the `Request` for each of the peer's own origin
+     * requests (segment ranges, manifests), e.g. to add an auth header. Default: the hls.js
+     * instance's `config.fetchSetup`. (`xhrSetup` cannot apply: the peer uses `fetch`.) */
+    fetchSetup?: (context: { url: string }, init: RequestInit) => Request;
     /** Join token for signaling servers that require one. */
     token?: string;
     iceServers?: RTCIceServer[];

@@ -272,6 +272,11 @@
   function attach(hls, video, opts) {
     var Hls = hls.constructor;
     opts = opts || {};
+    // The site's hook for requests to its origin (auth headers, rewritten URLs) applies to the
+    // peer's own origin requests too.
+    if (!opts.fetchSetup && hls.config && typeof hls.config.fetchSetup === "function") {
+      opts = Object.assign({}, opts, { fetchSetup: hls.config.fetchSetup });
+    }
     var peer = opts.peer || new Peer(opts);
     if (opts.p2p === false) return peer;
     hls.config.fLoader = makeLoader(Hls, peer, video, opts, function () {

@@ -56,6 +56,9 @@ struct Opts {
     swarm: Option<String>,
     /// The operator's integrity service (manifests for streams without a sidecar).
     integrity: Option<String>,
+    /// hls.js-style `fetchSetup(context, init) -> Request`: the site's hook for the peer's own
+    /// origin requests (auth headers, credentials, rewritten URLs).
+    fetch_setup: Option<Function>,
     token: Option<String>,
     ice_servers: JsValue,
     upload_cap: Option<u64>,
@@ -73,6 +76,7 @@ impl Opts {
             signal: text("signal"),
             swarm: text("swarm"),
             integrity: text("integrity"),
+            fetch_setup: get("fetchSetup").dyn_into().ok(),
             token: text("token"),
             ice_servers: get("iceServers"),
             upload_cap: get("uploadCap")
