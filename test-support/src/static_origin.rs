@@ -44,8 +44,15 @@ pub struct StaticLive {
 impl StaticLive {
     /// Publishes `src` (a folder holding `master.m3u8` and one folder per media playlist, each
     /// with an `index.m3u8`) live into `out`, `window` segments per playlist, starting with a
-    /// full window.
-    pub fn start(src: &Path, out: &Path, window: usize) -> Result<StaticLive> {
+    /// full window. With `token`, segment URIs carry `?tok=<token>` (a signed URL's query, which
+    /// [`Nginx`] then demands).
+    pub fn start(
+        src: &Path,
+        out: &Path,
+        window: usize,
+        token: Option<&str>,
+    ) -> Result<StaticLive> {
+        let query = token.map(|t| format!("?tok={t}")).unwrap_or_default();
         std::fs::create_dir_all(out)?;
         std::fs::copy(src.join("master.m3u8"), out.join("master.m3u8"))
             .context("copying master.m3u8")?;
@@ -92,13 +99,13 @@ impl StaticLive {
             .unwrap_or(0);
         let epoch = now - Duration::from_millis(pre);
         let out = out.to_path_buf();
-        write_all(&rends, &out, epoch, window)?;
+        write_all(&rends, &out, epoch, window, &query)?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(200));
-                if let Err(e) = write_all(&rends, &out, epoch, window) {
+                if let Err(e) = write_all(&rends, &out, epoch, window, &query) {
                     eprintln!("static live writer: {e:#}");
                 }
             }
@@ -119,7 +126,13 @@ impl Drop for StaticLive {
     }
 }
 
-fn write_all(rends: &[Rendition], out: &Path, epoch: SystemTime, window: usize) -> Result<()> {
+fn write_all(
+    rends: &[Rendition],
+    out: &Path,
+    epoch: SystemTime,
+    window: usize,
+    query: &str,
+) -> Result<()> {
     let now = SystemTime::now();
     for r in rends {
         let dir = out.join(&r.dir);
@@ -146,7 +159,7 @@ fn write_all(rends: &[Rendition], out: &Path, epoch: SystemTime, window: usize) 
             &r.tl,
             epoch,
             w,
-            |k| format!("seg_{k}.{}", r.ext),
+            |k| format!("seg_{k}.{}{query}", r.ext),
         );
         let tmp = dir.join("index.m3u8.tmp");
         std::fs::write(&tmp, text)?;
@@ -187,8 +200,13 @@ pub fn ensure_nginx() -> Result<PathBuf> {
 }
 
 impl Nginx {
-    /// Serves `root` on a free port of 127.0.0.1; `work` holds its config, pid and logs.
-    pub fn start(root: &Path, work: &Path) -> Result<Nginx> {
+    /// Serves `root` on a free port of 127.0.0.1; `work` holds its config, pid and logs. With
+    /// `token`, a media segment (`seg_*`) is served only to a request carrying `?tok=<token>`
+    /// (403 otherwise), as a CDN checks signed URLs.
+    pub fn start(root: &Path, work: &Path, token: Option<&str>) -> Result<Nginx> {
+        let check = token
+            .map(|t| format!(r#"if ($arg_tok != "{t}") {{ return 403; }}"#))
+            .unwrap_or_default();
         let bin = ensure_nginx()?;
         std::fs::create_dir_all(work.join("tmp"))?;
         // A free port: bound, read, released (nginx binds it right after).
@@ -218,6 +236,12 @@ http {{
     listen 127.0.0.1:{port};
     root {root};
     location / {{
+      add_header Access-Control-Allow-Origin * always;
+      add_header Access-Control-Allow-Headers Range always;
+      add_header Access-Control-Expose-Headers Content-Length,Content-Range always;
+    }}
+    location ~ /seg_ {{
+      {check}
       add_header Access-Control-Allow-Origin * always;
       add_header Access-Control-Allow-Headers Range always;
       add_header Access-Control-Expose-Headers Content-Length,Content-Range always;

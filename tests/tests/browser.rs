@@ -592,7 +592,8 @@ fn abr_ladder_never_gets_another_renditions_bytes() -> Result<()> {
 /// The ladder (3 video renditions, separate audio, subtitles) served live by nginx from Debian:
 /// an origin that is not ours and publishes no integrity manifest. 6 pages play it with auto ABR
 /// and forced level switches, their manifests coming from the signaling server's integrity
-/// service; then the same 6 pages play it over HTTP only. Every fragment hls.js is given is
+/// service; then the same 6 pages play it over HTTP only. Segment URLs are signed (nginx
+/// refuses a segment request without the playlist's query token). Every fragment hls.js is given is
 /// nginx's file for its own rendition and sequence number, no page has a fatal error or stalls
 /// more than the HTTP-only pages did, and each swarm (each video rendition watched by several
 /// pages, and the audio rendition all pages watch) takes at least 0.8 × (1 − 1/n) of its bytes
@@ -605,8 +606,10 @@ fn ladder_from_a_third_party_origin_with_the_integrity_service() -> Result<()> {
     let work = std::env::temp_dir().join(format!("p2p-static-origin-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     let www = work.join("www");
-    let live = StaticLive::start(&root().join("media/ladder"), &www, 6)?;
-    let nginx = Nginx::start(&www, &work.join("nginx"))?;
+    // Segment URLs are signed (a query token nginx checks): the peer's requests keep it.
+    let token = Some("s3cret");
+    let live = StaticLive::start(&root().join("media/ladder"), &www, 6, token)?;
+    let nginx = Nginx::start(&www, &work.join("nginx"), token)?;
     let pages = 6;
     let secs = 60;
     let res = runtime().block_on(async {
@@ -762,7 +765,7 @@ fn vod_seeks_and_byte_ranges_from_a_third_party_origin() -> Result<()> {
     std::fs::write(www.join("ranges/all.m4s"), &all)?;
     std::fs::write(www.join("ranges/index.m3u8"), ranged)?;
     std::fs::copy(sample.join("init.mp4"), www.join("ranges/init.mp4"))?;
-    let nginx = Nginx::start(&www, &work.join("nginx"))?;
+    let nginx = Nginx::start(&www, &work.join("nginx"), None)?;
     let res = runtime().block_on(async {
         let cfg = signaling_server::config::Config {
             integrity_origins: vec![format!("{}/", nginx.url())],
