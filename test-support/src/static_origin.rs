@@ -329,6 +329,18 @@ http {{
     }
 }
 
+impl Nginx {
+    /// Access-log lines with status 403 (requests without the signed URL's token).
+    pub fn refused(&self) -> Result<Vec<String>> {
+        let text = std::fs::read_to_string(&self.access_log)?;
+        Ok(text
+            .lines()
+            .filter(|l| l.split(' ').nth(1) == Some("403"))
+            .map(String::from)
+            .collect())
+    }
+}
+
 impl Drop for Nginx {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -633,6 +633,12 @@ fn ladder_from_a_third_party_origin_with_the_integrity_service() -> Result<()> {
         })
         .await?;
         let origin_p2p = nginx.bytes_by_dir(false)?;
+        let refused = nginx.refused()?;
+        ensure!(
+            refused.is_empty(),
+            "requests without the signed URL's token: {:?}",
+            &refused[..refused.len().min(5)]
+        );
         let integrity = nginx.bytes_by_dir(true)?;
         let http = run(Run {
             pages,
