@@ -1,12 +1,14 @@
 // Demo page: plays `?src=` with hls.js + the P2P loader and shows a live panel.
-// Query: src (playlist URL), signal (WebSocket URL), p2p=0 (HTTP only), tamper=1 (debug:
-// corrupt uploads), throw=1 (test: the page's hook and a listener throw), switch=N (force a level switch every N s, auto ABR in between), report=1 (POST stats to /report every second, for the browser tests and
+// Query: src (playlist URL), signal (WebSocket URL), integrity (integrity service URL), p2p=0 (HTTP only), tamper=1 (debug:
+// corrupt uploads), throw=1 (test: the page's hook and a listener throw), switch=N (force a level switch every N s, auto ABR in between), seek=T1,T2 (seeks, 8 s apart), report=1 (POST stats to /report every second, for the browser tests and
 // p2pcdn-load --browsers), reportTo (URL to POST them to instead, for a page served elsewhere).
 (function () {
   "use strict";
   var q = new URLSearchParams(location.search);
   var src = q.get("src") || "/live/sample/index.m3u8";
   var signal = q.get("signal") || undefined;
+  // The operator's integrity service, for a stream whose origin publishes no sidecar.
+  var integrity = q.get("integrity") || undefined;
   var p2p = q.get("p2p") !== "0";
   var tamper = q.get("tamper") === "1";
   var report = q.get("report") === "1";
@@ -19,7 +21,7 @@
   var m = {
     id: pageId, p2p: p2p, tamper: tamper, started: false, currentTime: 0, waiting: 0, fatal: [],
     bufferStalled: 0, p2pFragments: {}, fragments: {}, fragmentCount: 0, levelSwitches: 0, fallbacks: 0, httpLoaderBytes: 0, stats: null,
-    peerEvents: [], integrity: 0, segments: 0, errors: [], fallbackWhy: [], errorEvents: 0,
+    peerEvents: [], bytesBy: {}, integrity: 0, segments: 0, errors: [], fallbackWhy: [], errorEvents: 0,
   };
   // Page errors (including a wasm panic, logged with console.error) go into the report.
   function noteError(msg) { if (m.errors.length < 20) m.errors.push(String(msg).slice(0, 500)); }
@@ -29,7 +31,7 @@
   console.error = function () { noteError(Array.prototype.join.call(arguments, " ")); consoleError.apply(console, arguments); };
   var hls = new Hls({ liveSyncDurationCount: 3 });
   var peer = P2PCDN.attach(hls, video, {
-    signal: signal, p2p: p2p, __tamper: tamper,
+    signal: signal, integrity: integrity, p2p: p2p, __tamper: tamper,
     onFragment: function (sn, bytes) {
       if (throwing) throw new Error("the page's onFragment hook throws (test)");
       // Hash what hls.js is given, independently of the wasm core, so tests can compare it
@@ -42,12 +44,22 @@
       // Every fragment hls.js is given (any rendition, audio, subtitles, init segments):
       // copied now, hashed later, so tests can compare each with the origin's file.
       if (!report || !crypto.subtle) return;
+      if (frag && typeof frag.sn === "number") {
+        // Media bytes hls.js received, by the folder of the fragment's URL (one per media
+        // playlist in the tests' ladders): what each swarm delivered to this page.
+        var path = url.split(/[?#]/)[0];
+        var dir = path.slice(0, path.lastIndexOf("/"));
+        dir = dir.slice(dir.lastIndexOf("/") + 1);
+        m.bytesBy[dir] = (m.bytesBy[dir] || 0) + data.byteLength;
+      }
       var copy = data.slice(0);
       m.fragmentCount++;
+      // A byte range of a file is its own fragment: keyed `url@start-end`.
+      var key = frag && frag.byteRangeEndOffset ? url + "@" + frag.byteRangeStartOffset + "-" + frag.byteRangeEndOffset : url;
       crypto.subtle.digest("SHA-256", copy).then(function (h) {
         var keys = Object.keys(m.fragments);
         if (keys.length >= 400) delete m.fragments[keys[0]];
-        m.fragments[url] = Array.from(new Uint8Array(h)).map(function (b) { return b.toString(16).padStart(2, "0"); }).join("");
+        m.fragments[key] = Array.from(new Uint8Array(h)).map(function (b) { return b.toString(16).padStart(2, "0"); }).join("");
       });
     },
     onFallback: function (sn, why) { m.fallbacks++; if (m.fallbackWhy.length < 20) m.fallbackWhy.push(sn + ": " + why); },
@@ -72,7 +84,6 @@
     if (throwing) throw new Error("the page's segment listener throws (test)");
   });
   peer.on("error", function (e) { m.errorEvents++; });
-  peer.on("stats", function (s) { m.stats = s; });
   var lastLevel = -1;
   hls.on(Hls.Events.LEVEL_SWITCHED, function (_e, d) {
     m.levelSwitches++;
@@ -82,6 +93,20 @@
     lastLevel = d.level;
   });
   setInterval(function () { m.bwEstimate = Math.round(hls.bandwidthEstimate || 0); }, 1000);
+  // seek=T1,T2,..: once playing, seek to T1, then to each next position 8 s later (VOD tests).
+  var seeks = (q.get("seek") || "").split(",").filter(function (x) { return x !== ""; }).map(Number);
+  if (seeks.length) {
+    var seekNext = function () {
+      if (!seeks.length) return;
+      m.seeks = (m.seeks || 0) + 1;
+      video.currentTime = seeks.shift();
+      setTimeout(seekNext, 8000);
+    };
+    video.addEventListener("playing", function once() {
+      video.removeEventListener("playing", once);
+      seekNext();
+    });
+  }
   var switchEvery = Number(q.get("switch") || 0);
   if (switchEvery > 0) {
     // Forced switches mid-run (next fragment at another level), auto ABR again halfway.
@@ -124,7 +149,9 @@
   }
   setInterval(function () {
     m.currentTime = video.currentTime;
-    var fresh = peer.stats();
+    // Totals over the page's swarms (video rendition + audio).
+    var fresh = peer.totals();
+    m.swarms = peer.swarmStats();
     m.borrowed = fresh === null && !!peer.inner;
     var s = fresh || m.stats || {};
     var p2pB = s.deliveredP2pBytes || 0, httpB = s.deliveredHttpBytes || 0;

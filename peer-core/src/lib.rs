@@ -288,9 +288,112 @@ pub fn sidecar_url(playlist: &str) -> Option<String> {
     Some(format!("{stem}.integrity.json{query}"))
 }
 
+/// Where the integrity manifest of the media playlist `playlist` is fetched from: the
+/// operator's integrity service when the client was given one
+/// (`<service>?playlist=<playlist URL, query included, percent-encoded>`, `&` when the service
+/// URL already has a query; the service follows third-party origins, PROTOCOL §3.1), else the
+/// sidecar next to the playlist ([`sidecar_url`]).
+pub fn manifest_url(playlist: &str, service: Option<&str>) -> Option<String> {
+    let Some(service) = service else {
+        return sidecar_url(playlist);
+    };
+    let playlist = playlist.split('#').next().unwrap_or(playlist);
+    let sep = if service.contains('?') { '&' } else { '?' };
+    let mut out = String::with_capacity(service.len() + 10 + playlist.len() * 3 / 2);
+    out.push_str(service);
+    out.push(sep);
+    out.push_str("playlist=");
+    // Percent-encoding by hand (RFC 3986 unreserved kept): a URL crate would cost the wasm
+    // bundle tens of KiB for this one call.
+    for b in playlist.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            out.push('%');
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 15) as usize] as char);
+        }
+    }
+    Some(out)
+}
+
+/// The swarm of a media playlist (PROTOCOL: stream URL `|` rendition). The stream is the
+/// multivariant (master) playlist the player loaded; the rendition is the media playlist's URL
+/// without query, relative to the stream's directory when it lies below it (`v360p/index.m3u8`,
+/// `vaudio/index.m3u8`), else absolute. Each media playlist (each video rendition, each audio
+/// rendition) is its own swarm: viewers of one never meet viewers of another, whose segments
+/// share sequence numbers but not bytes. Without a stream (a media playlist played alone), the
+/// playlist is the stream and the rendition is empty.
+pub fn rendition_swarm(stream: Option<&str>, playlist: &str) -> String {
+    let strip = |u: &str| u.split(['?', '#']).next().unwrap_or_default().to_owned();
+    let media = strip(playlist);
+    match stream.map(strip).filter(|s| !s.is_empty() && *s != media) {
+        None => protocol::signaling::swarm_id(&media, ""),
+        Some(stream) => {
+            let dir = &stream[..stream.rfind('/').map_or(0, |i| i + 1)];
+            let rendition = media
+                .strip_prefix(dir)
+                .filter(|_| !dir.is_empty())
+                .unwrap_or(&media);
+            protocol::signaling::swarm_id(&stream, rendition)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::sidecar_url;
+    use super::{manifest_url, rendition_swarm, sidecar_url};
+
+    #[test]
+    fn manifest_from_the_integrity_service() {
+        assert_eq!(
+            manifest_url(
+                "http://o/live/v1/index.m3u8?tok=a b#x",
+                Some("https://s/integrity")
+            )
+            .as_deref(),
+            Some(
+                "https://s/integrity?playlist=http%3A%2F%2Fo%2Flive%2Fv1%2Findex.m3u8%3Ftok%3Da%20b"
+            )
+        );
+        assert_eq!(
+            manifest_url("http://o/a.m3u8", Some("https://s/i?k=1")).as_deref(),
+            Some("https://s/i?k=1&playlist=http%3A%2F%2Fo%2Fa.m3u8")
+        );
+        assert_eq!(
+            manifest_url("http://o/a.m3u8", None).as_deref(),
+            Some("http://o/a.integrity.json")
+        );
+    }
+
+    #[test]
+    fn one_swarm_per_media_playlist() {
+        let master = Some("https://cdn/live/master.m3u8?t=1");
+        assert_eq!(
+            rendition_swarm(master, "https://cdn/live/v360p/index.m3u8?t=2"),
+            "https://cdn/live/master.m3u8|v360p/index.m3u8"
+        );
+        assert_eq!(
+            rendition_swarm(master, "https://cdn/live/vaudio/index.m3u8"),
+            "https://cdn/live/master.m3u8|vaudio/index.m3u8"
+        );
+        assert_eq!(
+            rendition_swarm(master, "https://other/a.m3u8"),
+            "https://cdn/live/master.m3u8|https://other/a.m3u8"
+        );
+        assert_eq!(
+            rendition_swarm(None, "https://cdn/live/index.m3u8?t=1"),
+            "https://cdn/live/index.m3u8|"
+        );
+        assert_eq!(
+            rendition_swarm(
+                Some("https://cdn/live/index.m3u8"),
+                "https://cdn/live/index.m3u8?x"
+            ),
+            "https://cdn/live/index.m3u8|"
+        );
+    }
 
     #[test]
     fn sidecar_next_to_playlist() {

@@ -551,3 +551,25 @@ fn corrupt_peer_is_banned_on_a_republished_segment() {
     assert_eq!(h.delivered.get(&seq).map(Vec::len), Some(1), "delivered");
     assert!(h.core.is_banned(100));
 }
+
+/// A peer that answers with another rendition's segment under the same sequence number (the
+/// bytes a viewer of the 240p playlist holds for `seq`, offered in the 360p swarm; a shorter
+/// segment, as a lower rendition's is) is banned at its first chunk, and the player gets the
+/// origin's bytes of its own rendition (the harness checks every delivery against them).
+#[test]
+fn peer_serving_another_renditions_bytes_is_banned() {
+    let seq = 5;
+    let len = 4 * CHUNK_SIZE;
+    let mut h = Harness::new(config(), &[(seq, len)]);
+    let mut other = FakePeer::new(PeerBehaviour::Honest, [seq]);
+    other
+        .own
+        .insert(seq, segment_data(2000 + seq, len - CHUNK_SIZE / 2));
+    assert!(h.connect(100, other));
+    let t = h.now;
+    h.want_at(t, seq, t + Duration::from_secs(6));
+    h.run_while(t + Duration::from_secs(8), |h| h.delivered.is_empty());
+    assert_eq!(h.delivered.get(&seq).map(Vec::len), Some(1), "delivered");
+    assert_eq!(banned_for(&h, 100), Some(BanReason::BadChunk));
+    assert!(h.core.stats().integrity_failures >= 1);
+}

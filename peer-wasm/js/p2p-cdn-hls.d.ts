@@ -3,8 +3,17 @@ declare namespace P2PCDN {
   interface PeerOptions {
     /** WebSocket URL of the signaling server (default: the script tag's `data-signal`). */
     signal?: string;
-    /** Swarm id override (default: playlist URL without query, `|`, empty rendition). */
+    /** Swarm id override (default: the stream's URL without query, `|`, the media playlist's
+     * path relative to it: one swarm per media playlist). */
     swarm?: string;
+    /** URL of the operator's integrity service (`signaling-server --integrity-origin`), for
+     * streams whose origin publishes no sidecar manifest: the peer fetches
+     * `<integrity>?playlist=<media playlist URL>`. */
+    integrity?: string;
+    /** hls.js's `fetchSetup` signature: builds the `Request` for each of the peer's own origin
+     * requests (segment ranges, manifests), e.g. to add an auth header. Default: the hls.js
+     * instance's `config.fetchSetup`. (`xhrSetup` cannot apply: the peer uses `fetch`.) */
+    fetchSetup?: (context: { url: string }, init: RequestInit) => Request;
     /** Join token for signaling servers that require one. */
     token?: string;
     iceServers?: RTCIceServer[];
@@ -31,7 +40,15 @@ declare namespace P2PCDN {
     constructor(opts?: PeerOptions);
     readonly ready: Promise<Peer | null>;
     on(event: "segment" | "peer" | "integrity" | "stats" | "error", fn: (e: any) => void): void;
-    playlistLoaded(url: string): void;
+    /** `stream`: the multivariant playlist's URL, when there is one. */
+    playlistLoaded(url: string, stream?: string): void;
+    /** The peer for fragments of an hls.js type: itself for "main", a second peer (own swarm)
+     * for "audio", null for others (subtitles stay on HTTP). */
+    forKind(kind: string): Peer | null;
+    /** Stats of each swarm: `{main, audio?}`. */
+    swarmStats(): { [kind: string]: any };
+    /** Totals over the page's swarms. */
+    totals(): any;
     /** `sn`: media sequence number; `deadline`: ms until the player needs it; `duration`: s. */
     fetchSegment(url: string, opts?: { sn?: number; deadline?: number; duration?: number }): Promise<Uint8Array>;
     /** The player no longer needs the segment at `url`: its pending promises reject. */

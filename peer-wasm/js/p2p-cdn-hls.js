@@ -33,19 +33,42 @@
     this.inner = null;
     this.destroyed = false;
     this.playlist = null;
+    this.stream = undefined;
     this.listeners = [];
+    // Every listener ever added (copied to the peers of other media types).
+    this.allListeners = [];
+    // Peers of the page's other media playlists, by hls.js fragment type ("audio").
+    this.subs = {};
     this.ready = init().then(function () {
       if (self.destroyed) return null;
       self.inner = new W.P2pPeer(opts);
       self.listeners.forEach(function (l) { self.inner.on(l[0], l[1]); });
-      if (self.playlist) self.inner.playlistLoaded(self.playlist);
+      if (self.playlist) self.inner.playlistLoaded(self.playlist, self.stream);
       return self;
     });
   }
   Peer.prototype.on = function (name, fn) {
+    this.allListeners.push([name, fn]);
     if (name === "error") (this.errorListeners = this.errorListeners || []).push(fn);
     if (this.inner) this.inner.on(name, fn);
     else this.listeners.push([name, fn]);
+    for (var k in this.subs) this.subs[k].on(name, fn);
+  };
+  // The peer for fragments of hls.js type `kind`: this one for the main (video) playlist, a
+  // second one (its own core, swarm and signaling connection) for the audio playlist. Each
+  // media playlist is its own swarm: its segments share sequence numbers with the others' but
+  // not their bytes. Subtitles stay on HTTP (a few hundred bytes per segment).
+  Peer.prototype.forKind = function (kind) {
+    if (!kind || kind === "main") return this;
+    if (kind !== "audio" || this.destroyed) return null;
+    var sub = this.subs[kind];
+    if (!sub) {
+      var o = Object.assign({}, this.opts);
+      if (o.swarm) o.swarm += "|" + kind;
+      sub = this.subs[kind] = new Peer(o);
+      this.allListeners.forEach(function (l) { sub.on(l[0], l[1]); });
+    }
+    return sub;
   };
   // Runs a page's hook: an exception in it is reported as an `error` event and never stops the
   // fragment on its way to the player.
@@ -59,12 +82,15 @@
       });
     }
   };
-  Peer.prototype.playlistLoaded = function (url) {
+  // `stream`: the multivariant playlist's URL, when the player loaded one (the swarm is
+  // stream | rendition).
+  Peer.prototype.playlistLoaded = function (url, stream) {
     this.playlist = url;
-    if (this.inner) this.inner.playlistLoaded(url);
+    this.stream = stream || undefined;
+    if (this.inner) this.inner.playlistLoaded(url, this.stream);
   };
   Peer.prototype.usable = function () {
-    return !!this.inner && !this.destroyed && this.opts.p2p !== false && this.opts.consent !== false;
+    return !!this.inner && !!this.playlist && !this.destroyed && this.opts.p2p !== false && this.opts.consent !== false;
   };
   Peer.prototype.fetchSegment = function (url, opts) {
     if (!this.inner) return Promise.reject(new Error("p2p not ready"));
@@ -73,9 +99,35 @@
   Peer.prototype.cancel = function (url) { if (this.inner) this.inner.cancel(url); };
   Peer.prototype.reportStall = function () { if (this.inner) this.inner.reportStall(); };
   Peer.prototype.stats = function () { return this.inner ? this.inner.stats() : null; };
+  // Stats of each swarm the page is in: `{main: .., audio: ..}` (null until ready).
+  Peer.prototype.swarmStats = function () {
+    var out = { main: this.stats() };
+    for (var k in this.subs) out[k] = this.subs[k].stats();
+    return out;
+  };
+  // The page's totals over its swarms (byte counters, peers and connections summed; `peerId`
+  // and `originBps` are the main peer's).
+  var SUMMED = ["httpBytes", "p2pBytes", "deliveredHttpBytes", "deliveredP2pBytes", "uploadedBytes",
+    "segments", "integrityFailures", "peersBanned", "stalls", "httpRequests", "peers", "connections"];
+  Peer.prototype.totals = function () {
+    var all = this.swarmStats();
+    var t = all.main;
+    if (!t) return null;
+    t.banned = (t.banned || []).slice();
+    for (var k in all) {
+      var s = all[k];
+      if (k === "main" || !s) continue;
+      SUMMED.forEach(function (f) { t[f] = (t[f] || 0) + (s[f] || 0); });
+      t.banned = t.banned.concat(s.banned || []);
+    }
+    var d = t.deliveredHttpBytes + t.deliveredP2pBytes;
+    t.offload = d > 0 ? t.deliveredP2pBytes / d : 0;
+    return t;
+  };
   Peer.prototype.destroy = function () {
     this.destroyed = true;
     if (this.inner) { this.inner.destroy(); this.inner.free(); this.inner = null; }
+    for (var k in this.subs) this.subs[k].destroy();
   };
 
   // Clears a loader's stats in place. hls.js keeps a reference to `loader.stats` taken right
@@ -157,10 +209,11 @@
       }
       var sn = frag && typeof frag.sn === "number" ? frag.sn : null;
       var ranged = context.rangeStart || context.rangeEnd;
-      // Only the main (video) playlist's fragments: the peer's swarm is that playlist's, and
-      // audio or subtitle fragments share its sequence numbers but not its bytes.
-      var other = frag && frag.type && frag.type !== "main";
-      if (sn === null || ranged || other || !peer.usable()) {
+      // Each fragment goes to the peer of its own media playlist (main video, audio), whose
+      // swarm and manifest are that playlist's: the core also refuses a URL that is not the
+      // one its manifest lists for `sn`. Subtitles, byte ranges and init segments: HTTP.
+      var own = frag ? peer.forKind(frag.type) : null;
+      if (sn === null || ranged || !own || !own.usable()) {
         this.inner.load(context, config, callbacks);
         this.stats = this.inner.stats;
         return;
@@ -176,7 +229,7 @@
         if (!self.pending) return;
         self.pending = false;
         clearTimeout(self.timer);
-        peer.cancel(context.url);
+        own.cancel(context.url);
         if (hooks) peer.safely(hooks.onFallback, [sn, err ? String(err.message || err) : "timeout"]);
         self.inner.load(context, config, callbacks);
         self.stats = self.inner.stats;
@@ -184,7 +237,8 @@
       // Safety net: the core already falls back to HTTP before the deadline; this only
       // catches a stuck driver.
       this.timer = setTimeout(fallback, Math.max(deadline, 2000) + 4000);
-      peer.fetchSegment(context.url, { sn: sn, deadline: deadline, duration: frag.duration }).then(function (bytes) {
+      this.own = own;
+      own.fetchSegment(context.url, { sn: sn, deadline: deadline, duration: frag.duration }).then(function (bytes) {
         if (!self.pending) return;
         self.pending = false;
         clearTimeout(self.timer);
@@ -199,7 +253,7 @@
       if (this.pending) {
         this.pending = false;
         clearTimeout(this.timer);
-        peer.cancel(this.url);
+        this.own.cancel(this.url);
         this.stats.aborted = true;
         if (this.callbacks && this.callbacks.onAbort) this.callbacks.onAbort(this.stats, this.context, null);
       } else {
@@ -207,7 +261,7 @@
       }
     };
     P2PLoader.prototype.destroy = function () {
-      if (this.pending) { this.pending = false; clearTimeout(this.timer); peer.cancel(this.url); }
+      if (this.pending) { this.pending = false; clearTimeout(this.timer); this.own.cancel(this.url); }
       this.callbacks = null;
       this.inner.destroy();
     };
@@ -218,6 +272,11 @@
   function attach(hls, video, opts) {
     var Hls = hls.constructor;
     opts = opts || {};
+    // The site's hook for requests to its origin (auth headers, rewritten URLs) applies to the
+    // peer's own origin requests too.
+    if (!opts.fetchSetup && hls.config && typeof hls.config.fetchSetup === "function") {
+      opts = Object.assign({}, opts, { fetchSetup: hls.config.fetchSetup });
+    }
     var peer = opts.peer || new Peer(opts);
     if (opts.p2p === false) return peer;
     hls.config.fLoader = makeLoader(Hls, peer, video, opts, function () {
@@ -225,7 +284,11 @@
       return s && s.originBps > 0 ? s.originBps : hls.bandwidthEstimate;
     });
     hls.on(Hls.Events.LEVEL_LOADED, function (_e, data) {
-      if (data && data.details && data.details.url) peer.playlistLoaded(data.details.url);
+      if (data && data.details && data.details.url) peer.playlistLoaded(data.details.url, hls.url);
+    });
+    hls.on(Hls.Events.AUDIO_TRACK_LOADED, function (_e, data) {
+      var audio = peer.forKind("audio");
+      if (audio && data && data.details && data.details.url) audio.playlistLoaded(data.details.url, hls.url);
     });
     if (video) {
       var started = false;

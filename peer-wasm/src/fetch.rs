@@ -40,7 +40,10 @@ impl Inner {
     pub(crate) fn fetch_manifest(&mut self, url: String) {
         let me = self.me.clone();
         spawn_local(async move {
-            let m = fetch_text(&url).await.ok().and_then(|t| json::manifest(&t));
+            let m = fetch_text(&me, &url)
+                .await
+                .ok()
+                .and_then(|t| json::manifest(&t));
             feed_weak(
                 &me,
                 match m {
@@ -72,9 +75,7 @@ async fn http_fetch(
         h.set("Range", &r)?;
         init.set_headers(&h);
     }
-    let resp: Response = JsFuture::from(w.fetch_with_str_and_init(url, &init))
-        .await?
-        .dyn_into()?;
+    let resp = send(me, &w, url, &init).await?;
     let ok = if range.is_some() {
         resp.status() == 206
     } else {
@@ -106,15 +107,36 @@ async fn http_fetch(
     }
 }
 
-async fn fetch_text(url: &str) -> Result<String, JsValue> {
+/// `fetch(url, init)`, through the page's `fetchSetup(context, init)` hook when it gave one
+/// (hls.js's signature: it returns the `Request` to send, e.g. with an auth header). A hook
+/// that throws or returns something else fails the request: the core falls back as for any
+/// failed request.
+async fn send(
+    me: &Weak<RefCell<Inner>>,
+    w: &web_sys::Window,
+    url: &str,
+    init: &RequestInit,
+) -> Result<Response, JsValue> {
+    let mut setup = None;
+    with_weak(me, |i| setup = i.opts.fetch_setup.clone());
+    let pending = match setup {
+        None => w.fetch_with_str_and_init(url, init),
+        Some(f) => {
+            let ctx = crate::page::obj(&[("url", url.into())]);
+            let req: web_sys::Request = f.call2(&JsValue::NULL, &ctx, init)?.dyn_into()?;
+            w.fetch_with_request(&req)
+        }
+    };
+    JsFuture::from(pending).await?.dyn_into()
+}
+
+async fn fetch_text(me: &Weak<RefCell<Inner>>, url: &str) -> Result<String, JsValue> {
     let w = window().ok_or_else(|| js_err("no window"))?;
     let init = RequestInit::new();
     // Live sidecars change every segment: revalidate (ETag) instead of reusing a cached one
     // that may lack the newest segment.
     init.set_cache(web_sys::RequestCache::NoCache);
-    let resp: Response = JsFuture::from(w.fetch_with_str_and_init(url, &init))
-        .await?
-        .dyn_into()?;
+    let resp = send(me, &w, url, &init).await?;
     if !resp.ok() {
         return Err(js_err("bad status"));
     }

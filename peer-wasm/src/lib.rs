@@ -25,7 +25,6 @@ use std::time::Duration;
 use js_sys::{Function, Promise, Reflect, Uint8Array};
 use peer_core::{Config, ConnId, Input, Output, PeerCore, Time};
 use protocol::PeerId;
-use protocol::signaling::swarm_id;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use web_sys::{AbortController, MessageEvent, WebSocket};
@@ -55,6 +54,11 @@ type Cb = Closure<dyn FnMut(JsValue)>;
 struct Opts {
     signal: Option<String>,
     swarm: Option<String>,
+    /// The operator's integrity service (manifests for streams without a sidecar).
+    integrity: Option<String>,
+    /// hls.js-style `fetchSetup(context, init) -> Request`: the site's hook for the peer's own
+    /// origin requests (auth headers, credentials, rewritten URLs).
+    fetch_setup: Option<Function>,
     token: Option<String>,
     ice_servers: JsValue,
     upload_cap: Option<u64>,
@@ -71,6 +75,8 @@ impl Opts {
         Opts {
             signal: text("signal"),
             swarm: text("swarm"),
+            integrity: text("integrity"),
+            fetch_setup: get("fetchSetup").dyn_into().ok(),
             token: text("token"),
             ice_servers: get("iceServers"),
             upload_cap: get("uploadCap")
@@ -134,6 +140,8 @@ struct Inner {
     destroyed: bool,
     /// Cores replaced so far (ABR switches): the current core's ids start at `generation << 40`.
     generation: u64,
+    /// Path of the media playlist the core serves (an ABR switch is another path).
+    playlist_path: String,
     /// Counters of the cores replaced so far: the page's totals go on.
     past: peer_core::Stats,
 }
@@ -249,17 +257,13 @@ impl Inner {
     /// different media playlist (an ABR switch) replaces the core: the page follows the
     /// rendition it plays into that rendition's swarm (one swarm per page at a time; the old
     /// core leaves its swarm and closes its connections, its open wants fail over to HTTP).
-    fn ensure_core(&mut self, playlist: &str) {
-        let manifest_url = peer_core::sidecar_url(playlist);
-        if let Some(core) = &self.core {
+    fn ensure_core(&mut self, playlist: &str, stream: Option<&str>) {
+        let manifest_url = peer_core::manifest_url(playlist, self.opts.integrity.as_deref());
+        let playlist_path = peer_core::manifest::url_path(playlist).to_owned();
+        if self.core.is_some() {
             // Same playlist (its query may change between reloads: tokens, delivery
             // directives): keep the core.
-            let path = |u: &Option<String>| {
-                u.as_deref()
-                    .map(|u| peer_core::manifest::url_path(u).to_owned())
-            };
-            if self.opts.swarm.is_some() || path(&core.config().manifest_url) == path(&manifest_url)
-            {
+            if self.opts.swarm.is_some() || self.playlist_path == playlist_path {
                 return;
             }
             self.feed(Input::Close);
@@ -281,7 +285,10 @@ impl Inner {
         // No signaling server: HTTP only (the core then never asks for a WebSocket).
         let p2p = o.p2p && o.signal.is_some();
         let mut cfg = Config {
-            swarm: o.swarm.clone().unwrap_or_else(|| swarm_id(playlist, "")),
+            swarm: o
+                .swarm
+                .clone()
+                .unwrap_or_else(|| peer_core::rendition_swarm(stream, playlist)),
             token: o.token.clone(),
             manifest_url,
             id_base: self.generation << 40,
@@ -298,6 +305,7 @@ impl Inner {
         // The core's clock starts at zero when it is created (its first timers count from
         // there): so does ours.
         self.t0 = perf_now();
+        self.playlist_path = playlist_path;
         self.core = Some(PeerCore::new(cfg));
     }
 
@@ -495,7 +503,8 @@ pub struct P2pPeer {
 #[wasm_bindgen]
 impl P2pPeer {
     /// Options: `signal` (WebSocket URL of the signaling server; without it, HTTP only),
-    /// `swarm` (swarm id override), `token` (join token), `iceServers` (RTCIceServer[]),
+    /// `swarm` (swarm id override), `integrity` (URL of the operator's integrity service, for
+    /// streams without a sidecar manifest), `token` (join token), `iceServers` (RTCIceServer[]),
     /// `uploadCap` (bytes/s), `p2p` (default true), `consent` (default true; false disables
     /// P2P), `maxPeers`.
     #[wasm_bindgen(constructor)]
@@ -527,6 +536,7 @@ impl P2pPeer {
                 banned: Vec::new(),
                 destroyed: false,
                 generation: 0,
+                playlist_path: String::new(),
                 past: peer_core::Stats::default(),
             })
         });
@@ -557,8 +567,8 @@ impl P2pPeer {
     /// The media playlist at `url` was loaded or refreshed: the first call creates the core
     /// (joins the swarm, polls the playlist's integrity manifest).
     #[wasm_bindgen(js_name = playlistLoaded)]
-    pub fn playlist_loaded(&self, url: &str) {
-        with(&self.inner, |i| i.ensure_core(url));
+    pub fn playlist_loaded(&self, url: &str, stream: Option<String>) {
+        with(&self.inner, |i| i.ensure_core(url, stream.as_deref()));
     }
 
     /// Resolves with the verified bytes (`Uint8Array`) of the segment at `url`; `opts.sn` is its

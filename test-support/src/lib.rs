@@ -10,6 +10,8 @@
 //! Depends on neither peer crate, so both `peer-native` and `tests` can use it.
 
 pub mod browser;
+#[cfg(feature = "harness")]
+pub mod static_origin;
 
 #[cfg(feature = "harness")]
 pub mod harness {
@@ -41,6 +43,14 @@ pub mod harness {
 
     /// Starts everything on `127.0.0.1` (`web_port` 0: any free port).
     pub async fn start(web_port: u16) -> Result<Env> {
+        start_with(web_port, Default::default()).await
+    }
+
+    /// [`start`] with the signaling server configured by `signaling`.
+    pub async fn start_with(
+        web_port: u16,
+        signaling: signaling_server::config::Config,
+    ) -> Result<Env> {
         let (origin, origin_handle) = origin::spawn(origin::Config {
             media_dir: Some(root().join("media")),
             live: vec!["sample".into(), "ladder".into()],
@@ -48,7 +58,7 @@ pub mod harness {
             ..Default::default()
         })
         .await?;
-        let (signal, signal_handle) = signaling_server::try_spawn(Default::default()).await?;
+        let (signal, signal_handle) = signaling_server::try_spawn(signaling).await?;
         let reports = Reports::default();
         // Files of `demo-site/`, then `dist/`.
         let web = crate::browser::serve_pages(
@@ -90,6 +100,17 @@ pub mod harness {
         /// The demo page for this environment, playing the live sample.
         pub fn page_url(&self, extra: &str) -> String {
             self.page_url_for("live/sample/index.m3u8", extra)
+        }
+
+        /// The demo page playing any playlist URL `src` with the signaling server at `signal`
+        /// (`ws://…/ws`).
+        pub fn page_url_with(&self, src: &str, signal: &str, extra: &str) -> String {
+            format!(
+                "http://{}/index.html?src={}&signal={}{extra}",
+                self.web,
+                enc(src),
+                enc(signal)
+            )
         }
 
         /// The demo page playing `path` of the origin (e.g. `live/ladder/master.m3u8`).

@@ -20,7 +20,8 @@ use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use test_support::browser::{Chromium, ChromiumOptions};
-use test_support::harness::{self, root};
+use test_support::harness::{self, enc, root};
+use test_support::static_origin::{Nginx, StaticLive};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -117,6 +118,8 @@ struct PageResult {
     /// Down-switches hls.js's ABR chose, and its bandwidth estimate at the end (bit/s).
     auto_down_switches: u64,
     bw_estimate: u64,
+    /// Media bytes hls.js received, by folder of the fragment URL (one per media playlist).
+    bytes_by: std::collections::BTreeMap<String, u64>,
 }
 
 /// SHA-256 (hex) of what the origin serves at `url` for the live ladder
@@ -124,7 +127,13 @@ struct PageResult {
 /// playlist; init segments are served as they are). `None` for URLs outside the ladder.
 fn ladder_truth(url: &str) -> Option<String> {
     let path = url.split(['?', '#']).next()?;
-    let rest = &path[path.find("/live/ladder/")? + "/live/ladder/".len()..];
+    ladder_file_truth(&path[path.find("/live/ladder/")? + "/live/ladder/".len()..])
+}
+
+/// SHA-256 (hex) of `<rendition>/seg_<seq>.<ext>` (file `seq % n` of that rendition's source
+/// playlist) or `<rendition>/<init>` of the ladder published live (our origin's `--live ladder`
+/// and the tests' static live writer name segments alike).
+fn ladder_file_truth(rest: &str) -> Option<String> {
     let (dir, name) = rest.rsplit_once('/')?;
     let base = root().join("media/ladder").join(dir);
     let file = match name.strip_prefix("seg_") {
@@ -214,6 +223,14 @@ fn parse(id: &str, v: &Value, truth: &[String]) -> PageResult {
         error_events: num(v, &["errorEvents"]) as u64,
         auto_down_switches: num(v, &["autoDownSwitches"]) as u64,
         bw_estimate: num(v, &["bwEstimate"]) as u64,
+        bytes_by: v["bytesBy"]
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, b)| (k.clone(), b.as_f64().unwrap_or(0.0) as u64))
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 
@@ -255,7 +272,9 @@ struct Run {
     restart: Option<u64>,
     /// What the pages play (a path of the origin) and extra page query.
     src: &'static str,
-    extra: &'static str,
+    extra: String,
+    /// Absolute playlist and signaling URLs instead of `src` on the harness's origin.
+    page: Option<(String, String)>,
 }
 
 impl Default for Run {
@@ -267,7 +286,8 @@ impl Default for Run {
             tamper: None,
             restart: None,
             src: "live/sample/index.m3u8",
-            extra: "",
+            extra: String::new(),
+            page: None,
         }
     }
 }
@@ -281,20 +301,22 @@ async fn run(run: Run) -> Result<RunResult> {
         restart,
         src,
         extra,
+        page,
     } = run;
     let mut env = harness::start(0).await?;
     let truth = truth()?;
     let ids: Vec<String> = (0..pages).map(|i| format!("p{i}")).collect();
     let mut browsers = Vec::new();
     for (i, id) in ids.iter().enumerate() {
-        let url = env.page_url_for(
-            src,
-            &format!(
-                "&report=1&id={id}&p2p={}&tamper={}{extra}",
-                u8::from(p2p),
-                u8::from(tamper == Some(i))
-            ),
+        let q = format!(
+            "&report=1&id={id}&p2p={}&tamper={}{extra}",
+            u8::from(p2p),
+            u8::from(tamper == Some(i))
         );
+        let url = match &page {
+            Some((src, signal)) => env.page_url_with(src, signal, &q),
+            None => env.page_url_for(src, &q),
+        };
         browsers.push(launch_page(id, &url)?);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -523,7 +545,7 @@ fn abr_ladder_never_gets_another_renditions_bytes() -> Result<()> {
     let r = runtime().block_on(run(Run {
         secs: 45,
         src: "live/ladder/master.m3u8",
-        extra: "&switch=8",
+        extra: "&switch=8".into(),
         ..Run::default()
     }))?;
     eprintln!("{}", summary(&r));
@@ -567,6 +589,287 @@ fn abr_ladder_never_gets_another_renditions_bytes() -> Result<()> {
     Ok(())
 }
 
+/// The ladder (3 video renditions, separate audio, subtitles) served live by nginx from Debian:
+/// an origin that is not ours and publishes no integrity manifest. 6 pages play it with auto ABR
+/// and forced level switches, their manifests coming from the signaling server's integrity
+/// service; then the same 6 pages play it over HTTP only. Segment URLs are signed (nginx
+/// refuses a segment request without the playlist's query token). Every fragment hls.js is given is
+/// nginx's file for its own rendition and sequence number, no page has a fatal error or stalls
+/// more than the HTTP-only pages did, and each swarm (each video rendition watched by several
+/// pages, and the audio rendition all pages watch) takes at least 0.8 × (1 − 1/n) of its bytes
+/// off the origin, counted from nginx's access log against what the pages' players received.
+#[test]
+fn ladder_from_a_third_party_origin_with_the_integrity_service() -> Result<()> {
+    let Some(_serial) = browser_case()? else {
+        return Ok(());
+    };
+    let work = std::env::temp_dir().join(format!("p2p-static-origin-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let www = work.join("www");
+    // Segment URLs are signed (a query token nginx checks): the peer's requests keep it.
+    let token = Some("s3cret");
+    let live = StaticLive::start(&root().join("media/ladder"), &www, 6, token)?;
+    let nginx = Nginx::start(&www, &work.join("nginx"), token)?;
+    let pages = 6;
+    let secs = 60;
+    let res = runtime().block_on(async {
+        let cfg = signaling_server::config::Config {
+            integrity_origins: vec![format!("{}/", nginx.url())],
+            ..Default::default()
+        };
+        let (sig, _server) = signaling_server::try_spawn(cfg).await?;
+        let src = format!("{}/master.m3u8", nginx.url());
+        let signal = format!("ws://{sig}/ws");
+        let extra = format!(
+            "&switch=15&integrity={}",
+            enc(&format!("http://{sig}/integrity"))
+        );
+        let p2p = run(Run {
+            pages,
+            secs,
+            page: Some((src.clone(), signal.clone())),
+            extra: extra.clone(),
+            ..Run::default()
+        })
+        .await?;
+        let origin_p2p = nginx.bytes_by_dir(false)?;
+        let refused = nginx.refused()?;
+        ensure!(
+            refused.is_empty(),
+            "requests without the signed URL's token: {:?}",
+            &refused[..refused.len().min(5)]
+        );
+        let integrity = nginx.bytes_by_dir(true)?;
+        let http = run(Run {
+            pages,
+            secs,
+            p2p: false,
+            page: Some((src, signal)),
+            extra,
+            ..Run::default()
+        })
+        .await?;
+        anyhow::Ok((p2p, origin_p2p, integrity, http))
+    });
+    drop(live);
+    let (p2p, origin, integrity, http) = res?;
+    drop(nginx);
+    let _ = std::fs::remove_dir_all(&work);
+    eprintln!("P2P: {}\nHTTP only: {}", summary(&p2p), summary(&http));
+    eprintln!("origin (pages, P2P run): {origin:?}\nintegrity service: {integrity:?}");
+    let mut checked = 0;
+    for p in p2p.pages.iter().chain(&http.pages) {
+        ensure!(p.started, "{}: did not play ({p:?})", p.id);
+        ensure!(
+            p.fatal.is_empty(),
+            "{}: fatal hls.js errors {:?}",
+            p.id,
+            p.fatal
+        );
+        for (url, hash) in &p.fragments {
+            let rest = url
+                .split(['?', '#'])
+                .next()
+                .and_then(|u| u.strip_prefix("http://"))
+                .and_then(|u| u.split_once('/'))
+                .map(|(_, r)| r)
+                .with_context(|| format!("{}: odd URL {url}", p.id))?;
+            let truth = ladder_file_truth(rest)
+                .with_context(|| format!("{}: no origin file for {url}", p.id))?;
+            ensure!(*hash == truth, "{}: {url} is not the origin's bytes", p.id);
+            checked += 1;
+        }
+    }
+    ensure!(checked > 100, "only {checked} fragments checked");
+    let stalls = |r: &RunResult| r.pages.iter().map(|p| p.waiting).sum::<u64>();
+    ensure!(
+        stalls(&p2p) <= stalls(&http),
+        "P2P pages stalled {} times, HTTP-only pages {}",
+        stalls(&p2p),
+        stalls(&http)
+    );
+    let mut swarms = 0;
+    let mut json = Vec::new();
+    for (dir, (origin_bytes, _)) in origin.iter().filter(|(d, _)| !d.contains(' ')) {
+        let watching: Vec<u64> = p2p
+            .pages
+            .iter()
+            .filter_map(|p| p.bytes_by.get(dir).copied())
+            .filter(|b| *b > 0)
+            .collect();
+        let delivered: u64 = watching.iter().sum();
+        let n = watching.len();
+        let offload = 1.0 - *origin_bytes as f64 / delivered.max(1) as f64;
+        let bound = 0.8 * (1.0 - 1.0 / n.max(1) as f64);
+        json.push(format!(
+            "{{\"swarm\":\"{dir}\",\"pages\":{n},\"delivered\":{delivered},\"origin\":{origin_bytes},\"offload\":{offload:.3},\"bound\":{bound:.3}}}"
+        ));
+        // A rendition a page only passed through (a forced switch's few fragments) is not a
+        // swarm of n viewers: judged are those that carried a real share of the bytes.
+        // The audio swarm, which every page watches, is always judged.
+        let total: u64 = p2p
+            .pages
+            .iter()
+            .map(|p| p.bytes_by.values().sum::<u64>())
+            .sum();
+        if dir != "vaudio" && delivered * 10 < total {
+            continue;
+        }
+        swarms += 1;
+        ensure!(
+            offload >= bound,
+            "swarm {dir}: offload {offload:.3} < 0.8 × (1 − 1/{n}) = {bound:.3}"
+        );
+    }
+    eprintln!("swarms: [{}]", json.join(","));
+    ensure!(swarms >= 2, "fewer than two swarms judged: {json:?}");
+    ensure!(
+        origin.contains_key("vaudio"),
+        "the audio swarm carried nothing: {json:?}"
+    );
+    Ok(())
+}
+
+/// A VOD served by nginx (the sample's own files, no sidecar), 4 pages at different positions
+/// with seeks, manifests from the integrity service: every fragment is the file's bytes, no
+/// fatal error, and the pages get P2P for what the others hold. Then a VOD whose segments are
+/// byte ranges of one file (EXT-X-BYTERANGE, not supported by P2P): it plays from the origin
+/// with no error and not a byte over P2P.
+#[test]
+fn vod_seeks_and_byte_ranges_from_a_third_party_origin() -> Result<()> {
+    let Some(_serial) = browser_case()? else {
+        return Ok(());
+    };
+    let work = std::env::temp_dir().join(format!("p2p-static-vod-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let www = work.join("www");
+    let sample = root().join("media/sample");
+    // /vod: the sample as it is; /ranges: its segments concatenated, addressed by byte range.
+    std::fs::create_dir_all(www.join("ranges"))?;
+    std::os::unix::fs::symlink(std::fs::canonicalize(&sample)?, www.join("vod"))?;
+    let mut all = Vec::new();
+    let mut ranged = String::from(
+        "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n\
+         #EXT-X-PLAYLIST-TYPE:VOD\n#EXT-X-MAP:URI=\"init.mp4\"\n",
+    );
+    let mut range_truth = std::collections::BTreeMap::new();
+    let pl = std::fs::read_to_string(sample.join("index.m3u8"))?;
+    for f in pl.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let data = std::fs::read(sample.join(f))?;
+        let start = all.len();
+        ranged += &format!(
+            "#EXTINF:2.000000,\n#EXT-X-BYTERANGE:{}@{start}\nall.m4s\n",
+            data.len()
+        );
+        range_truth.insert(
+            format!("{start}-{}", start + data.len()),
+            hex::encode(Sha256::digest(&data)),
+        );
+        all.extend_from_slice(&data);
+    }
+    ranged += "#EXT-X-ENDLIST\n";
+    std::fs::write(www.join("ranges/all.m4s"), &all)?;
+    std::fs::write(www.join("ranges/index.m3u8"), ranged)?;
+    std::fs::copy(sample.join("init.mp4"), www.join("ranges/init.mp4"))?;
+    let nginx = Nginx::start(&www, &work.join("nginx"), None)?;
+    let res = runtime().block_on(async {
+        let cfg = signaling_server::config::Config {
+            integrity_origins: vec![format!("{}/", nginx.url())],
+            ..Default::default()
+        };
+        let (sig, _server) = signaling_server::try_spawn(cfg).await?;
+        let signal = format!("ws://{sig}/ws");
+        let integrity = enc(&format!("http://{sig}/integrity"));
+        let vod = run(Run {
+            pages: 4,
+            secs: 28,
+            page: Some((format!("{}/vod/index.m3u8", nginx.url()), signal.clone())),
+            extra: format!("&integrity={integrity}&seek=12,4,20"),
+            ..Run::default()
+        })
+        .await?;
+        let ranges = run(Run {
+            pages: 2,
+            secs: 15,
+            page: Some((format!("{}/ranges/index.m3u8", nginx.url()), signal)),
+            extra: format!("&integrity={integrity}"),
+            ..Run::default()
+        })
+        .await?;
+        anyhow::Ok((vod, ranges))
+    });
+    let origin = nginx.bytes_by_dir(false);
+    drop(nginx);
+    let _ = std::fs::remove_dir_all(&work);
+    let (vod, ranges) = res?;
+    eprintln!(
+        "VOD with seeks: {}\nbyte ranges: {}\norigin: {origin:?}",
+        summary(&vod),
+        summary(&ranges)
+    );
+    let mut checked = 0;
+    for p in &vod.pages {
+        ensure!(p.started, "{}: did not play ({p:?})", p.id);
+        ensure!(
+            p.fatal.is_empty(),
+            "{}: fatal hls.js errors {:?}",
+            p.id,
+            p.fatal
+        );
+        for (url, hash) in &p.fragments {
+            let name = url
+                .split(['?', '#'])
+                .next()
+                .and_then(|u| u.rsplit('/').next());
+            let file = sample.join(name.unwrap_or_default());
+            let truth = hex::encode(Sha256::digest(std::fs::read(&file)?));
+            ensure!(*hash == truth, "{}: {url} is not the origin's bytes", p.id);
+            checked += 1;
+        }
+    }
+    ensure!(checked >= 20, "only {checked} VOD fragments checked");
+    let p2p: u64 = vod.pages.iter().map(|p| p.p2p).sum();
+    ensure!(p2p > 0, "no P2P bytes on the VOD");
+    let mut ranged_checked = 0;
+    for p in &ranges.pages {
+        ensure!(p.started, "{}: byte-range VOD did not play ({p:?})", p.id);
+        ensure!(
+            p.fatal.is_empty(),
+            "{}: fatal hls.js errors {:?}",
+            p.id,
+            p.fatal
+        );
+        ensure!(
+            p.p2p == 0,
+            "{}: {} bytes over P2P for byte ranges",
+            p.id,
+            p.p2p
+        );
+        ensure!(
+            p.error_events == 0,
+            "{}: {} error events",
+            p.id,
+            p.error_events
+        );
+        for (key, hash) in &p.fragments {
+            let Some((_, range)) = key.rsplit_once('@') else {
+                continue; // the init segment
+            };
+            let truth = range_truth
+                .get(range)
+                .with_context(|| format!("{}: no range {range} in the file", p.id))?;
+            ensure!(
+                hash == truth,
+                "{}: range {range} is not the origin's bytes",
+                p.id
+            );
+            ranged_checked += 1;
+        }
+    }
+    ensure!(ranged_checked >= 4, "only {ranged_checked} ranges checked");
+    Ok(())
+}
+
 /// A site's code that throws — its `onFragment` hook and a `segment` listener throw on every
 /// call — breaks nothing: each exception comes back as an `error` event, every P2P fragment
 /// still reaches hls.js, and the pages play without stalls.
@@ -578,7 +881,7 @@ fn throwing_hooks_and_listeners_do_not_break_playback() -> Result<()> {
     let r = runtime().block_on(run(Run {
         pages: 3,
         secs: 40,
-        extra: "&throw=1",
+        extra: "&throw=1".into(),
         ..Run::default()
     }))?;
     eprintln!("{}", summary(&r));

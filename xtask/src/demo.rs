@@ -11,6 +11,10 @@ pub struct Args {
     /// Port of the demo page (origin and signaling get free ports).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
+    /// Play this HLS URL (any origin or CDN allowing the page by CORS) instead of the bundled
+    /// live sample; the signaling server then runs its integrity service for that origin.
+    #[arg(long)]
+    pub src: Option<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -21,6 +25,7 @@ pub fn run(args: Args) -> Result<()> {
     util::run(
         cargo()
             .args(["run", "-p", "tests", "--release", "--bin", "p2p-demo", "--"])
-            .arg(args.port.to_string()),
+            .arg(args.port.to_string())
+            .args(args.src.iter().flat_map(|s| ["--src", s.as_str()])),
     )
 }

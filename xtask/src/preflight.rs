@@ -8,7 +8,8 @@
 //! - Node.js + npm (Debian `npm`), then `npm ci` for the pinned binaryen (`wasm-opt`) and terser
 //!   that shrink the bundle; Debian's own binaryen (108) is not used: it breaks wasm-bindgen's
 //!   externref table (see `wasm::wasm_opt`);
-//! - Chromium and chromedriver (Debian `chromium`, `chromium-driver`) for the browser tests;
+//! - Chromium and chromedriver (Debian `chromium`, `chromium-driver`) and nginx (`nginx-light`,
+//!   the origin that is not ours) for the browser tests;
 //! - `timeout` and `kill` (coreutils, procps), which every Debian has.
 //!
 //! Crates come from crates.io through cargo as usual.
@@ -37,6 +38,8 @@ pub fn ensure(needs: Needs) -> Result<()> {
     if needs.browser {
         packages.push(("/usr/bin/chromium", "chromium"));
         packages.push(("/usr/bin/chromedriver", "chromium-driver"));
+        // The browser tests' third-party origin (an HLS origin that is not ours).
+        packages.push(("/usr/sbin/nginx", "nginx-light"));
     }
     ensure_debian_packages(&packages)?;
     ensure_npm_tools()
