@@ -27,6 +27,11 @@ pub struct Config {
     /// Integrity manifest to poll (see [`crate::sidecar_url`]); `None`: no manifest, so every
     /// want fails over to the player's own loader.
     pub manifest_url: Option<String>,
+    /// The media playlist the manifest describes: the manifest's segment URIs are written as in
+    /// the playlist, so they resolve against it. `None`: against the manifest URL (right for a
+    /// sidecar next to its playlist, not for an integrity service elsewhere).
+    #[serde(default)]
+    pub playlist_url: Option<String>,
     /// How often the manifest is polled while it changes (a live stream); a manifest that has
     /// not changed for [`Config::manifest_idle_after`] is polled every
     /// [`Config::manifest_idle_poll`] (VOD, ended streams).
@@ -106,6 +111,7 @@ impl Default for Config {
             swarm: String::new(),
             token: None,
             manifest_url: None,
+            playlist_url: None,
             manifest_poll: Duration::from_millis(500),
             manifest_idle_after: Duration::from_secs(20),
             manifest_idle_poll: Duration::from_secs(15),

@@ -40,6 +40,8 @@ pub struct Parked {
 #[derive(Debug)]
 pub struct Manifests {
     pub url: Option<String>,
+    /// What segment URIs resolve against ([`crate::Config::playlist_url`]).
+    pub base: Option<String>,
     /// A fetch is out, started at this time.
     pub inflight: Option<Time>,
     pub next_at: Time,
@@ -61,6 +63,7 @@ impl Manifests {
     pub fn new(cfg: &Config) -> Self {
         Manifests {
             url: cfg.manifest_url.clone(),
+            base: cfg.playlist_url.clone(),
             inflight: None,
             next_at: Time::ZERO,
             changed_at: Time::ZERO,
@@ -109,7 +112,7 @@ impl PeerCore {
             .and_then(|m| m.segments.iter().map(|s| s.seq).max());
         if let Some(m) = manifest {
             for seg in m.segments {
-                let abs = resolve(url, &seg.uri);
+                let abs = resolve(self.manifests.base.as_deref().unwrap_or(url), &seg.uri);
                 let seq = seg.seq;
                 if self.add_segment(now, seg, abs) {
                     added.push(seq);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use peer_core::manifest::MAX_PARKED;
-use peer_core::{Input, Time};
+use peer_core::{Config, Input, Time};
 use protocol::{CHUNK_SIZE, Frame};
 
 const LEN: usize = 2 * CHUNK_SIZE + 100;
@@ -337,4 +337,27 @@ fn want_for_another_playlists_seq_fails() {
         h.want_failed
     );
     assert_eq!(h.delivered.keys().copied().collect::<Vec<_>>(), vec![1]);
+}
+
+/// A manifest from the operator's integrity service (not a sidecar next to the playlist): its
+/// segment URIs are written as in the playlist, so they resolve against the playlist's URL,
+/// not the service's. The player's wants by URL are served (they failed as "another
+/// playlist's segment" when resolved against the service URL).
+#[test]
+fn service_manifest_uris_resolve_against_the_playlist() {
+    let segs = [(1, LEN), (2, LEN)];
+    let cfg = Config {
+        manifest_url: Some(
+            "https://integrity.test/integrity?playlist=https%3A%2F%2Fcdn.test%2Flive%2Fstream.m3u8"
+                .into(),
+        ),
+        playlist_url: Some("https://cdn.test/live/stream.m3u8?token=t".into()),
+        ..config()
+    };
+    let mut h = Harness::listing(cfg, &segs, &[1, 2], SLOT, SLOTS);
+    h.want_url_at(at_ms(10), url_of(1), Some(1), at_ms(5_000));
+    h.want_url_at(at_ms(10), url_of(2), Some(2), at_ms(5_000));
+    h.run_while(at_ms(6_000), |h| h.delivered.len() < 2);
+    assert!(h.want_failed.is_empty(), "{:?}", h.want_failed);
+    assert_eq!(h.delivered.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
 }

@@ -421,6 +421,7 @@ pub async fn run_peer(
     // The same id the browser peer computes from the same playlist URL string.
     cfg.swarm = protocol::signaling::swarm_id(&opts.playlist_url, &opts.rendition);
     cfg.manifest_url = Some(manifest_url);
+    cfg.playlist_url = Some(opts.playlist_url.clone());
     cfg.open_grace = OPEN_GRACE;
     cfg.corrupt_uploads = opts.tamper;
     if opts.http_only {

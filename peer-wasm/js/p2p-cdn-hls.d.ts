@@ -50,7 +50,8 @@ declare namespace P2PCDN {
     /** Totals over the page's swarms. */
     totals(): any;
     /** `sn`: media sequence number; `deadline`: ms until the player needs it; `duration`: s. */
-    fetchSegment(url: string, opts?: { sn?: number; deadline?: number; duration?: number }): Promise<Uint8Array>;
+    /** `playlist`: the media playlist listing the segment (hls.js `frag.baseurl`): a rendition played before and kept warm serves it. */
+    fetchSegment(url: string, opts?: { sn?: number; deadline?: number; duration?: number }, playlist?: string): Promise<Uint8Array>;
     /** The player no longer needs the segment at `url`: its pending promises reject. */
     cancel(url: string): void;
     reportStall(): void;

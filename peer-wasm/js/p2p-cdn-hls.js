@@ -39,6 +39,11 @@
     this.allListeners = [];
     // Peers of the page's other media playlists, by hls.js fragment type ("audio").
     this.subs = {};
+    // Video renditions played lately (an ABR switch away): each keeps its own core, swarm and
+    // connections for WARM_MS, most recent first, at most WARM_MAX. `inner` is the current one.
+    this.warm = [];
+    // Byte counters of the renditions' peers already closed (the page's totals keep them).
+    this.retired = {};
     this.ready = init().then(function () {
       if (self.destroyed) return null;
       self.inner = new W.P2pPeer(opts);
@@ -82,23 +87,107 @@
       });
     }
   };
+  // An ABR switch moves the page into the new rendition's swarm; the rendition it leaves stays
+  // joined for WARM_MS (at most WARM_MAX of them), still serving its swarm, so that switching
+  // back (ABR flaps between neighbouring levels) finds its connections and store ready instead
+  // of joining again, which costs a second or two of fragments over HTTP each time. Measured in
+  // `ladder_from_a_third_party_origin_with_the_integrity_service` (6 pages, a forced switch every
+  // 7.5 s): see docs/ARCHITECTURE.md. p2p-media-loader v2 keeps idle streams' loaders 30 s too.
+  var WARM_MS = 30000;
+  var WARM_MAX = 2;
+  function pathOf(url) { return String(url).split(/[?#]/)[0]; }
+  // Byte counters a page's totals sum over its swarms; `peers`/`connections` are live figures.
+  var BYTE_COUNTERS = ["httpBytes", "p2pBytes", "deliveredHttpBytes", "deliveredP2pBytes", "uploadedBytes",
+    "segments", "integrityFailures", "peersBanned", "stalls", "httpRequests"];
+
   // `stream`: the multivariant playlist's URL, when the player loaded one (the swarm is
   // stream | rendition).
   Peer.prototype.playlistLoaded = function (url, stream) {
+    var s = stream || undefined;
+    if (this.inner && this.playlist && !this.opts.swarm && pathOf(url) !== pathOf(this.playlist)) {
+      this.switchTo(url, s);
+      return;
+    }
     this.playlist = url;
-    this.stream = stream || undefined;
-    if (this.inner) this.inner.playlistLoaded(url, this.stream);
+    this.stream = s;
+    if (this.inner) this.inner.playlistLoaded(url, s);
+  };
+  Peer.prototype.switchTo = function (url, stream) {
+    var self = this;
+    var path = pathOf(url);
+    var next = null;
+    for (var i = 0; i < this.warm.length; i++) {
+      if (pathOf(this.warm[i].playlist) === path) { next = this.warm.splice(i, 1)[0]; break; }
+    }
+    this.warm.unshift({ inner: this.inner, playlist: this.playlist, stream: this.stream, until: Date.now() + WARM_MS });
+    while (this.warm.length > WARM_MAX) this.retire(this.warm.pop());
+    if (next) {
+      this.inner = next.inner;
+    } else {
+      this.inner = new W.P2pPeer(this.opts);
+      this.allListeners.forEach(function (l) { self.inner.on(l[0], l[1]); });
+    }
+    this.playlist = url;
+    this.stream = stream;
+    this.inner.playlistLoaded(url, stream);
+    setTimeout(function () { self.expire(); }, WARM_MS + 100);
+  };
+  Peer.prototype.expire = function () {
+    var now = Date.now();
+    var keep = [];
+    for (var i = 0; i < this.warm.length; i++) {
+      if (this.warm[i].until > now && !this.destroyed) keep.push(this.warm[i]);
+      else this.retire(this.warm[i]);
+    }
+    this.warm = keep;
+  };
+  Peer.prototype.retire = function (w) {
+    var st = w.inner.stats();
+    var r = this.retired;
+    if (st) BYTE_COUNTERS.forEach(function (f) { r[f] = (r[f] || 0) + (st[f] || 0); });
+    w.inner.destroy();
+    w.inner.free();
+  };
+  // The peer of the playlist a fragment came from: the current rendition's, or one kept warm.
+  Peer.prototype.innerFor = function (playlist) {
+    if (playlist && this.playlist && pathOf(playlist) !== pathOf(this.playlist)) {
+      var path = pathOf(playlist);
+      for (var i = 0; i < this.warm.length; i++) {
+        if (pathOf(this.warm[i].playlist) === path) {
+          this.warm[i].until = Date.now() + WARM_MS;
+          return this.warm[i].inner;
+        }
+      }
+    }
+    return this.inner;
   };
   Peer.prototype.usable = function () {
     return !!this.inner && !!this.playlist && !this.destroyed && this.opts.p2p !== false && this.opts.consent !== false;
   };
-  Peer.prototype.fetchSegment = function (url, opts) {
+  // `playlist`: the media playlist the segment is listed in (hls.js's `frag.baseurl`).
+  Peer.prototype.fetchSegment = function (url, opts, playlist) {
     if (!this.inner) return Promise.reject(new Error("p2p not ready"));
-    return this.inner.fetchSegment(url, opts || {});
+    return this.innerFor(playlist).fetchSegment(url, opts || {});
   };
-  Peer.prototype.cancel = function (url) { if (this.inner) this.inner.cancel(url); };
+  Peer.prototype.cancel = function (url) {
+    if (this.inner) this.inner.cancel(url);
+    this.warm.forEach(function (w) { w.inner.cancel(url); });
+  };
   Peer.prototype.reportStall = function () { if (this.inner) this.inner.reportStall(); };
-  Peer.prototype.stats = function () { return this.inner ? this.inner.stats() : null; };
+  // The current rendition's stats, with the byte counters of the renditions played before
+  // (kept warm or closed) added.
+  Peer.prototype.stats = function () {
+    if (!this.inner) return null;
+    var t = this.inner.stats();
+    if (!t) return t;
+    var extra = [this.retired];
+    this.warm.forEach(function (w) { extra.push(w.inner.stats() || {}); });
+    extra.forEach(function (e) {
+      BYTE_COUNTERS.forEach(function (f) { t[f] = (t[f] || 0) + (e[f] || 0); });
+    });
+    t.warmSwarms = this.warm.length;
+    return t;
+  };
   // Stats of each swarm the page is in: `{main: .., audio: ..}` (null until ready).
   Peer.prototype.swarmStats = function () {
     var out = { main: this.stats() };
@@ -127,6 +216,9 @@
   Peer.prototype.destroy = function () {
     this.destroyed = true;
     if (this.inner) { this.inner.destroy(); this.inner.free(); this.inner = null; }
+    var self = this;
+    this.warm.forEach(function (w) { self.retire(w); });
+    this.warm = [];
     for (var k in this.subs) this.subs[k].destroy();
   };
 
@@ -231,6 +323,9 @@
         clearTimeout(self.timer);
         own.cancel(context.url);
         if (hooks) peer.safely(hooks.onFallback, [sn, err ? String(err.message || err) : "timeout"]);
+        // hls.js's loaders refuse a second load once `stats.loading.start` is set ("Loader can
+        // only be used once"): the P2P attempt set it on the shared stats object, so clear it.
+        resetStats(self.stats);
         self.inner.load(context, config, callbacks);
         self.stats = self.inner.stats;
       };
@@ -238,7 +333,7 @@
       // catches a stuck driver.
       this.timer = setTimeout(fallback, Math.max(deadline, 2000) + 4000);
       this.own = own;
-      own.fetchSegment(context.url, { sn: sn, deadline: deadline, duration: frag.duration }).then(function (bytes) {
+      own.fetchSegment(context.url, { sn: sn, deadline: deadline, duration: frag.duration }, frag.baseurl).then(function (bytes) {
         if (!self.pending) return;
         self.pending = false;
         clearTimeout(self.timer);

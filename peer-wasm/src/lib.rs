@@ -291,6 +291,7 @@ impl Inner {
                 .unwrap_or_else(|| peer_core::rendition_swarm(stream, playlist)),
             token: o.token.clone(),
             manifest_url,
+            playlist_url: Some(playlist.to_owned()),
             id_base: self.generation << 40,
             corrupt_uploads: o.tamper,
             seed: (js_sys::Math::random() * 9.0e15) as u64,

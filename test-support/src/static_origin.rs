@@ -46,12 +46,7 @@ impl StaticLive {
     /// with an `index.m3u8`) live into `out`, `window` segments per playlist, starting with a
     /// full window. With `token`, segment URIs carry `?tok=<token>` (a signed URL's query, which
     /// [`Nginx`] then demands).
-    pub fn start(
-        src: &Path,
-        out: &Path,
-        window: usize,
-        token: Option<&str>,
-    ) -> Result<StaticLive> {
+    pub fn start(src: &Path, out: &Path, window: usize, token: Option<&str>) -> Result<StaticLive> {
         let query = token.map(|t| format!("?tok={t}")).unwrap_or_default();
         std::fs::create_dir_all(out)?;
         std::fs::copy(src.join("master.m3u8"), out.join("master.m3u8"))

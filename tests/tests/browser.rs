@@ -690,6 +690,7 @@ fn ladder_from_a_third_party_origin_with_the_integrity_service() -> Result<()> {
     );
     let mut swarms = 0;
     let mut json = Vec::new();
+    let mut short = Vec::new();
     for (dir, (origin_bytes, _)) in origin.iter().filter(|(d, _)| !d.contains(' ')) {
         let watching: Vec<u64> = p2p
             .pages
@@ -716,12 +717,14 @@ fn ladder_from_a_third_party_origin_with_the_integrity_service() -> Result<()> {
             continue;
         }
         swarms += 1;
-        ensure!(
-            offload >= bound,
-            "swarm {dir}: offload {offload:.3} < 0.8 × (1 − 1/{n}) = {bound:.3}"
-        );
+        if offload < bound {
+            short.push(format!(
+                "swarm {dir}: offload {offload:.3} < 0.8 × (1 − 1/{n}) = {bound:.3}"
+            ));
+        }
     }
     eprintln!("swarms: [{}]", json.join(","));
+    ensure!(short.is_empty(), "{short:?}");
     ensure!(swarms >= 2, "fewer than two swarms judged: {json:?}");
     ensure!(
         origin.contains_key("vaudio"),

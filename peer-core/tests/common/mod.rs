@@ -826,7 +826,7 @@ impl Harness {
                 self.http_cancelled.insert(*id);
             }
             Output::FetchManifest { url } => {
-                assert_eq!(url, MANIFEST_URL);
+                assert_eq!(Some(url), self.cfg.manifest_url.as_ref());
                 self.manifest_fetches.push(now);
                 let manifest = self.origin.manifest();
                 let t = now + self.origin.manifest_latency;
