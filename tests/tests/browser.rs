@@ -735,7 +735,8 @@ fn ladder_from_a_third_party_origin_with_the_integrity_service() -> Result<()> {
 
 /// A VOD served by nginx (the sample's own files, no sidecar), 4 pages at different positions
 /// with seeks, manifests from the integrity service: every fragment is the file's bytes, no
-/// fatal error, and the pages get P2P for what the others hold. Then a VOD whose segments are
+/// fatal error, no more stalls than the same pages over HTTP only, and the swarm takes at least
+/// 0.8 × (1 − 1/n) of its bytes off the origin (nginx's log against what the players got). Then a VOD whose segments are
 /// byte ranges of one file (EXT-X-BYTERANGE, not supported by P2P): it plays from the origin
 /// with no error and not a byte over P2P.
 #[test]
@@ -783,14 +784,17 @@ fn vod_seeks_and_byte_ranges_from_a_third_party_origin() -> Result<()> {
         let (sig, _server) = signaling_server::try_spawn(cfg).await?;
         let signal = format!("ws://{sig}/ws");
         let integrity = enc(&format!("http://{sig}/integrity"));
-        let vod = run(Run {
+        let vod_run = |p2p: bool| Run {
             pages: 4,
             secs: 28,
+            p2p,
             page: Some((format!("{}/vod/index.m3u8", nginx.url()), signal.clone())),
             extra: format!("&integrity={integrity}&seek=12,4,20"),
             ..Run::default()
-        })
-        .await?;
+        };
+        let vod = run(vod_run(true)).await?;
+        let origin = nginx.bytes_by_dir(false)?;
+        let http = run(vod_run(false)).await?;
         let ranges = run(Run {
             pages: 2,
             secs: 15,
@@ -799,15 +803,15 @@ fn vod_seeks_and_byte_ranges_from_a_third_party_origin() -> Result<()> {
             ..Run::default()
         })
         .await?;
-        anyhow::Ok((vod, ranges))
+        anyhow::Ok((vod, origin, http, ranges))
     });
-    let origin = nginx.bytes_by_dir(false);
     drop(nginx);
     let _ = std::fs::remove_dir_all(&work);
-    let (vod, ranges) = res?;
+    let (vod, origin, http, ranges) = res?;
     eprintln!(
-        "VOD with seeks: {}\nbyte ranges: {}\norigin: {origin:?}",
+        "VOD with seeks: {}\nHTTP only: {}\nbyte ranges: {}\norigin (P2P run): {origin:?}",
         summary(&vod),
+        summary(&http),
         summary(&ranges)
     );
     let mut checked = 0;
@@ -831,8 +835,30 @@ fn vod_seeks_and_byte_ranges_from_a_third_party_origin() -> Result<()> {
         }
     }
     ensure!(checked >= 20, "only {checked} VOD fragments checked");
-    let p2p: u64 = vod.pages.iter().map(|p| p.p2p).sum();
-    ensure!(p2p > 0, "no P2P bytes on the VOD");
+    for p in &http.pages {
+        ensure!(p.started && p.fatal.is_empty(), "{}: HTTP only: {p:?}", p.id);
+    }
+    // Each seek may wait for data (a `waiting` event) with or without P2P: P2P adds none.
+    let stalls = |r: &RunResult| r.pages.iter().map(|p| p.waiting).sum::<u64>();
+    ensure!(
+        stalls(&vod) <= stalls(&http),
+        "P2P pages stalled {} times, HTTP-only pages {}",
+        stalls(&vod),
+        stalls(&http)
+    );
+    // One swarm (one rendition) of 4 pages at different positions.
+    let delivered: u64 = vod.pages.iter().filter_map(|p| p.bytes_by.get("vod")).sum();
+    let from_origin = origin.get("vod").map_or(0, |o| o.0);
+    let n = vod.pages.len();
+    let offload = 1.0 - from_origin as f64 / delivered.max(1) as f64;
+    let bound = 0.8 * (1.0 - 1.0 / n as f64);
+    eprintln!(
+        "VOD swarm: {{\"pages\":{n},\"delivered\":{delivered},\"origin\":{from_origin},\"offload\":{offload:.3},\"bound\":{bound:.3}}}"
+    );
+    ensure!(
+        offload >= bound,
+        "VOD swarm offload {offload:.3} < 0.8 × (1 − 1/{n}) = {bound:.3}"
+    );
     let mut ranged_checked = 0;
     for p in &ranges.pages {
         ensure!(p.started, "{}: byte-range VOD did not play ({p:?})", p.id);
