@@ -1,5 +1,5 @@
 // Demo page: plays `?src=` with hls.js + the P2P loader and shows a live panel.
-// Query: src (playlist URL), signal (WebSocket URL), integrity (integrity service URL), p2p=0 (HTTP only), tamper=1 (debug:
+// Query: src (playlist URL), signal (WebSocket URL), integrity (integrity service URL), p2p=0 (HTTP only), relay=1 (TURN only), token (join token), tamper=1 (debug:
 // corrupt uploads), throw=1 (test: the page's hook and a listener throw), switch=N (force a level switch every N s, auto ABR in between), seek=T1,T2 (seeks, 8 s apart), report=1 (POST stats to /report every second, for the browser tests and
 // p2pcdn-load --browsers), reportTo (URL to POST them to instead, for a page served elsewhere).
 (function () {
@@ -10,6 +10,8 @@
   // The operator's integrity service, for a stream whose origin publishes no sidecar.
   var integrity = q.get("integrity") || undefined;
   var p2p = q.get("p2p") !== "0";
+  // relay=1: connect to peers through TURN only (the ICE servers come from signaling).
+  var relay = q.get("relay") === "1";
   var tamper = q.get("tamper") === "1";
   var report = q.get("report") === "1";
   var reportTo = q.get("reportTo") || "/report";
@@ -32,6 +34,8 @@
   var hls = new Hls({ liveSyncDurationCount: 3 });
   var peer = P2PCDN.attach(hls, video, {
     signal: signal, integrity: integrity, p2p: p2p, __tamper: tamper,
+    iceTransportPolicy: relay ? "relay" : undefined,
+    token: q.get("token") || undefined,
     onFragment: function (sn, bytes) {
       if (throwing) throw new Error("the page's onFragment hook throws (test)");
       // Hash what hls.js is given, independently of the wasm core, so tests can compare it
@@ -111,7 +115,9 @@
   if (switchEvery > 0) {
     // Forced switches mid-run (next fragment at another level), auto ABR again halfway.
     setInterval(function () {
-      if (hls.levels && hls.levels.length > 1) hls.nextLevel = (Math.max(hls.currentLevel, 0) + 1) % hls.levels.length;
+      // Top ↔ bottom of the ladder (hls.js sorts levels by bitrate), whatever ABR chose.
+      var top = hls.levels ? hls.levels.length - 1 : 0;
+      if (top > 0) hls.nextLevel = hls.currentLevel === top ? 0 : top;
       setTimeout(function () { hls.nextLevel = -1; }, (switchEvery * 1000) / 2);
     }, switchEvery * 1000);
   }

@@ -245,6 +245,10 @@ impl PeerCore {
                 self.stats.stalls += 1;
                 false
             }
+            Input::SetToken { token } => {
+                self.cfg.token = token;
+                false
+            }
             Input::Close => {
                 self.close(now);
                 false

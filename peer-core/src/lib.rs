@@ -71,7 +71,7 @@ pub use crate::time::Time;
 use std::time::Duration;
 
 use bytes::Bytes;
-use protocol::signaling::{ClientMsg, ErrorCode, ServerMsg, SignalData};
+use protocol::signaling::{ClientMsg, ErrorCode, IceServer, ServerMsg, SignalData};
 use protocol::{Manifest, PeerId};
 use serde::{Deserialize, Serialize};
 
@@ -139,6 +139,9 @@ pub enum Input {
     Cancel { url: String },
     /// The player stalled (its buffer ran dry).
     Stall,
+    /// A fresh join token (the page's backend minted a new one before the old expired): sent
+    /// with every `join` from now on (after a reconnect, or the next swarm).
+    SetToken { token: Option<String> },
     /// The viewer leaves: the core says goodbye to the server and closes everything.
     Close,
 }
@@ -263,9 +266,14 @@ pub enum Event {
         code: ErrorCode,
         message: String,
     },
-    /// The signaling server welcomed us under this id (again after a reconnect).
+    /// The signaling server welcomed us under this id (again after a reconnect), with the ICE
+    /// servers its operator configured (at most [`protocol::signaling::MAX_ICE_SERVERS`]; empty:
+    /// none). The driver
+    /// uses them for the connections it makes from then on, unless its page set its own.
     Welcomed {
         peer_id: PeerId,
+        #[serde(default)]
+        ice_servers: Vec<IceServer>,
     },
 }
 

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use protocol::PeerId;
-use protocol::signaling::{ClientMsg, ServerMsg};
+use protocol::signaling::{ClientMsg, MAX_ICE_SERVERS, ServerMsg};
 use rand::Rng;
 
 use crate::{DisconnectReason, Event, Output, PeerCore, Time};
@@ -90,6 +90,7 @@ impl PeerCore {
             ServerMsg::Welcome {
                 peer_id,
                 heartbeat_ms,
+                mut ice_servers,
             } => {
                 self.session.link = Link::Up;
                 self.session.failures = 0;
@@ -104,8 +105,13 @@ impl PeerCore {
                 let every = Duration::from_millis(u64::from(heartbeat_ms.max(1000)) / 2);
                 self.session.ping_every = Some(every);
                 self.session.ping_at = Some(now + every);
-                self.out
-                    .push_back(Output::Event(Event::Welcomed { peer_id }));
+                self.out.push_back(Output::Event(Event::Welcomed {
+                    peer_id,
+                    ice_servers: {
+                        ice_servers.truncate(MAX_ICE_SERVERS);
+                        ice_servers
+                    },
+                }));
                 self.out.push_back(Output::SignalSend(ClientMsg::Join {
                     swarm,
                     token: self.cfg.token.clone(),

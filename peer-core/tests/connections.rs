@@ -543,6 +543,7 @@ fn frames_before_the_open_event_are_not_lost() {
         Input::SignalMessage(ServerMsg::Welcome {
             peer_id: 1,
             heartbeat_ms: 20_000,
+            ice_servers: Vec::new(),
         }),
     );
     core.handle(

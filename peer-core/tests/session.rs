@@ -13,6 +13,7 @@ fn welcome(peer_id: u64, heartbeat_ms: u32) -> Input {
     Input::SignalMessage(ServerMsg::Welcome {
         peer_id,
         heartbeat_ms,
+        ice_servers: Vec::new(),
     })
 }
 
@@ -182,15 +183,19 @@ fn server_reconnect_and_rejoin() {
         .outputs
         .iter()
         .filter_map(|(_, o)| match o {
-            Output::Event(Event::Welcomed { peer_id }) => Some(*peer_id),
+            Output::Event(Event::Welcomed { peer_id, .. }) => Some(*peer_id),
             _ => None,
         })
         .collect();
     assert_eq!(welcomed, vec![ME, 7]);
     assert_eq!(h.core.stats().signal_reconnects, 1);
 
-    // The link drops: back after the backoff, joined again.
+    // The page refreshed its token; the link drops: back after the backoff, joined again
+    // with the fresh token.
     h.run_until(at_ms(6_000));
+    h.input(Input::SetToken {
+        token: Some("tok-2".into()),
+    });
     h.server.me = 8;
     h.input(Input::SignalClosed);
     assert!(!h.core.joined());
@@ -199,6 +204,7 @@ fn server_reconnect_and_rejoin() {
     assert!(h.core.joined());
     assert_eq!(h.core.peer_id(), Some(8));
     assert_eq!(joins(&h).len(), 3);
+    assert_eq!(joins(&h)[2].1.as_deref(), Some("tok-2"));
     assert_eq!(h.core.stats().signal_reconnects, 2);
 }
 

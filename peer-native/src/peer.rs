@@ -276,7 +276,7 @@ impl Driver {
                 tracing::info!(peer, ?reason, "banned");
                 self.report.banned.insert(peer);
             }
-            Output::Event(Event::Welcomed { peer_id }) => self.report.id = Some(peer_id),
+            Output::Event(Event::Welcomed { peer_id, .. }) => self.report.id = Some(peer_id),
             Output::Event(e) => tracing::trace!(?e, "event"),
         }
     }

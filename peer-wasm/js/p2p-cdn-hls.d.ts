@@ -14,9 +14,14 @@ declare namespace P2PCDN {
      * requests (segment ranges, manifests), e.g. to add an auth header. Default: the hls.js
      * instance's `config.fetchSetup`. (`xhrSetup` cannot apply: the peer uses `fetch`.) */
     fetchSetup?: (context: { url: string }, init: RequestInit) => Request;
-    /** Join token for signaling servers that require one. */
+    /** Join token for signaling servers that require one (default: the script tag's
+     * `data-token`). Minted by the site's backend: `signaling-server sign-token`. */
     token?: string;
+    /** STUN/TURN servers for the peer connections. Default: those the signaling server hands
+     * out in `welcome` (its `--ice-server`/`--turn-secret` flags). */
     iceServers?: RTCIceServer[];
+    /** `"relay"`: connect to peers through TURN only, so no peer learns the viewer's address. */
+    iceTransportPolicy?: "all" | "relay";
     /** Upload cap in bytes per second. */
     uploadCap?: number;
     /** Fetch from / serve peers (default true). */
@@ -55,6 +60,8 @@ declare namespace P2PCDN {
     /** The player no longer needs the segment at `url`: its pending promises reject. */
     cancel(url: string): void;
     reportStall(): void;
+    /** A fresh join token (before the old one expires): every swarm of the page joins with it. */
+    setToken(token: string | undefined): void;
     stats(): any;
     destroy(): void;
   }

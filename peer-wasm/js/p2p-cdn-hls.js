@@ -13,6 +13,9 @@
   var script = typeof document !== "undefined" ? document.currentScript : null;
   var base = script && script.src ? script.src : typeof location !== "undefined" ? location.href : "";
   var defaultSignal = script && script.dataset ? script.dataset.signal : undefined;
+  // `data-token`: the join token the site's backend minted for this page (signaling servers
+  // run with `--token-secret` require one).
+  var defaultToken = script && script.dataset ? script.dataset.token : undefined;
   var wasmReady = null;
   // The glue declares it with `let` at the top of this same script (not a window property).
   // eslint-disable-next-line no-undef
@@ -27,7 +30,7 @@
 
   // A peer usable synchronously: calls made before the wasm module is ready are replayed.
   function Peer(opts) {
-    opts = Object.assign({ signal: defaultSignal }, opts || {});
+    opts = Object.assign({ signal: defaultSignal, token: defaultToken }, opts || {});
     var self = this;
     this.opts = opts;
     this.inner = null;
@@ -93,6 +96,8 @@
   // of joining again, which costs a second or two of fragments over HTTP each time. Measured in
   // `ladder_from_a_third_party_origin_with_the_integrity_service` (6 pages, a forced switch every
   // 7.5 s): see docs/ARCHITECTURE.md. p2p-media-loader v2 keeps idle streams' loaders 30 s too.
+  // A kept rendition stays a full member (it keeps fetching the live edge): one that only did
+  // its seeding duty, or nothing, measured worse (docs/ARCHITECTURE.md).
   var WARM_MS = 30000;
   var WARM_MAX = 2;
   function pathOf(url) { return String(url).split(/[?#]/)[0]; }
@@ -174,6 +179,14 @@
     this.warm.forEach(function (w) { w.inner.cancel(url); });
   };
   Peer.prototype.reportStall = function () { if (this.inner) this.inner.reportStall(); };
+  // A fresh join token (tokens are short-lived: a site refreshes it before it expires, or on an
+  // `error` event with code "unauthorized"): every swarm of the page joins with it from now on.
+  Peer.prototype.setToken = function (token) {
+    this.opts.token = token;
+    if (this.inner) this.inner.setToken(token);
+    this.warm.forEach(function (w) { w.inner.setToken(token); });
+    for (var k in this.subs) this.subs[k].setToken(token);
+  };
   // The current rendition's stats, with the byte counters of the renditions played before
   // (kept warm or closed) added.
   Peer.prototype.stats = function () {

@@ -19,7 +19,8 @@
 
 use protocol::manifest::{EncodedSegment, MAX_SEGMENTS, Manifest};
 use protocol::signaling::{
-    ClientMsg, ErrorCode, MAX_SIGNAL_LEN, SIGNALING_VERSION, ServerMsg, SignalData, StatsReport,
+    ClientMsg, ErrorCode, IceServer, MAX_SIGNAL_LEN, SIGNALING_VERSION, ServerMsg, SignalData,
+    StatsReport,
 };
 use wasm_bindgen::JsValue;
 
@@ -231,6 +232,28 @@ fn get_peers(o: &impl Tree) -> Option<Vec<u64>> {
         .collect()
 }
 
+/// `ice_servers` of a `welcome`: absent is empty (serde's `default`).
+fn get_ice_servers(o: &impl Tree) -> Option<Vec<IceServer>> {
+    let Some(list) = o.member("ice_servers") else {
+        return Some(Vec::new());
+    };
+    list.elements()?
+        .iter()
+        .map(|e| {
+            Some(IceServer {
+                urls: e
+                    .member("urls")?
+                    .elements()?
+                    .iter()
+                    .map(Tree::string)
+                    .collect::<Option<_>>()?,
+                username: get_opt_str(e, "username")?,
+                credential: get_opt_str(e, "credential")?,
+            })
+        })
+        .collect()
+}
+
 fn signal_data_from(d: &impl Tree) -> Option<SignalData> {
     Some(match get_str(d, "kind")?.as_str() {
         "offer" => SignalData::Offer {
@@ -261,6 +284,7 @@ pub fn server_msg_from(o: &impl Tree) -> Option<ServerMsg> {
         "welcome" => ServerMsg::Welcome {
             peer_id: get_uint(o, "peer_id", MAX_SAFE)?,
             heartbeat_ms: get_u32(o, "heartbeat_ms")?,
+            ice_servers: get_ice_servers(o)?,
         },
         "joined" => ServerMsg::Joined {
             swarm: get_str(o, "swarm")?,
@@ -427,6 +451,23 @@ fn sample_server_msgs() -> Vec<ServerMsg> {
         ServerMsg::Welcome {
             peer_id: MAX_SAFE,
             heartbeat_ms: u32::MAX,
+            ice_servers: Vec::new(),
+        },
+        ServerMsg::Welcome {
+            peer_id: 3,
+            heartbeat_ms: 20_000,
+            ice_servers: vec![
+                IceServer {
+                    urls: vec!["stun:s.example:3478".into(), s.clone()],
+                    username: None,
+                    credential: None,
+                },
+                IceServer {
+                    urls: vec!["turn:t.example:3478?transport=udp".into()],
+                    username: Some("1767225600:3".into()),
+                    credential: Some(s.clone()),
+                },
+            ],
         },
         ServerMsg::Joined {
             swarm: s.clone(),
@@ -610,10 +651,30 @@ mod tests {
     fn server_msg_s() -> impl Strategy<Value = ServerMsg> {
         let slots = (1..=u32::MAX).prop_flat_map(|slots| (0..slots, Just(slots)));
         prop_oneof![
-            (id(), any::<u32>()).prop_map(|(peer_id, heartbeat_ms)| ServerMsg::Welcome {
-                peer_id,
-                heartbeat_ms
-            }),
+            (
+                id(),
+                any::<u32>(),
+                prop::collection::vec(
+                    (
+                        prop::collection::vec(any::<String>(), 0..3),
+                        proptest::option::of(any::<String>()),
+                        proptest::option::of(any::<String>()),
+                    ),
+                    0..3
+                )
+            )
+                .prop_map(|(peer_id, heartbeat_ms, ice)| ServerMsg::Welcome {
+                    peer_id,
+                    heartbeat_ms,
+                    ice_servers: ice
+                        .into_iter()
+                        .map(|(urls, username, credential)| IceServer {
+                            urls,
+                            username,
+                            credential,
+                        })
+                        .collect(),
+                }),
             (
                 any::<String>(),
                 prop::collection::vec(id(), 0..8),

@@ -61,6 +61,9 @@ struct Opts {
     fetch_setup: Option<Function>,
     token: Option<String>,
     ice_servers: JsValue,
+    /// `iceTransportPolicy: "relay"`: TURN only, so no peer ever learns the viewer's address
+    /// (WebRTC's own option, for sites that must not expose viewers' IPs).
+    relay_only: bool,
     upload_cap: Option<u64>,
     p2p: bool,
     max_peers: Option<usize>,
@@ -79,6 +82,7 @@ impl Opts {
             fetch_setup: get("fetchSetup").dyn_into().ok(),
             token: text("token"),
             ice_servers: get("iceServers"),
+            relay_only: text("iceTransportPolicy").as_deref() == Some("relay"),
             upload_cap: get("uploadCap")
                 .as_f64()
                 .filter(|x| *x > 0.0)
@@ -122,6 +126,9 @@ struct Inner {
     ws: Option<Ws>,
     /// Numbers the WebSockets, so that events of a replaced one are ignored.
     ws_serial: u32,
+    /// ICE servers from the signaling server's `welcome` (an `RTCIceServer[]`; undefined: none),
+    /// used when the page set no `iceServers` of its own.
+    welcome_ice: JsValue,
     conns: IdMap<Conn>,
     /// Connections sent on since the core last heard their `bufferedAmount`.
     sent: Vec<ConnId>,
@@ -505,7 +512,8 @@ pub struct P2pPeer {
 impl P2pPeer {
     /// Options: `signal` (WebSocket URL of the signaling server; without it, HTTP only),
     /// `swarm` (swarm id override), `integrity` (URL of the operator's integrity service, for
-    /// streams without a sidecar manifest), `token` (join token), `iceServers` (RTCIceServer[]),
+    /// streams without a sidecar manifest), `token` (join token), `iceServers` (RTCIceServer[];
+    /// default: the signaling server's), `iceTransportPolicy` (`"relay"`: TURN only),
     /// `uploadCap` (bytes/s), `p2p` (default true), `consent` (default true; false disables
     /// P2P), `maxPeers`.
     #[wasm_bindgen(constructor)]
@@ -524,6 +532,7 @@ impl P2pPeer {
                 core: None,
                 ws: None,
                 ws_serial: 0,
+                welcome_ice: JsValue::UNDEFINED,
                 conns: IdMap::default(),
                 sent: Vec::new(),
                 http: IdMap::default(),
@@ -631,6 +640,16 @@ impl P2pPeer {
             i.feed(Input::Cancel {
                 url: url.to_string(),
             });
+        });
+    }
+
+    /// A fresh join token (before the old one expires): used at every join from now on.
+    #[wasm_bindgen(js_name = setToken)]
+    pub fn set_token(&self, token: Option<String>) {
+        with(&self.inner, |i| {
+            let token = token.filter(|t| !t.is_empty());
+            i.opts.token.clone_from(&token);
+            i.feed(Input::SetToken { token });
         });
     }
 

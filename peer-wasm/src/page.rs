@@ -87,7 +87,24 @@ impl Inner {
                 self.emit("error", || obj(&[("code", code.as_str().into())]))
             }
             // Our id is in `stats().peerId`.
-            Event::Welcomed { .. } => {}
+            Event::Welcomed { ice_servers, .. } => {
+                if !ice_servers.is_empty() {
+                    let list = js_sys::Array::new();
+                    for s in ice_servers {
+                        let urls: js_sys::Array =
+                            s.urls.iter().map(|u| JsValue::from_str(u)).collect();
+                        let o = obj(&[("urls", urls.into())]);
+                        if let Some(u) = s.username {
+                            set_all(&o, &[("username", u.into())]);
+                        }
+                        if let Some(c) = s.credential {
+                            set_all(&o, &[("credential", c.into())]);
+                        }
+                        list.push(&o);
+                    }
+                    self.welcome_ice = list.into();
+                }
+            }
         }
     }
 

@@ -47,8 +47,18 @@ impl Drop for Conn {
 impl Inner {
     pub(crate) fn rtc_create(&mut self, conn: ConnId, offerer: bool) {
         let cfg = RtcConfiguration::new();
-        if self.opts.ice_servers.is_object() {
-            cfg.set_ice_servers(&self.opts.ice_servers);
+        // The page's own `iceServers` win over the signaling server's.
+        let ice = if self.opts.ice_servers.is_object() {
+            &self.opts.ice_servers
+        } else {
+            &self.welcome_ice
+        };
+        if ice.is_object() {
+            cfg.set_ice_servers(ice);
+        }
+        if self.opts.relay_only {
+            // Set by name: the typed setter's enum would cost the bundle for one string.
+            let _ = Reflect::set(&cfg, &"iceTransportPolicy".into(), &"relay".into());
         }
         let Ok(pc) = RtcPeerConnection::new_with_configuration(&cfg) else {
             return self.feed(Input::RtcClosed { conn });

@@ -216,14 +216,33 @@ impl ErrorCode {
     }
 }
 
+/// Most ICE servers a `welcome` carries; a client uses the first ones only.
+pub const MAX_ICE_SERVERS: usize = 8;
+
+/// An ICE server for the viewers' peer connections (WebRTC's `RTCIceServer`). TURN entries
+/// carry credentials in coturn's REST scheme (`use-auth-secret`): `username` is
+/// `<expiry unix seconds>:<peer id>` and `credential` is base64(HMAC-SHA1(secret, username)),
+/// so they expire and the TURN server checks them with the shared secret alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
 /// Server → viewer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMsg {
-    /// First message on a connection: the viewer's id and how often to ping.
+    /// First message on a connection: the viewer's id, how often to ping, and the ICE servers
+    /// the operator configured (STUN; TURN with short-lived credentials). Absent when none.
     Welcome {
         peer_id: PeerId,
         heartbeat_ms: u32,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ice_servers: Vec<IceServer>,
     },
     /// Answer to `join`: members to connect to, and this viewer's seeding slot.
     ///

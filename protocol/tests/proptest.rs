@@ -14,7 +14,7 @@ use protocol::frame::{
 use protocol::fuzzing::{fuzz_frame, fuzz_manifest, fuzz_signaling};
 use protocol::manifest::{MAX_SEGMENT_LEN, Manifest, SegmentManifest, chunk_count};
 use protocol::signaling::{
-    ClientMsg, ErrorCode, MAX_SIGNAL_LEN, ServerMsg, SignalData, StatsReport,
+    ClientMsg, ErrorCode, IceServer, MAX_SIGNAL_LEN, ServerMsg, SignalData, StatsReport,
 };
 
 const CHUNK_HEADER_LEN: usize = 16;
@@ -277,12 +277,28 @@ fn slot() -> impl Strategy<Value = (u32, u32)> {
     (1..=u32::MAX).prop_flat_map(|slots| (0..slots, Just(slots)))
 }
 
+fn ice_server() -> impl Strategy<Value = IceServer> {
+    (
+        vec(text(), 1..3),
+        proptest::option::of(text()),
+        proptest::option::of(text()),
+    )
+        .prop_map(|(urls, username, credential)| IceServer {
+            urls,
+            username,
+            credential,
+        })
+}
+
 fn server_msg() -> impl Strategy<Value = ServerMsg> {
     prop_oneof![
-        any::<(u64, u32)>().prop_map(|(peer_id, heartbeat_ms)| ServerMsg::Welcome {
-            peer_id,
-            heartbeat_ms
-        }),
+        (any::<(u64, u32)>(), vec(ice_server(), 0..3)).prop_map(
+            |((peer_id, heartbeat_ms), ice_servers)| ServerMsg::Welcome {
+                peer_id,
+                heartbeat_ms,
+                ice_servers,
+            }
+        ),
         (text(), vec(any::<u64>(), 0..16), slot()).prop_map(|(swarm, peers, (slot, slots))| {
             ServerMsg::Joined {
                 swarm,

@@ -138,6 +138,19 @@ pub struct Config {
     /// A followed playlist nobody asked about for this long is dropped (its memory freed).
     #[arg(long, env = "INTEGRITY_IDLE_MS", default_value_t = 60_000)]
     pub integrity_idle_ms: u64,
+    /// STUN/TURN server URLs handed to every viewer in `welcome` (repeat or comma-separate;
+    /// `stun:host:3478`, `turn:host:3478?transport=udp`, `turns:host:5349`). Without any, viewers
+    /// use the ICE servers of their page, or none (host candidates only: viewers on one network).
+    #[arg(long = "ice-server", env = "SIGNAL_ICE_SERVERS", value_delimiter = ',')]
+    pub ice_servers: Vec<String>,
+    /// Shared secret of the TURN server (coturn `use-auth-secret` + `static-auth-secret`): each
+    /// viewer gets its own TURN credentials for the `turn:`/`turns:` URLs, valid
+    /// `turn_ttl_s`. At least 16 bytes.
+    #[arg(long, env = "SIGNAL_TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+    /// Lifetime of the TURN credentials handed out (seconds). A viewer reconnecting gets new ones.
+    #[arg(long, env = "SIGNAL_TURN_TTL_S", default_value_t = 3600)]
+    pub turn_ttl_s: u64,
 }
 
 impl Default for Config {
@@ -177,6 +190,9 @@ impl Default for Config {
             integrity_poll_ms: 500,
             integrity_max_playlists: 64,
             integrity_idle_ms: 60_000,
+            ice_servers: Vec::new(),
+            turn_secret: None,
+            turn_ttl_s: 3600,
         }
     }
 }
@@ -238,6 +254,9 @@ impl Config {
         }
         if self.token_secret.as_deref().is_some_and(|s| s.len() < 16) {
             return bad("token_secret must be at least 16 bytes");
+        }
+        if let Err(e) = crate::ice::check(self) {
+            return bad(&e);
         }
         if let Err(e) = crate::integrity::Prefixes::parse(&self.integrity_origins) {
             return Err(crate::Error::Config(e));

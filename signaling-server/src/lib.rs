@@ -71,6 +71,7 @@
 //! Shutdown: every client gets `reconnect {after_ms}` (min + random jitter), then a close (1012).
 
 pub mod config;
+pub mod ice;
 pub mod integrity;
 pub mod metrics;
 pub mod reports;

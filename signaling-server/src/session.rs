@@ -253,12 +253,18 @@ fn run(mut ws: WebSocket, state: AppState, guard: ConnGuard) -> impl Future<Outp
 
 impl Session {
     async fn welcome(&mut self, ws: &mut WebSocket) -> bool {
-        let hb = self.state.config().heartbeat_ms;
+        let cfg = self.state.config();
+        let hb = cfg.heartbeat_ms;
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let ice_servers = crate::ice::for_peer(cfg, self.id, now_s);
         self.send(
             ws,
             &ServerMsg::Welcome {
                 peer_id: self.id,
                 heartbeat_ms: hb,
+                ice_servers,
             },
         )
         .await

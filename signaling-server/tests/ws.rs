@@ -556,3 +556,60 @@ async fn shutdown_tells_clients_to_reconnect() {
     }
     stop.await.unwrap().unwrap();
 }
+
+/// `--ice-server` / `--turn-secret`: every `welcome` carries the STUN URLs as they are and the
+/// TURN URLs with credentials of that viewer's own (coturn REST: `<expiry>:<peer id>` and
+/// base64(HMAC-SHA1(secret, username))), expiring `turn_ttl_s` from now. Without them, none.
+#[tokio::test]
+async fn welcome_hands_out_ice_servers_with_per_viewer_turn_credentials() {
+    let cfg = Config {
+        ice_servers: vec![
+            "stun:stun.example:3478".into(),
+            "turn:turn.example:3478?transport=udp".into(),
+        ],
+        turn_secret: Some("0123456789abcdef-turn".into()),
+        turn_ttl_s: 600,
+        ..Config::default()
+    };
+    let (addr, _h) = spawn(cfg).await;
+    let mut ws = connect_raw(addr).await;
+    let Some(Ok(Message::Text(t))) = futures_util::StreamExt::next(&mut ws).await else {
+        panic!("no welcome");
+    };
+    let ServerMsg::Welcome {
+        peer_id,
+        ice_servers,
+        ..
+    } = ServerMsg::from_json(&t, 1 << 16).unwrap()
+    else {
+        panic!("expected welcome: {t}");
+    };
+    assert_eq!(ice_servers.len(), 2, "{t}");
+    assert_eq!(ice_servers[0].urls, vec!["stun:stun.example:3478"]);
+    assert_eq!(ice_servers[0].username, None);
+    let turn = &ice_servers[1];
+    assert_eq!(turn.urls, vec!["turn:turn.example:3478?transport=udp"]);
+    let user = turn.username.clone().unwrap();
+    let (exp, id) = user.split_once(':').unwrap();
+    assert_eq!(id, peer_id.to_string());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let exp: u64 = exp.parse().unwrap();
+    assert!(
+        (now + 590..=now + 610).contains(&exp),
+        "expiry {exp}, now {now}"
+    );
+    assert_eq!(
+        turn.credential.as_deref(),
+        Some(signaling_server::ice::turn_credential(b"0123456789abcdef-turn", &user).as_str())
+    );
+
+    let (addr, _h) = spawn(Config::default()).await;
+    let mut ws = connect_raw(addr).await;
+    let Some(Ok(Message::Text(t))) = futures_util::StreamExt::next(&mut ws).await else {
+        panic!("no welcome");
+    };
+    assert!(!t.contains("ice_servers"), "{t}");
+}

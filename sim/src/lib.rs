@@ -571,6 +571,7 @@ impl Sim {
                 let msg = ServerMsg::Welcome {
                     peer_id: Self::id(v),
                     heartbeat_ms: 20_000,
+                    ice_servers: Vec::new(),
                 };
                 self.at(self.now + dur(lat), Ev::ToViewer(v, msg));
             }

@@ -12,6 +12,7 @@
 pub mod browser;
 #[cfg(feature = "harness")]
 pub mod static_origin;
+pub mod turn;
 
 #[cfg(feature = "harness")]
 pub mod harness {

@@ -9,7 +9,7 @@
 //!   that shrink the bundle; Debian's own binaryen (108) is not used: it breaks wasm-bindgen's
 //!   externref table (see `wasm::wasm_opt`);
 //! - Chromium and chromedriver (Debian `chromium`, `chromium-driver`) and nginx (`nginx-light`,
-//!   the origin that is not ours) for the browser tests;
+//!   the origin that is not ours) and coturn (the TURN server) for the browser tests;
 //! - `timeout` and `kill` (coreutils, procps), which every Debian has.
 //!
 //! Crates come from crates.io through cargo as usual.
@@ -40,6 +40,8 @@ pub fn ensure(needs: Needs) -> Result<()> {
         packages.push(("/usr/bin/chromedriver", "chromium-driver"));
         // The browser tests' third-party origin (an HLS origin that is not ours).
         packages.push(("/usr/sbin/nginx", "nginx-light"));
+        // The TURN server of the relay-only test.
+        packages.push(("/usr/bin/turnserver", "coturn"));
     }
     ensure_debian_packages(&packages)?;
     ensure_npm_tools()

@@ -775,6 +775,7 @@ impl Harness {
                     let welcome = ServerMsg::Welcome {
                         peer_id: self.server.me,
                         heartbeat_ms: self.server.heartbeat_ms,
+                        ice_servers: Vec::new(),
                     };
                     self.schedule(t, Ev::Input(Input::SignalMessage(welcome)));
                 }

@@ -129,6 +129,7 @@ impl Net {
                 let welcome = ServerMsg::Welcome {
                     peer_id: id,
                     heartbeat_ms: 20_000,
+                    ice_servers: Vec::new(),
                 };
                 self.schedule(now + lat_in, id, Input::SignalMessage(welcome));
             }

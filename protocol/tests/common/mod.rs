@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use protocol::frame::{AbsentReason, Frame, HaveEntry};
-use protocol::signaling::{ClientMsg, ErrorCode, ServerMsg, SignalData, StatsReport};
+use protocol::signaling::{ClientMsg, ErrorCode, IceServer, ServerMsg, SignalData, StatsReport};
 
 /// `(frame, exact wire bytes as hex)`; one or more per frame type.
 pub fn frame_fixtures() -> Vec<(Frame, &'static str)> {
@@ -192,8 +192,28 @@ pub fn server_fixtures() -> Vec<(ServerMsg, &'static str)> {
             ServerMsg::Welcome {
                 peer_id: 7,
                 heartbeat_ms: 20_000,
+                ice_servers: Vec::new(),
             },
             r#"{"v":1,"type":"welcome","peer_id":7,"heartbeat_ms":20000}"#,
+        ),
+        (
+            ServerMsg::Welcome {
+                peer_id: 8,
+                heartbeat_ms: 20_000,
+                ice_servers: vec![
+                    IceServer {
+                        urls: vec!["stun:stun.example:3478".into()],
+                        username: None,
+                        credential: None,
+                    },
+                    IceServer {
+                        urls: vec!["turn:turn.example:3478?transport=udp".into()],
+                        username: Some("1767225600:8".into()),
+                        credential: Some("c2VjcmV0".into()),
+                    },
+                ],
+            },
+            r#"{"v":1,"type":"welcome","peer_id":8,"heartbeat_ms":20000,"ice_servers":[{"urls":["stun:stun.example:3478"]},{"urls":["turn:turn.example:3478?transport=udp"],"username":"1767225600:8","credential":"c2VjcmV0"}]}"#,
         ),
         (
             ServerMsg::Joined {

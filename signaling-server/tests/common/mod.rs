@@ -35,6 +35,7 @@ impl Client {
             ServerMsg::Welcome {
                 peer_id,
                 heartbeat_ms,
+                ..
             } => {
                 assert!(peer_id < (1 << 53));
                 assert!(heartbeat_ms > 0);
