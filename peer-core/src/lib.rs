@@ -268,8 +268,8 @@ pub enum Event {
     },
     /// The signaling server welcomed us under this id (again after a reconnect), with the ICE
     /// servers its operator configured (at most [`protocol::signaling::MAX_ICE_SERVERS`]; empty:
-    /// none). The driver
-    /// uses them for the connections it makes from then on, unless its page set its own.
+    /// none). The driver uses them for the connections it makes from then on, unless its page
+    /// set its own.
     Welcomed {
         peer_id: PeerId,
         #[serde(default)]

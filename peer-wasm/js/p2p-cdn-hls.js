@@ -117,13 +117,16 @@
     this.stream = s;
     if (this.inner) this.inner.playlistLoaded(url, s);
   };
+  // Index in `warm` of the kept peer of the playlist at `url` (-1: none).
+  Peer.prototype.warmIndex = function (url) {
+    var path = pathOf(url);
+    for (var i = 0; i < this.warm.length; i++) if (pathOf(this.warm[i].playlist) === path) return i;
+    return -1;
+  };
   Peer.prototype.switchTo = function (url, stream) {
     var self = this;
-    var path = pathOf(url);
-    var next = null;
-    for (var i = 0; i < this.warm.length; i++) {
-      if (pathOf(this.warm[i].playlist) === path) { next = this.warm.splice(i, 1)[0]; break; }
-    }
+    var i = this.warmIndex(url);
+    var next = i >= 0 ? this.warm.splice(i, 1)[0] : null;
     this.warm.unshift({ inner: this.inner, playlist: this.playlist, stream: this.stream, until: Date.now() + WARM_MS });
     while (this.warm.length > WARM_MAX) this.retire(this.warm.pop());
     if (next) {
@@ -155,16 +158,10 @@
   };
   // The peer of the playlist a fragment came from: the current rendition's, or one kept warm.
   Peer.prototype.innerFor = function (playlist) {
-    if (playlist && this.playlist && pathOf(playlist) !== pathOf(this.playlist)) {
-      var path = pathOf(playlist);
-      for (var i = 0; i < this.warm.length; i++) {
-        if (pathOf(this.warm[i].playlist) === path) {
-          this.warm[i].until = Date.now() + WARM_MS;
-          return this.warm[i].inner;
-        }
-      }
-    }
-    return this.inner;
+    var i = playlist && this.playlist && pathOf(playlist) !== pathOf(this.playlist) ? this.warmIndex(playlist) : -1;
+    if (i < 0) return this.inner;
+    this.warm[i].until = Date.now() + WARM_MS;
+    return this.warm[i].inner;
   };
   Peer.prototype.usable = function () {
     return !!this.inner && !!this.playlist && !this.destroyed && this.opts.p2p !== false && this.opts.consent !== false;

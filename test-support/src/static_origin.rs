@@ -170,28 +170,35 @@ pub struct Nginx {
     pub access_log: PathBuf,
 }
 
-/// Installs nginx with apt-get when it is missing (a fresh machine), like the browser tests do
-/// for Chromium.
-pub fn ensure_nginx() -> Result<PathBuf> {
-    let bin = PathBuf::from("/usr/sbin/nginx");
-    if bin.exists() {
-        return Ok(bin);
+/// Installs Debian `package` with apt-get when `bin` is missing (a fresh machine), like the
+/// browser tests do for Chromium; returns `bin`.
+pub fn ensure_debian_package(bin: &str, package: &str) -> Result<PathBuf> {
+    let path = PathBuf::from(bin);
+    if path.exists() {
+        return Ok(path);
     }
-    eprintln!("nginx is missing: apt-get install -y nginx-light");
+    eprintln!("{bin} is missing: apt-get install -y {package}");
+    let install = format!(
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {package} >/dev/null"
+    );
     let ok = Command::new("sh")
         .args([
             "-c",
-            "DEBIAN_FRONTEND=noninteractive apt-get install -y nginx-light >/dev/null \
-             || (apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y nginx-light >/dev/null)",
+            &format!("{install} || (apt-get update >/dev/null && {install})"),
         ])
         .status()
         .context("running apt-get")?
         .success();
     ensure!(
-        ok && bin.exists(),
-        "could not install nginx (apt-get install nginx-light)"
+        ok && path.exists(),
+        "could not install {package} (apt-get install {package})"
     );
-    Ok(bin)
+    Ok(path)
+}
+
+/// nginx from Debian, installed when missing.
+pub fn ensure_nginx() -> Result<PathBuf> {
+    ensure_debian_package("/usr/sbin/nginx", "nginx-light")
 }
 
 impl Nginx {

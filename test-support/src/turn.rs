@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, bail};
 
 /// A running `turnserver`, killed on drop.
 pub struct Coturn {
@@ -16,27 +16,9 @@ pub struct Coturn {
     pub log: PathBuf,
 }
 
-/// Installs coturn with apt-get when it is missing (a fresh machine).
+/// coturn from Debian, installed when missing.
 pub fn ensure_coturn() -> Result<PathBuf> {
-    let bin = PathBuf::from("/usr/bin/turnserver");
-    if bin.exists() {
-        return Ok(bin);
-    }
-    eprintln!("coturn is missing: apt-get install -y coturn");
-    let ok = Command::new("sh")
-        .args([
-            "-c",
-            "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends coturn >/dev/null \
-             || (apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends coturn >/dev/null)",
-        ])
-        .status()
-        .context("running apt-get")?
-        .success();
-    ensure!(
-        ok && bin.exists(),
-        "could not install coturn (apt-get install coturn)"
-    );
-    Ok(bin)
+    crate::static_origin::ensure_debian_package("/usr/bin/turnserver", "coturn")
 }
 
 impl Coturn {

@@ -153,6 +153,18 @@ fn ladder_file_truth(rest: &str) -> Option<String> {
     Some(hex::encode(Sha256::digest(data)))
 }
 
+/// SHA-256 (hex) of the file in `dir` that a fragment URL names (its last path segment).
+fn file_truth(dir: &Path, url: &str) -> Result<String> {
+    let name = url
+        .split(['?', '#'])
+        .next()
+        .and_then(|u| u.rsplit('/').next())
+        .unwrap_or_default();
+    let data =
+        std::fs::read(dir.join(name)).with_context(|| format!("no origin file for {url}"))?;
+    Ok(hex::encode(Sha256::digest(data)))
+}
+
 fn num(v: &Value, path: &[&str]) -> f64 {
     let mut v = v;
     for k in path {
@@ -833,12 +845,7 @@ fn vod_seeks_and_byte_ranges_from_a_third_party_origin() -> Result<()> {
             p.fatal
         );
         for (url, hash) in &p.fragments {
-            let name = url
-                .split(['?', '#'])
-                .next()
-                .and_then(|u| u.rsplit('/').next());
-            let file = sample.join(name.unwrap_or_default());
-            let truth = hex::encode(Sha256::digest(std::fs::read(&file)?));
+            let truth = file_truth(&sample, url)?;
             ensure!(*hash == truth, "{}: {url} is not the origin's bytes", p.id);
             checked += 1;
         }
@@ -982,13 +989,7 @@ fn relay_only_viewers_share_through_coturn() -> Result<()> {
     for p in &r.pages {
         ensure!(p.started && p.fatal.is_empty(), "{}: {p:?}", p.id);
         for (url, hash) in &p.fragments {
-            let name = url
-                .split(['?', '#'])
-                .next()
-                .and_then(|u| u.rsplit('/').next());
-            let truth = hex::encode(Sha256::digest(std::fs::read(
-                sample.join(name.unwrap_or_default()),
-            )?));
+            let truth = file_truth(&sample, url)?;
             ensure!(*hash == truth, "{}: {url} is not the origin's bytes", p.id);
             checked += 1;
         }
