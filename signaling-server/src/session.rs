@@ -422,23 +422,29 @@ impl Session {
         };
         let now = self.state.now_ms();
         self.conn.touch(now);
-        let (text, binary) = match msg {
+        let (text, binary, control) = match msg {
             Message::Text(t) => {
                 self.conn.heard();
-                (t, false)
+                (t, false, false)
             }
             Message::Binary(_) => {
                 self.conn.heard();
-                (Default::default(), true)
+                (Default::default(), true, false)
             }
             // tungstenite answers pings itself; either way the client is alive.
-            Message::Ping(_) | Message::Pong(_) => return Flow::Continue,
+            Message::Ping(_) | Message::Pong(_) => (Default::default(), false, true),
             Message::Close(_) => return Flow::Close,
         };
+        // Control frames count against the message rate too: each ping costs a pong and a
+        // wake-up, so a ping flood must spend the same budget as a message flood (it used to
+        // bypass it). A browser sends a pong per server heartbeat, far below the rate.
         let cfg = self.state.config();
         if !self.rate.take(now, cfg.rate_per_s, cfg.rate_burst) {
             let m = "message rate limit exceeded".to_owned();
             return self.fail(ws, ErrorCode::RateLimited, m, None).await;
+        }
+        if control {
+            return Flow::Continue;
         }
         if binary {
             self.state.metrics().binary_frames.fetch_add(1, Relaxed);

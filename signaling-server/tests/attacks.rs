@@ -618,3 +618,53 @@ async fn admin_endpoints_refuse_without_token() {
         }
     }
 }
+
+/// WebSocket ping frames (control frames, answered by the server with pongs) sent as fast as
+/// the socket takes them. Before, they skipped the message rate limit: 5 000 pings in a row were
+/// all answered and the connection stayed open. Now each one spends the same budget as a
+/// message: past the burst the client gets `rate_limited` errors, then is closed once its error
+/// budget is spent — while a neighbour keeps being served.
+#[tokio::test]
+async fn websocket_ping_flood_is_rate_limited() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let cfg = Config {
+        rate_per_s: 10.0,
+        rate_burst: 20.0,
+        error_budget: 3,
+        ..Config::default()
+    };
+    let (addr, h) = spawn(cfg).await;
+    let mut quiet = Client::connect(addr).await;
+    let mut flooder = Client::connect(addr).await;
+    let mut sent = 0;
+    for _ in 0..5000 {
+        if flooder
+            .ws
+            .send(Message::Ping(vec![7u8; 16].into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        sent += 1;
+    }
+    // Errors (and pongs) arrive, then the close (or a reset: the server does not wait for
+    // the flooder's unread pings).
+    let mut errors = 0;
+    let end = loop {
+        match flooder.try_recv(Duration::from_secs(3)).await {
+            Ok(ServerMsg::Error { code, .. }) => {
+                assert_eq!(code, ErrorCode::RateLimited);
+                errors += 1;
+            }
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    println!("ping flood: {sent} pings written; {errors} rate_limited errors read, then: {end}");
+    assert_ne!(end, "timeout", "the flooder was never closed");
+    assert!(h.state().metrics().errors_sent(ErrorCode::RateLimited) >= 3);
+    // The neighbour is unaffected.
+    quiet.ping_pong().await;
+}
