@@ -461,6 +461,7 @@ impl Browsers {
                 deadline: Duration::from_secs_f64(opts.seconds.max(0.0) + opts.ramp.max(0.0))
                     + Duration::from_secs(120),
                 log: None,
+                extra_args: Vec::new(),
             },
             log_dir: b.log_dir.clone(),
             // Spread over the ramp, between the native viewers' join times.

@@ -389,6 +389,15 @@ impl AppState {
         Some((slot, over))
     }
 
+    /// Connections counted against `ip`'s per-IP limit now (its /64 for IPv6): what an operator
+    /// behind a proxy checks to see that viewers are told apart.
+    pub fn connections_from(&self, ip: IpAddr) -> u32 {
+        lock(&self.0.per_ip)
+            .get(&http_guard::ip_key(ip))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Called by the accept loop for every TCP connection, before a byte is read: counts it
     /// against its address's limit (unless it comes from a trusted proxy, whose clients are
     /// counted at the upgrade under their forwarded addresses).

@@ -193,6 +193,8 @@ pub struct ChromiumOptions {
     pub deadline: Duration,
     /// The browser's log (page console included); `None`: discarded.
     pub log: Option<PathBuf>,
+    /// Flags added to [`CHROMIUM_FLAGS`] (e.g. a certificate to trust).
+    pub extra_args: Vec<String>,
 }
 
 impl Default for ChromiumOptions {
@@ -201,6 +203,7 @@ impl Default for ChromiumOptions {
             binary: PathBuf::from(DEFAULT_CHROMIUM),
             deadline: Duration::from_secs(600),
             log: None,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -258,7 +261,8 @@ impl Chromium {
         cmd.args(["-k", "10"])
             .arg(format!("{}s", opts.deadline.as_secs().max(1)))
             .arg(&opts.binary)
-            .args(CHROMIUM_FLAGS);
+            .args(CHROMIUM_FLAGS)
+            .args(&opts.extra_args);
         if opts.log.is_some() {
             cmd.args(["--enable-logging=stderr", "--v=0"]);
         }

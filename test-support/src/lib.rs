@@ -12,6 +12,8 @@
 pub mod browser;
 #[cfg(feature = "harness")]
 pub mod static_origin;
+#[cfg(feature = "harness")]
+pub mod tls_proxy;
 pub mod turn;
 
 #[cfg(feature = "harness")]
@@ -52,13 +54,24 @@ pub mod harness {
         web_port: u16,
         signaling: signaling_server::config::Config,
     ) -> Result<Env> {
-        let (origin, origin_handle) = origin::spawn(origin::Config {
+        start_custom(web_port, signaling, |_| {}).await
+    }
+
+    /// [`start_with`], with the origin's config changed by `origin` first (e.g. a trusted
+    /// proxy).
+    pub async fn start_custom(
+        web_port: u16,
+        signaling: signaling_server::config::Config,
+        origin: impl FnOnce(&mut origin::Config),
+    ) -> Result<Env> {
+        let mut ocfg = origin::Config {
             media_dir: Some(root().join("media")),
             live: vec!["sample".into(), "ladder".into()],
             allow_origins: vec!["*".into()],
             ..Default::default()
-        })
-        .await?;
+        };
+        origin(&mut ocfg);
+        let (origin, origin_handle) = origin::spawn(ocfg).await?;
         let (signal, signal_handle) = signaling_server::try_spawn(signaling).await?;
         let reports = Reports::default();
         // Files of `demo-site/`, then `dist/`.

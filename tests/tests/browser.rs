@@ -72,11 +72,12 @@ fn ensure_bundle() -> Result<()> {
 /// behind for longer than any case lasts. One browser per page: in one headless browser only the
 /// last opened tab keeps running. Its log (page console included) goes to
 /// `<tmp>/p2p-cdn-page-<id>.log`.
-fn launch_page(id: &str, url: &str) -> Result<Chromium> {
+fn launch_page(id: &str, url: &str, extra_args: &[String]) -> Result<Chromium> {
     let opts = ChromiumOptions {
         binary: CHROMIUM.into(),
         deadline: Duration::from_secs(600),
         log: Some(std::env::temp_dir().join(format!("p2p-cdn-page-{id}.log"))),
+        extra_args: extra_args.to_vec(),
     };
     Chromium::launch(&opts, url).context("starting chromium")
 }
@@ -288,6 +289,15 @@ struct Run {
     extra: String,
     /// Absolute playlist and signaling URLs instead of `src` on the harness's origin.
     page: Option<(String, String)>,
+    /// An environment started by the test (default: `harness::start(0)`).
+    env: Option<harness::Env>,
+    /// Where the demo page is served instead of the harness's page server (e.g. through a
+    /// proxy: `https://127.0.0.1:<port>/site`).
+    base: Option<String>,
+    /// Extra Chromium flags.
+    chrome_args: Vec<String>,
+    /// Called every 5 s while the pages play.
+    probe: Option<Box<dyn FnMut(&harness::Env)>>,
 }
 
 impl Default for Run {
@@ -301,6 +311,10 @@ impl Default for Run {
             src: "live/sample/index.m3u8",
             extra: String::new(),
             page: None,
+            env: None,
+            base: None,
+            chrome_args: Vec::new(),
+            probe: None,
         }
     }
 }
@@ -315,8 +329,15 @@ async fn run(run: Run) -> Result<RunResult> {
         src,
         extra,
         page,
+        env,
+        base,
+        chrome_args,
+        mut probe,
     } = run;
-    let mut env = harness::start(0).await?;
+    let mut env = match env {
+        Some(e) => e,
+        None => harness::start(0).await?,
+    };
     let truth = truth()?;
     let ids: Vec<String> = (0..pages).map(|i| format!("p{i}")).collect();
     let mut browsers = Vec::new();
@@ -326,11 +347,14 @@ async fn run(run: Run) -> Result<RunResult> {
             u8::from(p2p),
             u8::from(tamper == Some(i))
         );
-        let url = match &page {
+        let mut url = match &page {
             Some((src, signal)) => env.page_url_with(src, signal, &q),
             None => env.page_url_for(src, &q),
         };
-        browsers.push(launch_page(id, &url)?);
+        if let Some(b) = &base {
+            url = url.replacen(&format!("http://{}", env.web), b, 1);
+        }
+        browsers.push(launch_page(id, &url, &chrome_args)?);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let start = Instant::now();
@@ -338,6 +362,9 @@ async fn run(run: Run) -> Result<RunResult> {
     let mut ids_before = Vec::new();
     while start.elapsed() < Duration::from_secs(secs) {
         tokio::time::sleep(Duration::from_secs(5)).await;
+        if let Some(p) = probe.as_mut() {
+            p(&env);
+        }
         if let Some(t) = restart
             && start.elapsed() >= Duration::from_secs(t)
         {
@@ -1003,6 +1030,147 @@ fn relay_only_viewers_share_through_coturn() -> Result<()> {
         summary(&r)
     );
     ensure!(allocations >= 2, "coturn logged {allocations} allocations");
+    Ok(())
+}
+
+/// A site deployed the way README's "Run it in production" says: nginx from Debian runs
+/// `deploy/nginx/p2p-cdn.conf` (only its ports, certificate paths and include folder rewritten)
+/// with a self-signed certificate made here by openssl, in front of the signaling server and
+/// the origin. The pages themselves are served over https by the same host (a site location in
+/// the config's include folder), play the live stream over https, signal over wss, and share
+/// verified segments. Chromium trusts that one certificate's key, nothing else.
+///
+/// nginx connects to the servers from 127.0.0.2, declared with `--trusted-proxy` on both: the
+/// signaling server counts every viewer under its own address (127.0.0.1) and none under the
+/// proxy's, and the origin's local-only admin endpoint answers a local client through the proxy
+/// (an undeclared proxy gets 403). Plain http is redirected to https.
+#[test]
+fn pages_play_through_an_nginx_tls_proxy() -> Result<()> {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::{Arc, Mutex as StdMutex};
+    use test_support::tls_proxy::{PROXY_SOURCE, TlsProxy};
+    let Some(_serial) = browser_case()? else {
+        return Ok(());
+    };
+    let work = std::env::temp_dir().join(format!("p2p-tls-{}", std::process::id()));
+    let pages = 3;
+    // Most connections seen under the viewers' address and under the proxy's; what curl got
+    // from the origin's admin endpoint and from plain http, through the proxy.
+    let seen = Arc::new(StdMutex::new((0u32, 0u32, String::new(), String::new())));
+    let seen2 = seen.clone();
+    let res: Result<(RunResult, TlsProxy)> = runtime().block_on(async {
+        let signaling = signaling_server::config::Config {
+            trusted_proxies: vec![PROXY_SOURCE.into()],
+            ..Default::default()
+        };
+        let env = harness::start_custom(0, signaling, |o| {
+            o.trusted_proxies = vec![PROXY_SOURCE.into()];
+        })
+        .await?;
+        // The site's pages, on the same https host (the config's include folder).
+        let site = format!(
+            "location /site/ {{\n  proxy_pass http://{}/;\n  proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n}}\n",
+            env.web
+        );
+        let proxy = TlsProxy::start(&work, env.signal, env.origin, &site)?;
+        let host = proxy.url();
+        let curl = {
+            let cert = proxy.cert.clone();
+            move |url: String| -> String {
+                Command::new("curl")
+                    .args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}"])
+                    .arg("--cacert")
+                    .arg(&cert)
+                    .arg(url)
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_else(|e| format!("curl: {e}"))
+            }
+        };
+        let (admin_url, http_url) = (
+            format!("{host}/stats"),
+            format!("http://{}/live/sample/index.m3u8", proxy.http),
+        );
+        eprintln!("TLS proxy at {host} (signaling {}, origin {})", env.signal, env.origin);
+        let r = run(Run {
+            pages,
+            secs: 30,
+            page: Some((
+                format!("{host}/live/sample/index.m3u8"),
+                format!("wss://{}/ws", proxy.https),
+            )),
+            base: Some(format!("{host}/site")),
+            extra: format!("&reportTo={}", enc(&format!("{host}/site/report"))),
+            chrome_args: vec![format!(
+                "--ignore-certificate-errors-spki-list={}",
+                proxy.spki_sha256
+            )],
+            probe: Some(Box::new(move |env: &harness::Env| {
+                if let Some(h) = &env.signal_handle {
+                    let st = h.state();
+                    let viewers = st.connections_from(IpAddr::V4(Ipv4Addr::LOCALHOST));
+                    let proxy = st.connections_from(PROXY_SOURCE);
+                    if let Ok(mut s) = seen2.lock() {
+                        s.0 = s.0.max(viewers);
+                        s.1 = s.1.max(proxy);
+                        if s.2.is_empty() {
+                            s.2 = curl(admin_url.clone());
+                            s.3 = curl(http_url.clone());
+                        }
+                    }
+                }
+            })),
+            env: Some(env),
+            ..Run::default()
+        })
+        .await?;
+        Ok((r, proxy))
+    });
+    let (r, proxy) = res?;
+    eprintln!("through nginx TLS: {}", summary(&r));
+    let errors = proxy.error_log();
+    drop(proxy);
+    let _ = std::fs::remove_dir_all(&work);
+    let (viewers, via_proxy, admin, redirect) = seen
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
+    eprintln!(
+        "signaling connections under 127.0.0.1: {viewers}, under the proxy's 127.0.0.2: {via_proxy}; origin admin through the proxy: {admin}; http: {redirect}"
+    );
+    let mut checked = 0;
+    for p in &r.pages {
+        ensure!(
+            p.started && p.current_time > 15.0 && p.fatal.is_empty(),
+            "{}: did not play over https ({p:?}); nginx: {errors}",
+            p.id
+        );
+        ensure!(
+            p.bad_fragments.is_empty() && p.integrity_failures == 0,
+            "{}: wrong bytes",
+            p.id
+        );
+        checked += p.fragments.len();
+    }
+    ensure!(checked >= 10, "only {checked} fragments checked");
+    let sharing = r.pages.iter().filter(|p| p.p2p > 0).count();
+    ensure!(
+        sharing >= 1,
+        "no page got P2P bytes through wss signaling: {}",
+        summary(&r)
+    );
+    ensure!(
+        viewers as usize == pages && via_proxy == 0,
+        "the signaling server saw {viewers} viewers under 127.0.0.1 and {via_proxy} under the proxy"
+    );
+    ensure!(
+        admin.starts_with("200"),
+        "origin admin through the trusted proxy: {admin}"
+    );
+    ensure!(
+        redirect.starts_with("301 https://"),
+        "plain http was not redirected: {redirect}"
+    );
     Ok(())
 }
 

@@ -9,7 +9,8 @@
 //!   that shrink the bundle; Debian's own binaryen (108) is not used: it breaks wasm-bindgen's
 //!   externref table (see `wasm::wasm_opt`);
 //! - Chromium and chromedriver (Debian `chromium`, `chromium-driver`) and nginx (`nginx-light`,
-//!   the origin that is not ours) and coturn (the TURN server) for the browser tests;
+//!   the origin that is not ours, and the TLS reverse proxy) and coturn (the TURN server),
+//!   openssl (the proxy's test certificate) and curl for the browser tests;
 //! - `timeout` and `kill` (coreutils, procps), which every Debian has.
 //!
 //! Crates come from crates.io through cargo as usual.
@@ -42,6 +43,9 @@ pub fn ensure(needs: Needs) -> Result<()> {
         packages.push(("/usr/sbin/nginx", "nginx-light"));
         // The TURN server of the relay-only test.
         packages.push(("/usr/bin/turnserver", "coturn"));
+        // The TLS proxy test: its self-signed certificate, and requests through the proxy.
+        packages.push(("/usr/bin/openssl", "openssl"));
+        packages.push(("/usr/bin/curl", "curl"));
     }
     ensure_debian_packages(&packages)?;
     ensure_npm_tools()
