@@ -7,6 +7,7 @@
 //! * [`player::Player`]: startup, stalls, live delay (same definitions as `sim`).
 //! * [`swarm::run_swarm`]: N viewers against any deployment, with ramp, churn, tampered peers,
 //!   and headless Chromium viewers ([`browser`]) in the same swarm.
+//! * [`tls`]: trusted roots for `wss://` and `https://`; [`token`]: join tokens.
 
 pub mod hls;
 pub mod net;
@@ -15,6 +16,8 @@ pub mod player;
 pub mod record;
 pub mod rtc;
 pub mod swarm;
+pub mod tls;
+pub mod token;
 
 pub use test_support::browser;
 
@@ -27,4 +30,6 @@ pub enum Error {
     Playlist(String),
     #[error("http: {0}")]
     Http(String),
+    #[error("tls: {0}")]
+    Tls(String),
 }

@@ -2,11 +2,14 @@
 //! that report to the viewer's task as [`Io`]. Nothing here takes decisions: no timeouts, no
 //! retries (the core has them).
 
+use std::sync::Arc;
+
 use futures_util::{SinkExt, StreamExt};
 use peer_core::Input;
 use protocol::Manifest;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::Connector;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::hls;
@@ -21,9 +24,15 @@ const SIGNAL_QUEUE: usize = 256;
 pub enum SignalEvent {
     Opened,
     Text(String),
-    /// Closed by the server, failed, or never opened.
-    Closed,
+    /// Closed by the server, failed, or never opened (`error`: why it could not open, e.g. an
+    /// untrusted certificate).
+    Closed {
+        error: Option<String>,
+    },
 }
+
+/// TLS of `wss://` signaling URLs (see [`crate::tls::Roots::client_config`]).
+pub type SignalTls = Arc<rustls::ClientConfig>;
 
 /// One signaling connection ([`peer_core::Output::SignalConnect`]).
 pub struct Signal {
@@ -35,9 +44,9 @@ pub struct Signal {
 }
 
 impl Signal {
-    pub fn connect(url: &str, generation: u64, io: mpsc::Sender<Io>) -> Signal {
+    pub fn connect(url: &str, tls: SignalTls, generation: u64, io: mpsc::Sender<Io>) -> Signal {
         let (tx, rx) = mpsc::channel(SIGNAL_QUEUE);
-        let task = tokio::spawn(run_signal(url.to_string(), generation, rx, io));
+        let task = tokio::spawn(run_signal(url.to_string(), tls, generation, rx, io));
         Signal {
             generation,
             open: false,
@@ -63,16 +72,22 @@ impl Signal {
 
 async fn run_signal(
     url: String,
+    tls: SignalTls,
     generation: u64,
     mut rx: mpsc::Receiver<String>,
     io: mpsc::Sender<Io>,
 ) {
     let report = |ev| Io::Signal(generation, ev);
-    let ws = match tokio_tungstenite::connect_async(&url).await {
+    // The connector is used for `wss://` only (a `ws://` URL stays plain).
+    let connector = Some(Connector::Rustls(tls));
+    let ws = match tokio_tungstenite::connect_async_tls_with_config(&url, None, false, connector)
+        .await
+    {
         Ok((ws, _)) => ws,
         Err(e) => {
             tracing::debug!("signaling {url}: {e}");
-            let _ = io.send(report(SignalEvent::Closed)).await;
+            let error = Some(format!("signaling {url}: {e}"));
+            let _ = io.send(report(SignalEvent::Closed { error })).await;
             return;
         }
     };
@@ -105,7 +120,7 @@ async fn run_signal(
             },
         }
     }
-    let _ = io.send(report(SignalEvent::Closed)).await;
+    let _ = io.send(report(SignalEvent::Closed { error: None })).await;
 }
 
 /// [`peer_core::Output::HttpStart`]: GET `url` (a byte range `start..end` when given) and

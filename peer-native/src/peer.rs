@@ -13,17 +13,18 @@ use std::time::{Duration, Instant};
 use peer_core::{Config, ConnId, Event, Input, Output, PeerCore, Stats, Time};
 use protocol::PeerId;
 use protocol::manifest::{Hash, sha256};
-use protocol::signaling::ServerMsg;
+use protocol::signaling::{ErrorCode, ServerMsg};
 use reqwest::Url;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::Error;
 use crate::hls::{self, Playlist};
-use crate::net::{self, Signal, SignalEvent};
+use crate::net::{self, Signal, SignalEvent, SignalTls};
 use crate::player::{Player, PlayerConfig};
 use crate::record::Recording;
-use crate::rtc::{Conn, RtcOptions};
+use crate::rtc::{self, Conn, RtcOptions};
+use crate::token::TokenSource;
 
 /// IO results waiting for the viewer's task (data-channel messages and HTTP bodies included).
 /// Producers wait when it is full (nothing is dropped): back-pressure reaches SCTP flow control
@@ -64,6 +65,10 @@ pub struct PeerOptions {
     pub rtc: RtcOptions,
     /// Record the session to this file (JSON lines, see [`crate::record`]).
     pub record: Option<PathBuf>,
+    /// TLS of a `wss://` signaling URL (`None`: the webpki roots only).
+    pub tls: Option<SignalTls>,
+    /// Join token(s) handed to the core (`Config::token`, then `Input::SetToken`).
+    pub token: TokenSource,
 }
 
 impl PeerOptions {
@@ -78,8 +83,11 @@ impl PeerOptions {
             http_only: false,
             rtc: RtcOptions {
                 udp_addrs: vec!["127.0.0.1:0".into()],
+                ..Default::default()
             },
             record: None,
+            tls: None,
+            token: TokenSource::None,
         }
     }
 }
@@ -87,6 +95,8 @@ impl PeerOptions {
 /// What one viewer saw.
 #[derive(Debug, Clone, Default)]
 pub struct PeerReport {
+    /// Join number in the swarm (set by [`crate::swarm`]; 0 for a lone viewer).
+    pub index: usize,
     pub id: Option<PeerId>,
     pub tamper: bool,
     pub stats: Stats,
@@ -109,6 +119,18 @@ pub struct PeerReport {
     pub signal_reconnects: u32,
     /// Why the viewer stopped early, if it did.
     pub error: Option<String>,
+    /// Error messages the signaling server sent (`error`), and how many were `unauthorized`
+    /// (a join refused for its token).
+    pub signal_errors: u64,
+    pub unauthorized: u64,
+    /// The first of them (`code: message`).
+    pub signal_error: Option<String>,
+    /// Why the signaling connection last failed to open (TLS, DNS, refused...).
+    pub connect_error: Option<String>,
+    /// Why the player's last playlist fetch failed, if it did.
+    pub playlist_error: Option<String>,
+    /// ICE servers (STUN/TURN) of the last `welcome` in use.
+    pub ice_servers: usize,
 }
 
 /// What the IO tasks report to the viewer's task.
@@ -142,6 +164,9 @@ struct Driver {
     /// Whole-segment length and hash per sequence number, for `corrupt_segments`.
     checks: BTreeMap<u64, (u64, Hash)>,
     client: reqwest::Client,
+    /// Options of new connections (those of `opts.rtc` plus the ICE servers of the welcome).
+    rtc: RtcOptions,
+    tls: SignalTls,
     io: mpsc::Sender<Io>,
     report: PeerReport,
     playlist_url: Url,
@@ -203,7 +228,18 @@ impl Driver {
             Output::SignalConnect => {
                 self.close_signal();
                 self.signals += 1;
-                let s = Signal::connect(&self.opts.signal_url, self.signals, self.io.clone());
+                if self.opts.token.mints() {
+                    // What a page's backend does before its token runs out: the join of this
+                    // connection (after its welcome) carries a token that is still valid.
+                    let token = self.opts.token.current();
+                    self.inputs.push_back(Input::SetToken { token });
+                }
+                let s = Signal::connect(
+                    &self.opts.signal_url,
+                    self.tls.clone(),
+                    self.signals,
+                    self.io.clone(),
+                );
                 self.signal = Some(s);
             }
             Output::SignalSend(msg) => {
@@ -220,7 +256,7 @@ impl Driver {
                 offerer,
             } => {
                 tracing::debug!(conn, peer, offerer, "connect");
-                let c = Conn::spawn(&self.opts.rtc, conn, offerer, self.io.clone());
+                let c = Conn::spawn(&self.rtc, conn, offerer, self.io.clone());
                 self.conns.insert(conn, c);
             }
             Output::RtcRemote { conn, data } => {
@@ -276,7 +312,25 @@ impl Driver {
                 tracing::info!(peer, ?reason, "banned");
                 self.report.banned.insert(peer);
             }
-            Output::Event(Event::Welcomed { peer_id, .. }) => self.report.id = Some(peer_id),
+            Output::Event(Event::Welcomed {
+                peer_id,
+                ice_servers,
+            }) => {
+                self.report.id = Some(peer_id);
+                // For the connections made from now on, like the browser driver.
+                self.rtc.ice_servers = rtc::ice_servers(&ice_servers);
+                self.report.ice_servers = self.rtc.ice_servers.len();
+            }
+            Output::Event(Event::SignalingError { code, message }) => {
+                tracing::debug!(?code, message, "signaling error");
+                self.report.signal_errors += 1;
+                if code == ErrorCode::Unauthorized {
+                    self.report.unauthorized += 1;
+                }
+                if self.report.signal_error.is_none() {
+                    self.report.signal_error = Some(format!("{code:?}: {message}"));
+                }
+            }
             Output::Event(e) => tracing::trace!(?e, "event"),
         }
     }
@@ -332,7 +386,10 @@ impl Driver {
                             self.feed(Input::SignalClosed);
                         }
                     },
-                    SignalEvent::Closed => {
+                    SignalEvent::Closed { error } => {
+                        if error.is_some() {
+                            self.report.connect_error = error;
+                        }
                         self.signal = None;
                         self.feed(Input::SignalClosed);
                     }
@@ -366,6 +423,7 @@ impl Driver {
                     }
                     Err(e) => {
                         tracing::warn!("playlist refresh: {e}");
+                        self.report.playlist_error = Some(e.to_string());
                         now + REFRESH_RETRY
                     }
                 });
@@ -417,7 +475,21 @@ pub async fn run_peer(
             return report;
         }
     };
+    let tls = match opts.tls.clone() {
+        Some(t) => t,
+        None => match crate::tls::Roots::default().client_config() {
+            Ok(t) => t,
+            Err(e) => {
+                report.error = Some(e.to_string());
+                return report;
+            }
+        },
+    };
     let mut cfg = opts.core.clone();
+    // A token in `opts.core` stays unless a token source is given.
+    if let Some(t) = opts.token.current() {
+        cfg.token = Some(t);
+    }
     // The same id the browser peer computes from the same playlist URL string.
     cfg.swarm = protocol::signaling::swarm_id(&opts.playlist_url, &opts.rendition);
     cfg.manifest_url = Some(manifest_url);
@@ -440,6 +512,7 @@ pub async fn run_peer(
         None => None,
     };
     let (io, mut io_rx) = mpsc::channel(IO_QUEUE);
+    let rtc = opts.rtc.clone();
     let mut d = Driver {
         player: Player::new(opts.player.clone(), Time::ZERO),
         // The clock starts with the core: its first timers count from zero.
@@ -455,6 +528,8 @@ pub async fn run_peer(
         signal_closing: None,
         checks: BTreeMap::new(),
         client,
+        rtc,
+        tls,
         io,
         report,
         playlist_url,

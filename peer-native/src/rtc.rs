@@ -23,12 +23,13 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use peer_core::{ConnId, Input};
-use protocol::signaling::SignalData;
+use protocol::signaling::{IceServer, SignalData};
 use tokio::sync::{Notify, mpsc};
 use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
 use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceCandidateInit,
-    RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription,
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceCandidateInit, RTCIceGatheringState, RTCIceServer, RTCIceTransportPolicy,
+    RTCPeerConnectionState, RTCSessionDescription,
 };
 
 use crate::peer::Io;
@@ -52,11 +53,43 @@ pub const WRITE_QUEUE: usize = 512;
 /// most `remotes::MAX_PENDING_CANDIDATES` candidates per connection, plus the description).
 const REMOTE_QUEUE: usize = peer_core::remotes::MAX_PENDING_CANDIDATES + 16;
 
-#[derive(Clone)]
+/// URLs kept per ICE server (a hostile server could list thousands; a browser uses a few).
+const MAX_ICE_URLS: usize = 8;
+
+#[derive(Clone, Default)]
 pub struct RtcOptions {
     /// Local UDP addresses to bind (`127.0.0.1:0` for loopback; `0.0.0.0:0` = every non-loopback
     /// interface).
     pub udp_addrs: Vec<String>,
+    /// STUN/TURN servers of new connections: those the signaling server's `welcome` carried
+    /// (set by [`crate::peer`] on `Event::Welcomed`, see [`ice_servers`]).
+    pub ice_servers: Vec<RTCIceServer>,
+    /// Relay candidates only (`iceTransportPolicy: "relay"`, as the browser page's `relay=1`):
+    /// every connection goes through TURN.
+    pub relay: bool,
+}
+
+/// The signaling server's ICE servers as webrtc's configuration. Entries webrtc would refuse
+/// (a malformed URL, TURN without credentials) are left out with a warning: one bad entry must
+/// not fail every connection.
+pub fn ice_servers(servers: &[IceServer]) -> Vec<RTCIceServer> {
+    servers
+        .iter()
+        .filter_map(|s| {
+            let r = RTCIceServer {
+                urls: s.urls.iter().take(MAX_ICE_URLS).cloned().collect(),
+                username: s.username.clone().unwrap_or_default(),
+                credential: s.credential.clone().unwrap_or_default(),
+            };
+            match r.urls() {
+                Ok(_) => Some(r),
+                Err(e) => {
+                    tracing::warn!(urls = ?r.urls, "ICE server left out: {e}");
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 /// Send-side accounting shared between the viewer's task and a writer task.
@@ -180,7 +213,12 @@ async fn run(
         io: io.clone(),
         gathered: gathered.clone(),
     });
+    let mut config = RTCConfigurationBuilder::new().with_ice_servers(opts.ice_servers);
+    if opts.relay {
+        config = config.with_ice_transport_policy(RTCIceTransportPolicy::Relay);
+    }
     let pc = match PeerConnectionBuilder::new()
+        .with_configuration(config.build())
         .with_handler(handler)
         .with_udp_addrs(opts.udp_addrs)
         .build()

@@ -15,6 +15,8 @@ use crate::browser::{self, Chromium, ChromiumOptions, PageReport, Reports};
 use crate::peer::{PeerOptions, PeerReport, run_peer};
 use crate::player::PlayerConfig;
 use crate::rtc::RtcOptions;
+use crate::tls::Roots;
+use crate::token::TokenSource;
 
 #[derive(Clone)]
 pub struct SwarmOptions {
@@ -32,7 +34,14 @@ pub struct SwarmOptions {
     pub udp_addrs: Vec<String>,
     pub core: Config,
     pub player: PlayerConfig,
+    /// Every random choice of the run derives from it (see [`Schedule`]).
     pub seed: u64,
+    /// Extra trusted roots for `wss://` signaling and `https://` origins.
+    pub roots: Roots,
+    /// Join tokens of the native viewers and of the browser pages (`token=`).
+    pub token: TokenSource,
+    /// Relay-only ICE (TURN from the welcome), native viewers and pages (`relay=1`).
+    pub relay: bool,
     /// Headless Chromium viewers, joining evenly over the ramp like the native ones.
     pub browsers: usize,
     pub browser: BrowserSetup,
@@ -89,6 +98,9 @@ impl SwarmOptions {
             core: Config::default(),
             player: PlayerConfig::default(),
             seed: 1,
+            roots: Roots::default(),
+            token: TokenSource::None,
+            relay: false,
             browsers: 0,
             browser: BrowserSetup::default(),
             record: None,
@@ -106,8 +118,16 @@ pub struct SwarmReport {
     /// 1 − 1/N.
     pub limit: f64,
     pub stalls: u64,
+    /// Seconds the native viewers' players spent stalled (the pages report stall counts only).
     pub stall_secs: f64,
     pub startup_ms_p50: f64,
+    pub startup_ms_p95: f64,
+    /// The run's seed ([`SwarmOptions::seed`]).
+    pub seed: u64,
+    /// Chunks from peers that failed verification (native viewers and pages).
+    pub integrity_failures: u64,
+    /// Viewers whose join the signaling server refused as `unauthorized` (token).
+    pub unauthorized_viewers: usize,
     /// Origin bytes (from the origin's `/stats` when available, else summed by the viewers).
     pub origin_bytes: u64,
     /// `"origin"` or `"client"`.
@@ -179,9 +199,62 @@ impl SwarmReport {
         t
     }
 
+    /// The final JSON line.
     pub fn to_json(&self) -> String {
+        self.summary().to_string()
+    }
+
+    /// The full report (`p2pcdn-load --output`): the JSON line's figures under `summary`, one
+    /// entry per native viewer (every join, churned ones included) and per browser page, and
+    /// every error.
+    pub fn to_report_json(&self) -> serde_json::Value {
+        let viewers: Vec<_> = self.peers.iter().map(peer_json).collect();
+        let pages: Vec<_> = self
+            .pages
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "id": p.id,
+                    "peer_id": p.peer_id,
+                    "p2p": p.p2p,
+                    "started": p.started,
+                    "startup_ms": p.startup_ms.map(f64::round),
+                    "stalls": p.stalls,
+                    "delivered_http": p.delivered_http,
+                    "delivered_p2p": p.delivered_p2p,
+                    "http_bytes": p.http_bytes,
+                    "p2p_bytes": p.p2p_bytes,
+                    "uploaded": p.uploaded,
+                    "integrity_failures": p.integrity_failures,
+                    "banned": p.banned,
+                    "fallbacks": p.fallbacks,
+                    "fatal": p.fatal,
+                    "errors": p.errors,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "summary": self.summary(),
+            "delivered_http": self.delivered_http,
+            "delivered_p2p": self.delivered_p2p,
+            "origin_requests": {
+                "designated": self.http_causes[0],
+                "backup": self.http_causes[1],
+                "deadline": self.http_causes[2],
+                "alone": self.http_causes[3],
+            },
+            "peer_timeouts": self.peer_timeouts,
+            "joins": self.joins,
+            "viewers": viewers,
+            "pages": pages,
+            "errors": self.errors,
+        })
+    }
+
+    fn summary(&self) -> serde_json::Value {
         let b = self.browser_totals();
         serde_json::json!({
+            "seed": self.seed,
             "viewers": self.viewers,
             "browsers": {
                 "count": b.count,
@@ -201,10 +274,15 @@ impl SwarmReport {
             "offload": (self.offload * 10_000.0).round() / 10_000.0,
             "limit": (self.limit * 10_000.0).round() / 10_000.0,
             "stalls": self.stalls,
+            "stall_secs": (self.stall_secs * 100.0).round() / 100.0,
             "startup_ms_p50": self.startup_ms_p50.round(),
+            "startup_ms_p95": self.startup_ms_p95.round(),
             "origin_bytes": self.origin_bytes,
             "p2p_bytes": self.p2p_bytes,
             "corrupt_to_player": self.corrupt_to_player,
+            "integrity_failures": self.integrity_failures,
+            "unauthorized_viewers": self.unauthorized_viewers,
+            "errors": self.errors.len(),
             "want_failures": self.want_failures,
             "banned_bad": self.banned_bad,
             "bad": self.bad,
@@ -215,7 +293,6 @@ impl SwarmReport {
             "cpu_pct_per_peer": (self.cpu_secs * 100.0 / self.seconds.max(0.001) / self.viewers.max(1) as f64 * 100.0).round() / 100.0,
             "rss_mb_per_peer": (self.rss_peak_bytes as f64 / 1e6 / self.viewers.max(1) as f64 * 100.0).round() / 100.0,
         })
-        .to_string()
     }
 
     pub fn table(&self) -> String {
@@ -255,7 +332,14 @@ impl SwarmReport {
                 "stalls",
                 format!("{} ({:.1} s stalled)", self.stalls, self.stall_secs),
             ),
-            ("startup p50", format!("{:.0} ms", self.startup_ms_p50)),
+            (
+                "startup",
+                format!(
+                    "p50 {:.0} ms, p95 {:.0} ms",
+                    self.startup_ms_p50, self.startup_ms_p95
+                ),
+            ),
+            ("seed", self.seed.to_string()),
             (
                 "origin bytes",
                 format!(
@@ -287,7 +371,13 @@ impl SwarmReport {
                     self.peer_timeouts
                 ),
             ),
-            ("corrupt to player", self.corrupt_to_player.to_string()),
+            (
+                "corrupt to player",
+                format!(
+                    "{} ({} integrity failures from peers)",
+                    self.corrupt_to_player, self.integrity_failures
+                ),
+            ),
             (
                 "bad peers banned",
                 format!(
@@ -362,47 +452,153 @@ pub async fn origin_stats_bytes(client: &reqwest::Client, playlist_url: &str) ->
 struct Running {
     stop: watch::Sender<bool>,
     task: JoinHandle<PeerReport>,
+    /// Join number.
+    index: usize,
 }
 
-/// A small deterministic generator (churn times and victims).
-struct Lcg(u64);
-impl Lcg {
-    fn next_f64(&mut self) -> f64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+/// SplitMix64: a small deterministic generator, the same sequence on every platform and build
+/// (a run is reproduced from its printed seed).
+#[derive(Clone, Debug)]
+pub struct SeedRng(u64);
+
+impl SeedRng {
+    /// The generator of one concern (`stream`) of the run with `seed`: the concerns draw from
+    /// separate sequences, so adding browsers does not move the viewers' choices.
+    pub fn new(seed: u64, stream: u64) -> Self {
+        let mut r = SeedRng(seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        r.next_u64();
+        r
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// An exponential delay (seconds) of a Poisson process with `rate` events per second.
+    fn exp(&mut self, rate: f64) -> f64 {
+        -(1.0 - self.next_f64()).max(1e-12).ln() / rate
     }
 }
 
-fn spawn_viewer(opts: &SwarmOptions, client: &reqwest::Client, bad: bool, index: usize) -> Running {
+/// Most churn events planned for one run (bounds the plan of an absurd `--churn`).
+const MAX_CHURN_EVENTS: usize = 100_000;
+
+/// Every random choice of a run, drawn from [`SwarmOptions::seed`] before it starts: two runs
+/// with the same seed and options make the same choices (what the network then does differs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Schedule {
+    /// Join time (seconds from the start) of the first `viewers` viewers: evenly spread over the
+    /// ramp, each jittered within its own slot (viewers of a real audience do not arrive on a
+    /// grid, and a grid synchronises their timers).
+    pub viewer_starts: Vec<f64>,
+    /// Which of those viewers tamper (exactly `round(bad_peers × viewers)`, chosen at random).
+    pub bad: Vec<bool>,
+    /// Launch time of each browser page, jittered within its slot like the viewers.
+    pub browser_starts: Vec<f64>,
+    /// Churn: (time in seconds, which running viewer leaves as a fraction of those running).
+    pub churn: Vec<(f64, f64)>,
+    /// Seed of the core of join number `k` is `core_seeds[k]` for the first viewers; later
+    /// joins (churn newcomers) use [`Schedule::core_seed`].
+    pub seed: u64,
+}
+
+impl Schedule {
+    pub fn new(opts: &SwarmOptions) -> Schedule {
+        let n = opts.viewers;
+        let ramp = opts.ramp.max(0.0);
+        let slots = |count: usize, rng: &mut SeedRng| -> Vec<f64> {
+            (0..count)
+                .map(|i| ramp * (i as f64 + rng.next_f64()) / count as f64)
+                .collect()
+        };
+        let viewer_starts = slots(n, &mut SeedRng::new(opts.seed, 1));
+        let browser_starts = slots(opts.browsers, &mut SeedRng::new(opts.seed, 2));
+        let bad_count = ((opts.bad_peers.clamp(0.0, 1.0) * n as f64).round() as usize).min(n);
+        // A partial Fisher-Yates shuffle picks exactly `bad_count` distinct viewers.
+        let mut order: Vec<usize> = (0..n).collect();
+        let mut rng = SeedRng::new(opts.seed, 3);
+        for i in 0..bad_count {
+            let j = i + (rng.next_u64() % (n - i) as u64) as usize;
+            order.swap(i, j);
+        }
+        let mut bad = vec![false; n];
+        for &i in &order[..bad_count] {
+            bad[i] = true;
+        }
+        let mut churn = Vec::new();
+        let rate = n as f64 * opts.churn_pct_per_min.max(0.0) / 100.0 / 60.0;
+        if rate > 0.0 && rate.is_finite() {
+            let mut rng = SeedRng::new(opts.seed, 4);
+            let mut t = rng.exp(rate);
+            while t < opts.seconds && churn.len() < MAX_CHURN_EVENTS {
+                churn.push((t, rng.next_f64()));
+                t += rng.exp(rate);
+            }
+        }
+        Schedule {
+            viewer_starts,
+            bad,
+            browser_starts,
+            churn,
+            seed: opts.seed,
+        }
+    }
+
+    /// The core seed of join number `index` (the first viewers, then churn newcomers).
+    pub fn core_seed(&self, index: usize) -> u64 {
+        SeedRng::new(self.seed, 1000 + index as u64).next_u64()
+    }
+}
+
+fn spawn_viewer(
+    opts: &SwarmOptions,
+    schedule: &Schedule,
+    client: &reqwest::Client,
+    tls: &crate::net::SignalTls,
+    bad: bool,
+    index: usize,
+) -> Running {
     let mut p = PeerOptions::new(opts.signal_url.clone(), opts.playlist_url.clone());
     p.core = opts.core.clone();
-    p.core.seed = opts.seed.wrapping_mul(1_000_003).wrapping_add(index as u64);
+    p.core.seed = schedule.core_seed(index);
     p.player = opts.player.clone();
     p.tamper = bad;
     p.http_only = opts.http_only;
     p.rtc = RtcOptions {
         udp_addrs: opts.udp_addrs.clone(),
+        relay: opts.relay,
+        ..Default::default()
     };
+    p.tls = Some(tls.clone());
+    p.token = opts.token.clone();
     if index == 0 {
         p.record.clone_from(&opts.record);
     }
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn(run_peer(p, client.clone(), rx));
-    Running { stop, task }
+    Running { stop, task, index }
 }
 
 async fn finish(r: Running) -> PeerReport {
     let _ = r.stop.send(true);
-    match r.task.await {
+    let mut rep = match r.task.await {
         Ok(rep) => rep,
         Err(e) => PeerReport {
             error: Some(format!("viewer task: {e}")),
             ..Default::default()
         },
-    }
+    };
+    rep.index = r.index;
+    rep
 }
 
 /// The browsers of a run: page server, schedule, running browsers.
@@ -421,6 +617,7 @@ struct Browsers {
 impl Browsers {
     async fn start(
         opts: &SwarmOptions,
+        schedule: &Schedule,
         start: Instant,
         errors: &mut Vec<String>,
     ) -> Option<Browsers> {
@@ -464,12 +661,13 @@ impl Browsers {
                 extra_args: Vec::new(),
             },
             log_dir: b.log_dir.clone(),
-            // Spread over the ramp, between the native viewers' join times.
-            pending: (0..n)
-                .map(|k| {
-                    let at = opts.ramp.max(0.0) * (k as f64 + 0.5) / n as f64;
-                    (start + Duration::from_secs_f64(at), k)
-                })
+            // Spread over the ramp like the native viewers (see `Schedule`).
+            pending: schedule
+                .browser_starts
+                .iter()
+                .take(n)
+                .enumerate()
+                .map(|(k, &at)| (start + Duration::from_secs_f64(at), k))
                 .collect(),
             running: Vec::new(),
         })
@@ -484,7 +682,7 @@ impl Browsers {
             }
             let (_, k) = self.pending.swap_remove(i);
             let id = format!("b{k}");
-            let url = browser::demo_page_url(
+            let mut url = browser::demo_page_url(
                 &self.base,
                 &opts.playlist_url,
                 &opts.signal_url,
@@ -492,6 +690,12 @@ impl Browsers {
                 !opts.http_only,
                 self.report_to.as_deref(),
             );
+            if let Some(t) = page_token(opts) {
+                url.push_str(&format!("&token={}", query_escape(&t)));
+            }
+            if opts.relay {
+                url.push_str("&relay=1");
+            }
             let mut c = self.chromium.clone();
             c.log = self.log_dir.as_ref().map(|d| d.join(format!("{id}.log")));
             match Chromium::launch(&c, &url) {
@@ -537,6 +741,38 @@ impl Browsers {
     }
 }
 
+/// The join token of a browser page (its `token=` parameter). A page cannot ask this tool for
+/// a fresh token when it reconnects, so a minted one lasts the whole run (and at least the
+/// configured lifetime).
+fn page_token(opts: &SwarmOptions) -> Option<String> {
+    match &opts.token {
+        TokenSource::Mint { secret, scope, ttl } => {
+            let run = Duration::from_secs_f64(opts.seconds.max(0.0) + opts.ramp.max(0.0))
+                + Duration::from_secs(120);
+            TokenSource::Mint {
+                secret: secret.clone(),
+                scope: scope.clone(),
+                ttl: (*ttl).max(run),
+            }
+            .current()
+        }
+        other => other.current(),
+    }
+}
+
+/// Percent-encodes a query parameter value (everything but the unreserved characters).
+fn query_escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Runs the swarm for `opts.seconds` and reports. `progress` is called about once a second
 /// with (elapsed seconds, viewers running).
 pub async fn run_swarm(opts: SwarmOptions, progress: impl FnMut(f64, usize)) -> SwarmReport {
@@ -551,39 +787,42 @@ pub async fn run_swarm_until(
     mut progress: impl FnMut(f64, usize),
     stop: watch::Receiver<bool>,
 ) -> SwarmReport {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(4)
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-        .unwrap_or_default();
+    let tls = opts.roots.client_config();
+    let client = opts.roots.http_client();
+    let (tls, client) = match (tls, client) {
+        (Ok(t), Ok(c)) => (t, c),
+        (Err(e), _) | (_, Err(e)) => {
+            return SwarmReport {
+                viewers: opts.viewers,
+                browsers: opts.browsers,
+                seed: opts.seed,
+                errors: vec![e.to_string()],
+                ..Default::default()
+            };
+        }
+    };
     let origin_before = origin_stats_bytes(&client, &opts.playlist_url).await;
     let cpu0 = process_cpu_secs();
-    let n = opts.viewers;
-    let bad_count = ((opts.bad_peers * n as f64).round() as usize).min(n);
-    // Bad viewers spread evenly over the join order.
-    let is_bad =
-        |i: usize| bad_count > 0 && (i * bad_count / n.max(1)) != ((i + 1) * bad_count / n.max(1));
+    let schedule = Schedule::new(&opts);
+    let bad_count = schedule.bad.iter().filter(|b| **b).count();
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(opts.seconds.max(0.0));
     let mut errors = Vec::new();
     let mut browsers = if opts.browsers > 0 {
-        Browsers::start(&opts, start, &mut errors).await
+        Browsers::start(&opts, &schedule, start, &mut errors).await
     } else {
         None
     };
-    let mut rng = Lcg(opts.seed ^ 0x9E37_79B9_7F4A_7C15);
-    let churn_rate = n as f64 * opts.churn_pct_per_min / 100.0 / 60.0;
-    let mut next_churn = (churn_rate > 0.0)
-        .then(|| start + Duration::from_secs_f64(-rng.next_f64().max(1e-12).ln() / churn_rate));
+    // The next churn event of the schedule.
+    let mut churn_next = 0usize;
     let mut running: Vec<(bool, Running)> = Vec::new();
     let mut done: Vec<PeerReport> = Vec::new();
-    let mut pending: Vec<(Instant, bool)> = (0..n)
-        .map(|i| {
-            (
-                start + Duration::from_secs_f64(opts.ramp.max(0.0) * i as f64 / n.max(1) as f64),
-                is_bad(i),
-            )
-        })
+    // Join order = index order: the pending list is sorted by time (the slots do not overlap).
+    let mut pending: Vec<(Instant, bool)> = schedule
+        .viewer_starts
+        .iter()
+        .zip(&schedule.bad)
+        .map(|(&t, &bad)| (start + Duration::from_secs_f64(t), bad))
         .collect();
     let mut joins = 0usize;
     let mut rss_peak = 0u64;
@@ -598,30 +837,31 @@ pub async fn run_swarm_until(
             interrupted = true;
             break;
         }
-        let mut i = 0;
-        while i < pending.len() {
-            if pending[i].0 <= now {
-                let (_, bad) = pending.swap_remove(i);
-                running.push((bad, spawn_viewer(&opts, &client, bad, joins)));
-                joins += 1;
-            } else {
-                i += 1;
-            }
+        // In order (not swap_remove): join numbers, and so core seeds, follow the schedule.
+        while pending.first().is_some_and(|p| p.0 <= now) {
+            let (_, bad) = pending.remove(0);
+            let v = spawn_viewer(&opts, &schedule, &client, &tls, bad, joins);
+            running.push((bad, v));
+            joins += 1;
         }
         if let Some(b) = browsers.as_mut() {
             b.launch_due(&opts, now, &mut errors);
         }
-        if let Some(t) = next_churn
-            && t <= now
+        while let Some(&(t, pick)) = schedule.churn.get(churn_next)
+            && start + Duration::from_secs_f64(t) <= now
         {
+            churn_next += 1;
             if !running.is_empty() {
-                let k = ((rng.next_f64() * running.len() as f64) as usize).min(running.len() - 1);
-                let (bad, r) = running.swap_remove(k);
+                let k = ((pick * running.len() as f64) as usize).min(running.len() - 1);
+                // `remove`, not `swap_remove`: the order of `running` (join order) stays
+                // what the schedule's picks refer to.
+                let (bad, r) = running.remove(k);
                 done.push(finish(r).await);
-                pending.push((Instant::now() + Duration::from_secs(1), bad));
+                let at = Instant::now() + Duration::from_secs(1);
+                // Kept sorted by time.
+                let pos = pending.partition_point(|p| p.0 <= at);
+                pending.insert(pos, (at, bad));
             }
-            next_churn =
-                Some(t + Duration::from_secs_f64(-rng.next_f64().max(1e-12).ln() / churn_rate));
         }
         if now.duration_since(last_progress) >= Duration::from_secs(1) {
             last_progress = now;
@@ -645,6 +885,7 @@ pub async fn run_swarm_until(
     // Let the origin finish counting responses that were cut short.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let origin_after = origin_stats_bytes(&client, &opts.playlist_url).await;
+    done.sort_by_key(|p| p.index);
     let mut r = aggregate(
         &opts,
         done,
@@ -658,6 +899,7 @@ pub async fn run_swarm_until(
         rss_peak,
     );
     r.errors.extend(errors);
+    r.seed = opts.seed;
     if interrupted {
         r.interrupted = true;
         r.seconds = ran;
@@ -668,6 +910,46 @@ pub async fn run_swarm_until(
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Nearest-rank percentile `q` (0..=1) of `v`; 0 when empty.
+fn percentile(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = (q * v.len() as f64).ceil() as usize;
+    v.get(rank.saturating_sub(1)).copied().unwrap_or(0.0)
+}
+
+/// One native viewer in the full report.
+fn peer_json(p: &PeerReport) -> serde_json::Value {
+    let s = &p.stats;
+    serde_json::json!({
+        "index": p.index,
+        "peer_id": p.id,
+        "tamper": p.tamper,
+        "startup_ms": p.startup.map(|d| (d.as_secs_f64() * 1000.0).round()),
+        "stalls": p.stalls,
+        "stall_secs": (p.stall_time.as_secs_f64() * 1000.0).round() / 1000.0,
+        "played": p.played,
+        "http_bytes": s.http_bytes,
+        "meta_bytes": p.meta_bytes,
+        "p2p_bytes": s.p2p_bytes,
+        "uploaded_bytes": s.uploaded_bytes,
+        "delivered_http": s.delivered_http_bytes,
+        "delivered_p2p": s.delivered_p2p_bytes,
+        "integrity_failures": s.integrity_failures,
+        "corrupt_segments": p.corrupt_segments,
+        "want_failures": p.want_failures,
+        "banned": p.banned,
+        "signal_reconnects": p.signal_reconnects,
+        "signal_dropped": p.signal_dropped,
+        "signal_errors": p.signal_errors,
+        "unauthorized": p.unauthorized,
+        "signal_error": p.signal_error,
+        "connect_error": p.connect_error,
+        "playlist_error": p.playlist_error,
+        "ice_servers": p.ice_servers,
+        "error": p.error,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -694,6 +976,7 @@ fn aggregate(
     };
     let mut client_origin = 0u64;
     let mut startups = Vec::new();
+    let mut causes: Vec<String> = Vec::new();
     // Browsers are honest (they never tamper).
     let honest: std::collections::BTreeSet<_> = peers
         .iter()
@@ -716,7 +999,11 @@ fn aggregate(
         r.delivered_http += s.delivered_http_bytes;
         r.delivered_p2p += s.delivered_p2p_bytes;
         r.corrupt_to_player += p.corrupt_segments;
+        r.integrity_failures += u64::from(s.integrity_failures);
         r.want_failures += p.want_failures;
+        if p.unauthorized > 0 {
+            r.unauthorized_viewers += 1;
+        }
         client_origin += s.http_bytes + p.meta_bytes;
         r.http_causes[0] += s.http_designated;
         r.http_causes[1] += s.http_backup;
@@ -728,6 +1015,22 @@ fn aggregate(
         }
         if let Some(e) = &p.error {
             r.errors.push(e.clone());
+        }
+        // Why a viewer never got in: one line per distinct cause (not one per viewer).
+        if p.id.is_none()
+            && let Some(e) = &p.connect_error
+        {
+            causes.push(e.clone());
+        }
+        if let Some(e) = &p.signal_error
+            && p.unauthorized > 0
+        {
+            causes.push(format!("signaling refused the join: {e}"));
+        }
+        if p.startup.is_none()
+            && let Some(e) = &p.playlist_error
+        {
+            causes.push(e.clone());
         }
         for b in &p.banned {
             banned_any.insert(*b);
@@ -742,6 +1045,7 @@ fn aggregate(
         r.delivered_http += p.delivered_http;
         r.delivered_p2p += p.delivered_p2p;
         client_origin += p.http_bytes;
+        r.integrity_failures += p.integrity_failures;
         startups.extend(p.startup_ms);
         for b in &p.banned {
             banned_any.insert(*b);
@@ -760,6 +1064,14 @@ fn aggregate(
         r.delivered_p2p as f64 / total as f64
     };
     r.startup_ms_p50 = median(&mut startups);
+    r.startup_ms_p95 = percentile(&mut startups, 0.95);
+    let mut counted: std::collections::BTreeMap<String, usize> = Default::default();
+    for c in causes {
+        *counted.entry(c).or_default() += 1;
+    }
+    for (cause, n) in counted {
+        r.errors.push(format!("{n} viewer(s): {cause}"));
+    }
     match origin {
         Some(b) => {
             r.origin_bytes = b;
@@ -773,4 +1085,94 @@ fn aggregate(
     r.peers = peers;
     r.pages = pages;
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(seed: u64) -> SwarmOptions {
+        let mut o = SwarmOptions::new("ws://s/ws", "http://o/a/index.m3u8", 40, 600.0);
+        o.seed = seed;
+        o.ramp = 10.0;
+        o.bad_peers = 0.25;
+        o.churn_pct_per_min = 20.0;
+        o.browsers = 3;
+        o
+    }
+
+    #[test]
+    fn same_seed_same_choices() {
+        let a = Schedule::new(&opts(42));
+        let b = Schedule::new(&opts(42));
+        assert_eq!(a, b);
+        assert_eq!(
+            (0..60).map(|i| a.core_seed(i)).collect::<Vec<_>>(),
+            (0..60).map(|i| b.core_seed(i)).collect::<Vec<_>>()
+        );
+        // The choices are real: another seed moves them.
+        let c = Schedule::new(&opts(43));
+        assert_ne!(a.viewer_starts, c.viewer_starts);
+        assert_ne!(a.bad, c.bad);
+        assert_ne!(a.churn, c.churn);
+        assert_ne!(a.core_seed(0), c.core_seed(0));
+        // Their shape: exactly a quarter tamper, joins sorted within the ramp, one per slot,
+        // churn ≈ 20 %/min of 40 viewers for 10 min ≈ 80 events.
+        assert_eq!(a.bad.iter().filter(|b| **b).count(), 10);
+        assert!(a.viewer_starts.windows(2).all(|w| w[0] <= w[1]));
+        for (i, t) in a.viewer_starts.iter().enumerate() {
+            assert!(
+                *t >= i as f64 * 0.25 && *t < (i + 1) as f64 * 0.25,
+                "{i}: {t}"
+            );
+        }
+        assert_eq!(a.browser_starts.len(), 3);
+        assert!((40..=130).contains(&a.churn.len()), "{}", a.churn.len());
+        assert!(
+            a.churn
+                .iter()
+                .all(|(t, p)| *t < 600.0 && (0.0..1.0).contains(p))
+        );
+    }
+
+    #[test]
+    fn browsers_do_not_move_the_viewers_choices() {
+        let mut o = opts(5);
+        let a = Schedule::new(&o);
+        o.browsers = 10;
+        let b = Schedule::new(&o);
+        assert_eq!(
+            (&a.viewer_starts, &a.bad, &a.churn),
+            (&b.viewer_starts, &b.bad, &b.churn)
+        );
+    }
+
+    #[test]
+    fn report_json_has_the_figures() {
+        let r = SwarmReport {
+            seed: 9,
+            stall_secs: 1.234,
+            startup_ms_p50: 800.0,
+            startup_ms_p95: 1500.4,
+            peers: vec![PeerReport::default()],
+            ..Default::default()
+        };
+        let line: serde_json::Value =
+            serde_json::from_str(&r.to_json()).unwrap_or(serde_json::Value::Null);
+        assert_eq!(line["seed"], 9);
+        assert_eq!(line["stall_secs"], 1.23);
+        assert_eq!(line["startup_ms_p95"], 1500.0);
+        let full = r.to_report_json();
+        assert_eq!(full["summary"], line);
+        assert_eq!(full["viewers"].as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn percentiles() {
+        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&mut v, 0.95), 95.0);
+        assert_eq!(percentile(&mut [], 0.95), 0.0);
+        assert_eq!(percentile(&mut [3.0], 0.95), 3.0);
+        assert_eq!(query_escape("a+b/c=="), "a%2Bb%2Fc%3D%3D");
+    }
 }

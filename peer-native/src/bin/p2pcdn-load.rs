@@ -4,11 +4,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use peer_native::swarm::{BrowserSetup, SwarmOptions, run_swarm_until};
+use peer_native::tls::Roots;
+use peer_native::token::{self, TokenSource};
 use test_support::browser::DEFAULT_CHROMIUM;
 
 #[derive(Parser, Debug)]
@@ -24,7 +27,20 @@ deployment's own copy of the demo page is opened instead, and it reports to this
 (reportTo=http://<page-listen>/report). Each page posts its counters every second; their HTTP \
 bytes, P2P bytes, stalls and startup are added to the totals and shown under `browsers` in the \
 JSON line. The browsers are ended when the run ends or on Ctrl-C / SIGTERM (a second signal exits \
-at once; `timeout` then ends them at run time + ramp + 120 s)."
+at once; `timeout` then ends them at run time + ramp + 120 s).
+
+TLS AND TOKENS: wss:// signaling and https:// origins are checked against the public (webpki) \
+roots plus every --ca-cert (PEM: a self-signed certificate or a private CA, e.g. the one an nginx \
+TLS proxy of a test deployment uses). There is no mode that accepts any certificate. With \
+--token every viewer joins with that token (as minted by the site's backend); with \
+--token-secret the tool mints its own (the signaling server's --token-secret), one per signaling \
+connection, valid --token-ttl seconds, for the swarms under --token-scope. Browser pages get theirs \
+as the page's token= parameter (minted to last the run). The browsers do not see --ca-cert: \
+Chromium trusts its own roots.
+
+REPRODUCING A RUN: every random choice of the tool (join times within the ramp, which viewers \
+tamper, churn times and victims, the cores' seeds) derives from --seed; without it a seed is \
+drawn and printed (table and JSON line), so a run can be repeated with --seed <printed>."
 )]
 struct Cli {
     /// Signaling WebSocket URL, e.g. ws://127.0.0.1:8080/ws
@@ -78,6 +94,39 @@ struct Cli {
     /// FILE as JSON lines, for `cargo xtask replay FILE`; only that viewer is recorded
     #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
+    /// Trusted root certificate(s) for wss:// and https:// (PEM; repeat), on top of the public
+    /// roots: the self-signed certificate or private CA of a test deployment
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Vec<PathBuf>,
+    /// Join token for every viewer, as the site's backend mints it
+    #[arg(
+        long,
+        env = "P2PCDN_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_secret"
+    )]
+    token: Option<String>,
+    /// Mint join tokens with the signaling server's --token-secret (keep it out of shell
+    /// history: the environment variable works too)
+    #[arg(long, env = "P2PCDN_TOKEN_SECRET", hide_env_values = true)]
+    token_secret: Option<String>,
+    /// Swarms the minted tokens cover: a swarm id, or a prefix ending in `*` (default: the
+    /// playlist's folder, `https://host/path/*`)
+    #[arg(long, requires = "token_secret")]
+    token_scope: Option<String>,
+    /// Lifetime of each minted token, seconds (a fresh one per signaling connection)
+    #[arg(long, default_value_t = 300, requires = "token_secret")]
+    token_ttl: u64,
+    /// Relay-only ICE (TURN servers from the signaling server's welcome), native viewers and
+    /// pages (relay=1)
+    #[arg(long)]
+    relay: bool,
+    /// Seed of every random choice of the tool (default: drawn, and printed)
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Write the full report (per viewer and page, every error) to FILE as JSON
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
     /// No progress bar
     #[arg(long)]
     quiet: bool,
@@ -137,7 +186,38 @@ fn main() -> Result<()> {
             std::fs::create_dir_all(d)?;
         }
     }
+    let mut roots = Roots::default();
+    for f in &cli.ca_cert {
+        roots.load_pem(f)?;
+    }
+    let token = match (cli.token, cli.token_secret) {
+        (Some(t), _) => TokenSource::Fixed(t),
+        (None, Some(secret)) => TokenSource::Mint {
+            secret,
+            scope: cli
+                .token_scope
+                .unwrap_or_else(|| token::default_scope(&cli.playlist)),
+            ttl: Duration::from_secs(cli.token_ttl.max(1)),
+        },
+        (None, None) => TokenSource::None,
+    };
+    // Without --seed, one from the clock: printed, so the run can be repeated.
+    let seed = cli.seed.unwrap_or_else(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        (t.as_nanos() as u64) ^ u64::from(std::process::id()).rotate_left(32)
+    });
+    if let Some(out) = &cli.output {
+        // Fail before the run, not after it.
+        std::fs::write(out, b"")
+            .with_context(|| format!("--output {}: cannot write", out.display()))?;
+    }
     let mut opts = SwarmOptions::new(cli.signal, cli.playlist, cli.viewers, cli.seconds);
+    opts.seed = seed;
+    opts.roots = roots;
+    opts.token = token;
+    opts.relay = cli.relay;
     opts.ramp = cli.ramp;
     opts.churn_pct_per_min = cli.churn;
     opts.bad_peers = cli.bad_peers;
@@ -181,6 +261,10 @@ fn main() -> Result<()> {
     });
     bar.finish_and_clear();
     eprint!("{}", report.table());
+    if let Some(out) = &cli.output {
+        let full = serde_json::to_string_pretty(&report.to_report_json())?;
+        std::fs::write(out, full + "\n").with_context(|| format!("--output {}", out.display()))?;
+    }
     println!("{}", report.to_json());
     Ok(())
 }
