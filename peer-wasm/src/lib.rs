@@ -37,6 +37,8 @@ const MAX_CONNS: usize = 32;
 const MAX_WAITERS: usize = 64;
 /// Period of the page's `stats` event.
 const TICK_MS: i32 = 1000;
+/// Smallest `cacheBytes` honoured: below a segment or two a peer could hold nothing to serve.
+const MIN_CACHE_BYTES: usize = 1 << 20;
 
 mod fetch;
 mod json;
@@ -66,6 +68,10 @@ struct Opts {
     relay_only: bool,
     upload_cap: Option<u64>,
     p2p: bool,
+    /// `upload: false`: download only (the core refuses every peer request).
+    upload: bool,
+    /// `cacheBytes`: the segment store's cap.
+    cache_bytes: Option<usize>,
     max_peers: Option<usize>,
     tamper: bool,
 }
@@ -89,6 +95,12 @@ impl Opts {
                 .map(|x| x as u64),
             // Without consent nothing touches the network besides the origin.
             p2p: consent && get("p2p").as_bool().unwrap_or(true),
+            upload: get("upload").as_bool().unwrap_or(true),
+            // `as` saturates (a huge or infinite number is the largest cap, NaN fails the filter).
+            cache_bytes: get("cacheBytes")
+                .as_f64()
+                .filter(|x| *x > 0.0)
+                .map(|x| (x as usize).max(MIN_CACHE_BYTES)),
             max_peers: get("maxPeers")
                 .as_f64()
                 .map(|x| (x.max(1.0) as usize).min(MAX_CONNS)),
@@ -303,12 +315,15 @@ impl Inner {
             corrupt_uploads: o.tamper,
             seed: (js_sys::Math::random() * 9.0e15) as u64,
             p2p,
-            upload: p2p,
+            upload: p2p && o.upload,
             upload_cap: o.upload_cap,
             ..Config::default()
         };
         if let Some(m) = o.max_peers {
             cfg.max_peers = m;
+        }
+        if let Some(c) = o.cache_bytes {
+            cfg.store_cap = c;
         }
         // The core's clock starts at zero when it is created (its first timers count from
         // there): so does ours.
@@ -514,8 +529,9 @@ impl P2pPeer {
     /// `swarm` (swarm id override), `integrity` (URL of the operator's integrity service, for
     /// streams without a sidecar manifest), `token` (join token), `iceServers` (RTCIceServer[];
     /// default: the signaling server's), `iceTransportPolicy` (`"relay"`: TURN only),
-    /// `uploadCap` (bytes/s), `p2p` (default true), `consent` (default true; false disables
-    /// P2P), `maxPeers`.
+    /// `uploadCap` (bytes/s), `p2p` (default true), `upload` (default true; false: download
+    /// only), `cacheBytes` (segment store cap, at least 1 MiB), `consent` (default true; false
+    /// disables P2P), `maxPeers`.
     #[wasm_bindgen(constructor)]
     pub fn new(opts: JsValue) -> P2pPeer {
         let opts = Opts::parse(&opts);
