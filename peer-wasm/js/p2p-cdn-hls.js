@@ -1,5 +1,9 @@
-// P2P CDN: hls.js integration and script-tag attach. Appended to the wasm-bindgen glue
-// (`no-modules`, global `__p2pCdnWasm`) by `cargo xtask wasm` to form `dist/p2p-cdn.js`.
+// P2P CDN: the hls.js integration (Peer, attach, loader), written once for both builds.
+// `cargo xtask wasm` wraps it for the script tag (`dist/p2p-cdn.js`: wasm-bindgen's
+// `no-modules` glue, this file, then `script-tag.js`, which finds the wasm through
+// `document.currentScript` and sets `window.P2PCDN`); `cargo xtask pack` for the npm package
+// (`p2p-cdn.mjs`: the `web` glue, this file, then `esm.js`, which locates the wasm by
+// `import.meta.url` or the `wasmUrl` option and exports the API).
 //
 //   <script src="hls.min.js"></script>
 //   <script src="p2p-cdn.js" data-signal="wss://signal.example/ws"></script>
@@ -7,39 +11,41 @@
 //   <video data-p2p-src="https://cdn.example/live/index.m3u8" muted autoplay></video>  // auto
 //
 // Nothing here may break playback: every fragment P2P cannot deliver (not ready, unknown
-// segment, error, too late) is loaded by hls.js's own loader.
-(function (global) {
+// segment, error, too late) is loaded by hls.js's own loader (or the site's `fLoader`).
+//
+// `W`: the wasm module (`init(url)` → a promise, `P2pPeer`). `env`: what the build knows about
+// its surroundings: `wasmUrl` (default location of the wasm; undefined: the glue's own),
+// `signal`/`token` (defaults of the options), `global` (where `Hls` may be, for autoAttach).
+function p2pCdn(W, env) {
   "use strict";
-  var script = typeof document !== "undefined" ? document.currentScript : null;
-  var base = script && script.src ? script.src : typeof location !== "undefined" ? location.href : "";
-  var defaultSignal = script && script.dataset ? script.dataset.signal : undefined;
-  // `data-token`: the join token the site's backend minted for this page (signaling servers
-  // run with `--token-secret` require one).
-  var defaultToken = script && script.dataset ? script.dataset.token : undefined;
+  var global = env.global;
   var wasmReady = null;
-  // The glue declares it with `let` at the top of this same script (not a window property).
-  // eslint-disable-next-line no-undef
-  var W = typeof __p2pCdnWasm !== "undefined" ? __p2pCdnWasm : global.__p2pCdnWasm;
 
-  function init() {
-    if (!wasmReady) {
-      wasmReady = W({ module_or_path: new URL("p2p-cdn_bg.wasm", base).href });
-    }
+  // Instantiates the wasm module once; the first caller's `wasmUrl` wins.
+  function init(wasmUrl) {
+    if (!wasmReady) wasmReady = W.init(wasmUrl || env.wasmUrl);
     return wasmReady;
   }
 
+  // `debug: true`: the peer's events, fallbacks and toggles go to the console (console.debug).
+  function debugLog(on, what, data) {
+    if (on) console.debug("p2p-cdn: " + what, data);
+  }
+
   // A peer usable synchronously: calls made before the wasm module is ready are replayed.
-  function Peer(opts) {
-    opts = Object.assign({ signal: defaultSignal, token: defaultToken }, opts || {});
+  // `handlers`: shared with the page's main peer by the peers of its other media playlists.
+  function Peer(opts, handlers) {
+    opts = Object.assign({ signal: env.signal, token: env.token }, opts || {});
     var self = this;
     this.opts = opts;
     this.inner = null;
     this.destroyed = false;
     this.playlist = null;
     this.stream = undefined;
-    this.listeners = [];
-    // Every listener ever added (copied to the peers of other media types).
-    this.allListeners = [];
+    // The page's listeners by event name. Each wasm peer (current rendition, kept ones) gets
+    // one dispatcher per name that calls the current list: `off` then applies to all of them,
+    // and to the peers of the page's other media playlists, which share this map.
+    this.handlers = handlers || {};
     // Peers of the page's other media playlists, by hls.js fragment type ("audio").
     this.subs = {};
     // Video renditions played lately (an ABR switch away): each keeps its own core, swarm and
@@ -47,20 +53,56 @@
     this.warm = [];
     // Byte counters of the renditions' peers already closed (the page's totals keep them).
     this.retired = {};
-    this.ready = init().then(function () {
+    this.ready = init(opts.wasmUrl).then(function () {
       if (self.destroyed) return null;
-      self.inner = new W.P2pPeer(opts);
-      self.listeners.forEach(function (l) { self.inner.on(l[0], l[1]); });
+      self.inner = self.make();
       if (self.playlist) self.inner.playlistLoaded(self.playlist, self.stream);
       return self;
     });
   }
+  // A wasm peer with the current options and this page's dispatchers.
+  Peer.prototype.make = function () {
+    var inner = new W.P2pPeer(this.opts);
+    for (var name in this.handlers) inner.on(name, this.dispatcher(name));
+    return inner;
+  };
+  Peer.prototype.dispatcher = function (name) {
+    var self = this;
+    return function (e) { self.emit(name, e); };
+  };
+  // Every wasm peer of the page: current rendition, kept ones, other media playlists'.
+  Peer.prototype.eachInner = function (fn) {
+    if (this.inner) fn(this.inner);
+    this.warm.forEach(function (w) { fn(w.inner); });
+    for (var k in this.subs) this.subs[k].eachInner(fn);
+  };
   Peer.prototype.on = function (name, fn) {
-    this.allListeners.push([name, fn]);
-    if (name === "error") (this.errorListeners = this.errorListeners || []).push(fn);
-    if (this.inner) this.inner.on(name, fn);
-    else this.listeners.push([name, fn]);
-    for (var k in this.subs) this.subs[k].on(name, fn);
+    var list = this.handlers[name];
+    if (!list) {
+      list = this.handlers[name] = [];
+      var self = this;
+      this.eachInner(function (inner) { inner.on(name, self.dispatcher(name)); });
+    }
+    list.push(fn);
+  };
+  // Removes a listener added with `on` (the same function); without `fn`, all of `name`'s.
+  Peer.prototype.off = function (name, fn) {
+    var list = this.handlers[name];
+    if (!list) return;
+    for (var i = list.length - 1; i >= 0; i--) if (!fn || list[i] === fn) list.splice(i, 1);
+  };
+  // Calls `name`'s listeners. One that throws neither stops the others nor the peer: its
+  // exception goes to the `error` listeners (whose own exceptions are dropped: no loop).
+  Peer.prototype.emit = function (name, e) {
+    if (name !== "stats") debugLog(this.opts.debug, name, e);
+    var list = (this.handlers[name] || []).slice();
+    for (var i = 0; i < list.length; i++) {
+      try {
+        list[i](e);
+      } catch (err) {
+        if (name !== "error") this.emit("error", { code: "listener", error: err });
+      }
+    }
   };
   // The peer for fragments of hls.js type `kind`: this one for the main (video) playlist, a
   // second one (its own core, swarm and signaling connection) for the audio playlist. Each
@@ -73,8 +115,7 @@
     if (!sub) {
       var o = Object.assign({}, this.opts);
       if (o.swarm) o.swarm += "|" + kind;
-      sub = this.subs[kind] = new Peer(o);
-      this.allListeners.forEach(function (l) { sub.on(l[0], l[1]); });
+      sub = this.subs[kind] = new Peer(o, this.handlers);
     }
     return sub;
   };
@@ -85,9 +126,7 @@
     try {
       hook.apply(null, args);
     } catch (e) {
-      (this.errorListeners || []).forEach(function (l) {
-        try { l({ code: "hook", error: e }); } catch (_) { /* the page's */ }
-      });
+      this.emit("error", { code: "hook", error: e });
     }
   };
   // An ABR switch moves the page into the new rendition's swarm; the rendition it leaves stays
@@ -132,8 +171,7 @@
     if (next) {
       this.inner = next.inner;
     } else {
-      this.inner = new W.P2pPeer(this.opts);
-      this.allListeners.forEach(function (l) { self.inner.on(l[0], l[1]); });
+      this.inner = this.make();
     }
     this.playlist = url;
     this.stream = stream;
@@ -183,6 +221,25 @@
     if (this.inner) this.inner.setToken(token);
     this.warm.forEach(function (w) { w.inner.setToken(token); });
     for (var k in this.subs) this.subs[k].setToken(token);
+  };
+  // Turns P2P off at runtime (the page leaves its swarms, closes its connections, serves
+  // nobody, and every fragment goes to the player's loader) or back on (joins again). The
+  // counters so far stay in `stats()`.
+  Peer.prototype.setP2P = function (on) {
+    on = on !== false;
+    if (this.destroyed || (this.opts.p2p !== false) === on) return;
+    debugLog(this.opts.debug, on ? "P2P on" : "P2P off", this.playlist);
+    this.opts.p2p = on;
+    for (var k in this.subs) this.subs[k].setP2P(on);
+    // Not ready yet: `ready` makes the wasm peer with the option as it is then.
+    if (!this.inner) return;
+    var self = this;
+    this.warm.forEach(function (w) { self.retire(w); });
+    this.warm = [];
+    this.retire({ inner: this.inner });
+    // An HTTP-only peer when off (no signaling, no connections), so stats keep working.
+    this.inner = this.make();
+    if (this.playlist) this.inner.playlistLoaded(this.playlist, this.stream);
   };
   // The current rendition's stats, with the byte counters of the renditions played before
   // (kept warm or closed) added.
@@ -283,11 +340,12 @@
     stats.bwEstimate = bps;
   }
 
-  function makeLoader(Hls, peer, video, hooks, estimate) {
-    var Default = Hls.DefaultConfig.loader;
+  // `Base`: the loader for everything P2P does not deliver (default: hls.js's own).
+  function makeLoader(Hls, peer, video, hooks, estimate, Base) {
+    Base = Base || Hls.DefaultConfig.loader;
     function P2PLoader(config) {
       this.config = config;
-      this.inner = new Default(config);
+      this.inner = new Base(config);
       this.stats = this.inner.stats;
       this.context = null;
       this.callbacks = null;
@@ -332,7 +390,9 @@
         self.pending = false;
         clearTimeout(self.timer);
         own.cancel(context.url);
-        if (hooks) peer.safely(hooks.onFallback, [sn, err ? String(err.message || err) : "timeout"]);
+        var why = err ? String(err.message || err) : "timeout";
+        debugLog(peer.opts.debug, "fallback to HTTP", { sn: sn, why: why });
+        if (hooks) peer.safely(hooks.onFallback, [sn, why]);
         // hls.js's loaders refuse a second load once `stats.loading.start` is set ("Loader can
         // only be used once"): the P2P attempt set it on the shared stats object, so clear it.
         resetStats(self.stats);
@@ -370,6 +430,8 @@
       this.callbacks = null;
       this.inner.destroy();
     };
+    // Marks it for `attach`, which must not wrap it in a second P2P loader.
+    P2PLoader.p2pBase = Base;
     return P2PLoader;
   }
 
@@ -383,11 +445,15 @@
       opts = Object.assign({}, opts, { fetchSetup: hls.config.fetchSetup });
     }
     var peer = opts.peer || new Peer(opts);
-    if (opts.p2p === false) return peer;
+    // The site's own fragment loader (or its `loader`) keeps loading what P2P does not deliver:
+    // init segments, subtitles, byte ranges, fallbacks, everything while P2P is off.
+    var site = hls.config.fLoader;
+    var Base = site ? site.p2pBase || site : hls.config.loader;
+    // Installed even with `p2p: false`, so that `setP2P(true)` can turn it on later.
     hls.config.fLoader = makeLoader(Hls, peer, video, opts, function () {
       var s = peer.stats();
       return s && s.originBps > 0 ? s.originBps : hls.bandwidthEstimate;
-    });
+    }, Base);
     hls.on(Hls.Events.LEVEL_LOADED, function (_e, data) {
       if (data && data.details && data.details.url) peer.playlistLoaded(data.details.url, hls.url);
     });
@@ -405,13 +471,15 @@
   }
 
   // `<video data-p2p-src=...>`: hls.js where MSE exists, native HLS otherwise (no P2P).
-  function autoAttach() {
+  // `Hls`: the hls.js class (default: the page's global `Hls`).
+  function autoAttach(Hls) {
+    Hls = Hls || global.Hls;
     var videos = document.querySelectorAll("video[data-p2p-src]");
     for (var i = 0; i < videos.length; i++) {
       var v = videos[i];
       var src = v.getAttribute("data-p2p-src");
-      if (global.Hls && global.Hls.isSupported()) {
-        var hls = new global.Hls();
+      if (Hls && Hls.isSupported()) {
+        var hls = new Hls();
         v.p2p = attach(hls, v, {});
         v.hls = hls;
         hls.loadSource(src);
@@ -422,15 +490,11 @@
     }
   }
 
-  global.P2PCDN = {
+  return {
     Peer: Peer,
     attach: attach,
     loader: makeLoader,
     autoAttach: autoAttach,
     ready: init,
   };
-  if (typeof document !== "undefined" && script && !(script.dataset && script.dataset.auto === "off")) {
-    if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", autoAttach);
-    else autoAttach();
-  }
-})(typeof window !== "undefined" ? window : globalThis);
+}

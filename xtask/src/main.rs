@@ -5,6 +5,7 @@ mod bench_origin;
 mod bench_signaling;
 mod bench_swarm;
 mod demo;
+mod pack;
 mod preflight;
 mod replay;
 mod sim;
@@ -40,6 +41,9 @@ enum Cmd {
     Demo(demo::Args),
     /// Re-runs a recorded peer session (`p2pcdn-load --record FILE`) and checks its outputs.
     Replay(replay::Args),
+    /// Builds the npm package (ES module, types, release wasm) and runs `npm pack`; ends with
+    /// one JSON line naming the tarball.
+    Pack,
 }
 
 #[derive(Subcommand)]
@@ -63,5 +67,6 @@ fn main() -> Result<()> {
         Cmd::BundleSize => wasm::bundle_size(),
         Cmd::Demo(a) => demo::run(a),
         Cmd::Replay(a) => replay::run(a),
+        Cmd::Pack => pack::run(),
     }
 }

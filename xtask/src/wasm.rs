@@ -4,8 +4,10 @@
 //! pinned to the exact `wasm-bindgen` version of Cargo.lock, so no CLI install) in `no-modules`
 //! mode → `wasm-opt` (npm `binaryen`, see [`wasm_opt`] and [`WASM_OPT_PASSES`]) →
 //! `dist/p2p-cdn.js` = the generated glue followed by `peer-wasm/js/p2p-cdn-hls.js` (hls.js
-//! loader, script-tag attach), minified by npm `terser` when installed, plus
-//! `dist/p2p-cdn_bg.wasm` and `dist/p2p-cdn.d.ts`.
+//! loader, written once for both builds) and `peer-wasm/js/script-tag.js` (its script-tag
+//! entry), minified by npm `terser` when installed, plus `dist/p2p-cdn_bg.wasm` and
+//! `dist/p2p-cdn.d.ts`. [`build_esm`] makes the npm package's ES module from the same sources
+//! (`web` glue, `peer-wasm/js/esm.js`; see `cargo xtask pack`).
 //!
 //! What counts is the gzip size (`cargo xtask bundle-size`); docs/BUNDLE.md says where the
 //! bytes go.
@@ -14,7 +16,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 
 use crate::util::{self, cargo, root};
 
@@ -53,6 +55,98 @@ pub fn run(args: Args) -> Result<()> {
 
 /// Builds the bundle into `dist/`.
 pub fn build(opt: bool) -> Result<()> {
+    let out = dist();
+    let glue = bindgen(&out, Glue::NoModules, opt)?;
+    // One script: the generated glue, then our hls.js integration and its script-tag entry,
+    // in one function scope (only the glue's `__p2pCdnWasm` and `window.P2PCDN` are global).
+    let js = out.join("p2p-cdn.js");
+    std::fs::write(
+        &js,
+        format!(
+            "{glue}\n(function () {{\n{}\n{}\n}})();\n",
+            read_js("p2p-cdn-hls.js")?,
+            read_js("script-tag.js")?
+        ),
+    )?;
+    if opt {
+        match terser() {
+            // Compress and mangle local names; top-level names (`__p2pCdnWasm`) and property
+            // names (the wasm imports, the public API) stay.
+            Some(bin) => util::run(Command::new(bin).arg(&js).args(["-c", "-m", "-o"]).arg(&js))?,
+            None => eprintln!("xtask: no terser (run `npm ci`); p2p-cdn.js left unminified"),
+        }
+    }
+    let dts = std::fs::read_to_string(out.join("p2p-cdn.d.ts")).unwrap_or_default();
+    std::fs::write(
+        out.join("p2p-cdn.d.ts"),
+        format!(
+            "{dts}\ndeclare namespace P2PCDN {{\n{}}}\n",
+            read_js("p2p-cdn-hls.d.ts")?
+        ),
+    )?;
+    Ok(())
+}
+
+/// The ES module build of the npm package into `out`: `p2p-cdn.mjs` (wasm-bindgen's `web`
+/// glue, our hls.js integration, `esm.js`), `p2p-cdn_bg.wasm`, `p2p-cdn.d.ts`. Not minified:
+/// the site's bundler does that, and a readable module is easier to debug.
+pub fn build_esm(out: &Path) -> Result<()> {
+    let glue = esm_glue(&bindgen(out, Glue::Web, true)?)?;
+    std::fs::write(
+        out.join("p2p-cdn.mjs"),
+        format!(
+            "{glue}\n{}\n{}",
+            read_js("p2p-cdn-hls.js")?,
+            read_js("esm.js")?
+        ),
+    )?;
+    std::fs::write(
+        out.join("p2p-cdn.d.ts"),
+        format!("{}\n{}", read_js("p2p-cdn-hls.d.ts")?, read_js("esm.d.ts")?),
+    )?;
+    // wasm-bindgen's own declarations describe the glue's exports, which the module does not
+    // re-export.
+    for f in ["p2p-cdn.js", "p2p-cdn_bg.wasm.d.ts"] {
+        let _ = std::fs::remove_file(out.join(f));
+    }
+    Ok(())
+}
+
+fn read_js(name: &str) -> Result<String> {
+    let p = root().join("peer-wasm/js").join(name);
+    std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+}
+
+/// The `web` glue as a module whose only exports are ours: its `export` statements are
+/// dropped (`__wbg_init` and `P2pPeer` stay module-scoped, for `esm.js`).
+fn esm_glue(glue: &str) -> Result<String> {
+    let mut out = String::with_capacity(glue.len());
+    for line in glue.lines() {
+        if line.starts_with("export {") || line.starts_with("export default ") {
+            continue;
+        }
+        out.push_str(line.strip_prefix("export ").unwrap_or(line));
+        out.push('\n');
+    }
+    ensure!(
+        out.contains("function __wbg_init(") && out.contains("class P2pPeer"),
+        "wasm-bindgen's web glue has no __wbg_init or P2pPeer: update esm_glue"
+    );
+    Ok(out)
+}
+
+/// What wasm-bindgen generates the glue as.
+#[derive(Clone, Copy, PartialEq)]
+enum Glue {
+    /// A classic script defining the global `__p2pCdnWasm` (the script-tag build).
+    NoModules,
+    /// An ES module (`export default __wbg_init`, `export class P2pPeer`).
+    Web,
+}
+
+/// Builds peer-wasm (release), runs wasm-bindgen into `out` and, with `opt`, wasm-opt and the
+/// import renaming; returns the glue (not yet written: callers append to it).
+fn bindgen(out: &Path, glue: Glue, opt: bool) -> Result<String> {
     crate::preflight::ensure_wasm_target()?;
     if opt {
         crate::preflight::ensure_npm_tools()?;
@@ -68,15 +162,18 @@ pub fn build(opt: bool) -> Result<()> {
         "wasm-release",
     ]))?;
     let input = target_dir().join("wasm32-unknown-unknown/wasm-release/peer_wasm.wasm");
-    let out = dist();
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut b = wasm_bindgen_cli_support::Bindgen::new();
-    b.input_path(&input)
-        .out_name("p2p-cdn")
-        .no_modules(true)?
-        .no_modules_global("__p2pCdnWasm")?
-        .typescript(true);
-    b.generate(&out).context("wasm-bindgen")?;
+    b.input_path(&input).out_name("p2p-cdn").typescript(true);
+    match glue {
+        Glue::NoModules => {
+            b.no_modules(true)?.no_modules_global("__p2pCdnWasm")?;
+        }
+        Glue::Web => {
+            b.web(true)?;
+        }
+    }
+    b.generate(out).context("wasm-bindgen")?;
     let wasm = out.join("p2p-cdn_bg.wasm");
     if opt {
         match wasm_opt() {
@@ -104,32 +201,17 @@ pub fn build(opt: bool) -> Result<()> {
             ),
         }
     }
-    let mut glue = std::fs::read_to_string(out.join("p2p-cdn.js"))?;
+    let mut js = std::fs::read_to_string(out.join("p2p-cdn.js"))?;
     if opt {
-        match crate::wasm_names::shorten_imports(&std::fs::read(&wasm)?, &glue) {
+        match crate::wasm_names::shorten_imports(&std::fs::read(&wasm)?, &js) {
             Ok((w, g)) => {
                 std::fs::write(&wasm, w)?;
-                glue = g;
+                js = g;
             }
             Err(e) => eprintln!("xtask: wasm import names left as generated: {e:#}"),
         }
     }
-    // One script: the generated glue, then our hls.js integration.
-    let ours = std::fs::read_to_string(root().join("peer-wasm/js/p2p-cdn-hls.js"))?;
-    let js = out.join("p2p-cdn.js");
-    std::fs::write(&js, format!("{glue}\n{ours}"))?;
-    if opt {
-        match terser() {
-            // Compress and mangle local names; top-level names (`__p2pCdnWasm`) and property
-            // names (the wasm imports, the public API) stay.
-            Some(bin) => util::run(Command::new(bin).arg(&js).args(["-c", "-m", "-o"]).arg(&js))?,
-            None => eprintln!("xtask: no terser (run `npm ci`); p2p-cdn.js left unminified"),
-        }
-    }
-    let dts = std::fs::read_to_string(out.join("p2p-cdn.d.ts")).unwrap_or_default();
-    let ours_dts = std::fs::read_to_string(root().join("peer-wasm/js/p2p-cdn-hls.d.ts"))?;
-    std::fs::write(out.join("p2p-cdn.d.ts"), format!("{dts}\n{ours_dts}"))?;
-    Ok(())
+    Ok(js)
 }
 
 /// `node_modules/.bin/wasm-opt` (npm `binaryen`, pinned in package.json), else a system one of
@@ -152,7 +234,7 @@ fn terser() -> Option<PathBuf> {
     bin.exists().then_some(bin)
 }
 
-fn gzip_len(path: &Path) -> Result<u64> {
+pub(crate) fn gzip_len(path: &Path) -> Result<u64> {
     let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     enc.write_all(&data)?;
