@@ -4,7 +4,8 @@
 //! and chromedriver (the headless browser tests), npm and the pinned npm build tools. Then it
 //! checks that the simulator's build has no tokio, axum or hyper (`cargo tree`, a second), runs
 //! clippy (the workspace, and peer-wasm for wasm32) so that a lint fails in minutes, builds
-//! the wasm bundle into `dist/` and runs the workspace tests under the `ci` profile (release
+//! the wasm bundle into `dist/` and the npm package (`cargo xtask pack`; the package test,
+//! tests/tests/package.rs, installs it) and runs the workspace tests under the `ci` profile (release
 //! optimisations with overflow checks and debug assertions on; see the root `Cargo.toml`); with
 //! `--wasm-browser`, also peer-wasm's browser-side tests under wasm-bindgen-test-runner
 //! (installed from crates.io on first use).
@@ -154,7 +155,14 @@ pub fn run_tests(wasm_browser: bool) -> Result<()> {
     ]))?;
     // The bundle the browser tests serve.
     crate::wasm::build(true)?;
-    util::run(cargo().args(["test", "--workspace", "--profile", PROFILE]))?;
+    // The npm package the package test installs into its scratch app (packed here, not by a
+    // nested cargo inside the test).
+    let packed = crate::pack::pack()?;
+    util::run(
+        cargo()
+            .args(["test", "--workspace", "--profile", PROFILE])
+            .env("P2P_CDN_TARBALL", &packed.tarball),
+    )?;
     if wasm_browser {
         wasm_browser_tests()?;
     }
