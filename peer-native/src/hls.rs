@@ -28,6 +28,21 @@ impl Playlist {
     }
 }
 
+/// An error with its causes: reqwest's own message ("error sending request for url ...") hides
+/// the reason an operator needs (an untrusted certificate, a refused connection).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    // Bounded: a cyclic chain would never end.
+    for _ in 0..8 {
+        let Some(c) = cause else { break };
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
 /// Parses a media playlist (never panics on hostile text).
 pub fn parse_playlist(text: &str) -> Result<Playlist, Error> {
     if !text.trim_start().starts_with("#EXTM3U") {
@@ -74,14 +89,17 @@ pub async fn get_text(client: &reqwest::Client, url: &str) -> Result<String, Err
         .get(url)
         .send()
         .await
-        .map_err(|e| Error::Http(e.to_string()))?;
+        .map_err(|e| Error::Http(error_chain(&e)))?;
     if !resp.status().is_success() {
         return Err(Error::Http(format!("{url}: HTTP {}", resp.status())));
     }
     if resp.content_length().is_some_and(|l| l > MAX_TEXT as u64) {
         return Err(Error::Http(format!("{url}: too large")));
     }
-    let body = resp.bytes().await.map_err(|e| Error::Http(e.to_string()))?;
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| Error::Http(error_chain(&e)))?;
     if body.len() > MAX_TEXT {
         return Err(Error::Http(format!("{url}: too large")));
     }

@@ -658,7 +658,8 @@ impl Browsers {
                 deadline: Duration::from_secs_f64(opts.seconds.max(0.0) + opts.ramp.max(0.0))
                     + Duration::from_secs(120),
                 log: None,
-                extra_args: Vec::new(),
+                // The pages trust the keys of `--ca-cert` (pinned, not "any certificate").
+                extra_args: spki_flag(&opts.roots).into_iter().collect(),
             },
             log_dir: b.log_dir.clone(),
             // Spread over the ramp like the native viewers (see `Schedule`).
@@ -682,20 +683,7 @@ impl Browsers {
             }
             let (_, k) = self.pending.swap_remove(i);
             let id = format!("b{k}");
-            let mut url = browser::demo_page_url(
-                &self.base,
-                &opts.playlist_url,
-                &opts.signal_url,
-                &id,
-                !opts.http_only,
-                self.report_to.as_deref(),
-            );
-            if let Some(t) = page_token(opts) {
-                url.push_str(&format!("&token={}", query_escape(&t)));
-            }
-            if opts.relay {
-                url.push_str("&relay=1");
-            }
+            let url = page_url(opts, &self.base, &id, self.report_to.as_deref());
             let mut c = self.chromium.clone();
             c.log = self.log_dir.as_ref().map(|d| d.join(format!("{id}.log")));
             match Chromium::launch(&c, &url) {
@@ -741,6 +729,26 @@ impl Browsers {
     }
 }
 
+/// The demo page URL of browser `id`: the playlist, the signaling server, the report
+/// parameters, and the join token and relay policy of the run.
+fn page_url(opts: &SwarmOptions, base: &str, id: &str, report_to: Option<&str>) -> String {
+    let mut url = browser::demo_page_url(
+        base,
+        &opts.playlist_url,
+        &opts.signal_url,
+        id,
+        !opts.http_only,
+        report_to,
+    );
+    if let Some(t) = page_token(opts) {
+        url.push_str(&format!("&token={}", query_escape(&t)));
+    }
+    if opts.relay {
+        url.push_str("&relay=1");
+    }
+    url
+}
+
 /// The join token of a browser page (its `token=` parameter). A page cannot ask this tool for
 /// a fresh token when it reconnects, so a minted one lasts the whole run (and at least the
 /// configured lifetime).
@@ -758,6 +766,13 @@ fn page_token(opts: &SwarmOptions) -> Option<String> {
         }
         other => other.current(),
     }
+}
+
+/// Chromium's flag trusting the keys of the extra roots (see [`Roots::spki_sha256`]).
+fn spki_flag(roots: &Roots) -> Option<String> {
+    let hashes = roots.spki_sha256();
+    (!hashes.is_empty())
+        .then(|| format!("--ignore-certificate-errors-spki-list={}", hashes.join(",")))
 }
 
 /// Percent-encodes a query parameter value (everything but the unreserved characters).
@@ -1165,6 +1180,43 @@ mod tests {
         let full = r.to_report_json();
         assert_eq!(full["summary"], line);
         assert_eq!(full["viewers"].as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn pages_get_the_token_and_relay() {
+        let mut o = opts(1);
+        o.seconds = 3600.0;
+        o.token = TokenSource::Mint {
+            secret: "0123456789abcdef".into(),
+            scope: "http://o/a/*".into(),
+            ttl: Duration::from_secs(60),
+        };
+        o.relay = true;
+        let url = page_url(&o, "http://127.0.0.1:1/index.html", "b0", None);
+        let token = url
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("token="))
+            .unwrap_or_default();
+        assert!(url.ends_with("&relay=1"), "{url}");
+        // The page's token outlives the run (a page cannot ask for a fresh one).
+        let body = token.split('.').next().unwrap_or_default();
+        use base64::Engine;
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(body)
+            .unwrap_or_default();
+        let v: serde_json::Value =
+            serde_json::from_slice(&payload).unwrap_or(serde_json::Value::Null);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        assert_eq!(v["swarm"], "http://o/a/*");
+        assert!(v["exp"].as_u64().unwrap_or_default() > now + 3600, "{v}");
+
+        o.token = TokenSource::None;
+        o.relay = false;
+        let url = page_url(&o, "http://127.0.0.1:1/index.html", "b0", None);
+        assert!(!url.contains("token=") && !url.contains("relay="), "{url}");
     }
 
     #[test]

@@ -31,6 +31,23 @@ impl Roots {
         Ok(())
     }
 
+    /// base64(SHA-256(SubjectPublicKeyInfo)) of each trusted certificate: what Chromium's
+    /// `--ignore-certificate-errors-spki-list` takes to trust exactly these keys. Chromium
+    /// matches them against the chain the server sends, so this covers a self-signed server
+    /// certificate, or a private CA that the server includes in its chain.
+    pub fn spki_sha256(&self) -> Vec<String> {
+        use base64::Engine;
+        use sha2::Digest;
+        self.0
+            .iter()
+            .filter_map(|c| {
+                let (_, cert) = x509_parser::parse_x509_certificate(c.as_ref()).ok()?;
+                let hash = sha2::Sha256::digest(cert.public_key().raw);
+                Some(base64::engine::general_purpose::STANDARD.encode(hash))
+            })
+            .collect()
+    }
+
     /// The rustls configuration of the signaling WebSocket (`wss://`).
     pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, Error> {
         let mut roots = rustls::RootCertStore::empty();

@@ -34,6 +34,8 @@ fn init_logs() {
 /// `127.0.0.1` and `localhost`.
 struct Pki {
     ca_pem: String,
+    /// The CA's SubjectPublicKeyInfo (DER).
+    ca_spki: Vec<u8>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 }
@@ -45,6 +47,7 @@ fn pki() -> Pki {
     ca_params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "p2pcdn test CA");
+    let ca_spki = rcgen::PublicKeyData::subject_public_key_info(&ca_key);
     let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA");
     let key = rcgen::KeyPair::generate().expect("server key");
     let params = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
@@ -52,6 +55,7 @@ fn pki() -> Pki {
     let cert = params.signed_by(&key, &ca).expect("server certificate");
     Pki {
         ca_pem: ca.pem(),
+        ca_spki,
         chain: vec![cert.der().clone()],
         key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
     }
@@ -118,7 +122,10 @@ async fn stun_server() -> (SocketAddr, Arc<AtomicU64>) {
 }
 
 fn roots(pki: &Pki) -> Roots {
-    let dir = std::env::temp_dir().join(format!("p2pcdn-tls-{}", std::process::id()));
+    // One folder per call: the cases run in parallel.
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let n = CALLS.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("p2pcdn-tls-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("ca.pem");
     std::fs::write(&path, &pki.ca_pem).expect("write CA");
@@ -136,6 +143,17 @@ fn minted_tokens_match_the_servers() {
             signaling_server::token::sign(SECRET.as_bytes(), scope, exp)
         );
     }
+}
+
+/// What the browser pages are told to trust (`--ignore-certificate-errors-spki-list`): the
+/// `--ca-cert` certificate's key, base64(SHA-256(SPKI)).
+#[test]
+fn pages_trust_the_ca_certs_key() {
+    use base64::Engine;
+    use sha2::Digest;
+    let pki = pki();
+    let want = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&pki.ca_spki));
+    assert_eq!(roots(&pki).spki_sha256(), vec![want]);
 }
 
 #[test]

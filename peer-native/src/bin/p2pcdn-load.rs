@@ -35,8 +35,9 @@ TLS proxy of a test deployment uses). There is no mode that accepts any certific
 --token every viewer joins with that token (as minted by the site's backend); with \
 --token-secret the tool mints its own (the signaling server's --token-secret), one per signaling \
 connection, valid --token-ttl seconds, for the swarms under --token-scope. Browser pages get theirs \
-as the page's token= parameter (minted to last the run). The browsers do not see --ca-cert: \
-Chromium trusts its own roots.
+as the page's token= parameter (minted to last the run). Chromium is told to trust the keys of \
+the --ca-cert certificates (--ignore-certificate-errors-spki-list): that covers a self-signed \
+server certificate, or a private CA the server sends in its chain.
 
 REPRODUCING A RUN: every random choice of the tool (join times within the ramp, which viewers \
 tamper, churn times and victims, the cores' seeds) derives from --seed; without it a seed is \
