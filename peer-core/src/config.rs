@@ -52,6 +52,12 @@ pub struct Config {
     /// old one's ids, so late callbacks of the old core's connections and requests never match
     /// the new core's.
     pub id_base: u64,
+    /// Report every verified chunk received and every chunk uploaded
+    /// ([`crate::Event::ChunkReceived`], [`crate::Event::ChunkUploaded`]): one output per
+    /// 16 KiB, for drivers whose users watch them (the browser's `chunk` and `upload` events).
+    /// Off by default.
+    #[serde(default)]
+    pub chunk_events: bool,
     /// Test hook: corrupt the payload of every chunk we upload (ban-logic tests, the sim's bad
     /// peers, the browser's `__tamper`). One copy, here.
     pub corrupt_uploads: bool,
@@ -119,6 +125,7 @@ impl Default for Config {
             reconnect_max: Duration::from_secs(30),
             signal_timeout: Duration::from_secs(10),
             open_grace: Duration::ZERO,
+            chunk_events: false,
             corrupt_uploads: false,
             id_base: 0,
             seed: 0,

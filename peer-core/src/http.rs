@@ -134,6 +134,14 @@ impl PeerCore {
             {
                 c.http = None;
             }
+            if self.cfg.chunk_events {
+                self.out.push_back(Output::Event(Event::ChunkReceived {
+                    peer: None,
+                    seq,
+                    chunk: idx,
+                    bytes: chunk.len(),
+                }));
+            }
             self.store_chunk(now, seq, idx, chunk, true);
         }
         Ok(())

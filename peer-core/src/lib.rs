@@ -266,6 +266,21 @@ pub enum Event {
         code: ErrorCode,
         message: String,
     },
+    /// A chunk of `bytes` arrived and matched the manifest: from `peer`, or from the origin
+    /// (`None`). Only with [`Config::chunk_events`].
+    ChunkReceived {
+        peer: Option<PeerId>,
+        seq: u64,
+        chunk: usize,
+        bytes: usize,
+    },
+    /// A chunk of `bytes` went to `peer`. Only with [`Config::chunk_events`].
+    ChunkUploaded {
+        peer: PeerId,
+        seq: u64,
+        chunk: usize,
+        bytes: usize,
+    },
     /// The signaling server welcomed us under this id (again after a reconnect), with the ICE
     /// servers its operator configured (at most [`protocol::signaling::MAX_ICE_SERVERS`]; empty:
     /// none). The driver uses them for the connections it makes from then on, unless its page

@@ -420,7 +420,8 @@ impl PeerCore {
             .take(MAX_HAVE_ENTRIES)
             .map(|s| visible_entry(s, now, 0, 1))
             .collect();
-        if !entries.is_empty() {
+        // Nothing to announce when we serve nobody (see `announce`).
+        if !entries.is_empty() && self.cfg.upload {
             self.send(peer, &Frame::Have { entries });
         }
         self.out

@@ -347,6 +347,14 @@ impl PeerCore {
         }
         let len = data.len() as u64;
         self.stats.count_from_peer(peer, len);
+        if self.cfg.chunk_events {
+            self.out.push_back(Output::Event(Event::ChunkReceived {
+                peer: Some(peer),
+                seq,
+                chunk: idx,
+                bytes: data.len(),
+            }));
+        }
         if let Some(req) = self.sched.requests.get_mut(&req_id) {
             req.received |= bit;
             req.last_progress = now;

@@ -382,7 +382,11 @@ impl PeerCore {
                 }
             }
         }
-        if self.store.dirty_have.is_empty() {
+        // A peer that serves nobody announces nothing: every request for what it announced
+        // would be refused, and its neighbours would ask again after each refusal (two
+        // download-only pages in a browser swarm banned their neighbours for the flood).
+        if self.store.dirty_have.is_empty() || !self.cfg.upload {
+            self.store.dirty_have.clear();
             return;
         }
         let seqs: Vec<u64> = std::mem::take(&mut self.store.dirty_have)

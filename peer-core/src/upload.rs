@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use protocol::{AbsentReason, CHUNK_SIZE, Frame, PeerId};
 
-use crate::{Config, PeerCore, Time};
+use crate::{Config, Event, Output, PeerCore, Time};
 
 /// Chunks `next .. end` of `seq` still to send for request `req_id`.
 #[derive(Debug)]
@@ -181,6 +181,14 @@ impl PeerCore {
                 self.upload.serve_total -= 1;
                 self.upload.tokens -= data.len() as f64;
                 self.stats.uploaded_bytes += data.len() as u64;
+                if self.cfg.chunk_events {
+                    self.out.push_back(Output::Event(Event::ChunkUploaded {
+                        peer: p,
+                        seq,
+                        chunk: index as usize,
+                        bytes: data.len(),
+                    }));
+                }
                 let data = if self.cfg.corrupt_uploads {
                     corrupt(&data)
                 } else {

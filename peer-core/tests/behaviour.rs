@@ -203,7 +203,17 @@ fn upload_cap_run(ticks: bool) {
     assert!(h.ban_events(100).is_empty());
 }
 
-/// `upload = false`: every request is answered `Absent{Refused}`, even for a held segment.
+/// `Have` frames the fake peer `peer` received.
+fn haves(h: &Harness, peer: PeerId) -> usize {
+    h.peers[&peer]
+        .frames_received
+        .iter()
+        .filter(|(_, f)| matches!(f, Frame::Have { .. }))
+        .count()
+}
+
+/// `upload = false`: nothing is announced (no `Have`: nobody should ask), and every request
+/// is answered `Absent{Refused}`, even for a held segment.
 #[test]
 fn upload_disabled_refuses() {
     let seq = 3;
@@ -227,6 +237,7 @@ fn upload_disabled_refuses() {
     h.run_until(t + Duration::from_secs(1));
     let p = &h.peers[&100];
     assert!(p.chunks_received.is_empty(), "no chunk uploaded");
+    assert_eq!(haves(&h, 100), 0, "a download-only peer announces nothing");
     let absents: Vec<&Frame> = p
         .frames_received
         .iter()
@@ -261,6 +272,97 @@ fn upload_disabled_refuses() {
     h2.inject_at(t, 100, f.encode());
     h2.run_until(t + Duration::from_secs(1));
     assert_eq!(h2.peers[&100].chunks_received.len(), 1);
+    assert!(
+        haves(&h2, 100) > 0,
+        "upload on: the held segment is announced"
+    );
+}
+
+/// The `ChunkReceived` / `ChunkUploaded` events of a run, sorted.
+fn chunk_events(h: &Harness) -> Vec<Event> {
+    let mut v: Vec<Event> = h
+        .outputs
+        .iter()
+        .filter_map(|(_, o)| match o {
+            Output::Event(e @ (Event::ChunkReceived { .. } | Event::ChunkUploaded { .. })) => {
+                Some(e.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    v.sort_by_key(|e| format!("{e:?}"));
+    v
+}
+
+/// `chunk_events`: every verified chunk received (from a peer, from the origin) and every
+/// chunk uploaded is one event with its size; without it (the default: one output per 16 KiB
+/// that most drivers ignore) there are none.
+#[test]
+fn chunk_events_report_every_chunk_in_and_out() {
+    let received = |peer, seq, chunk, bytes| Event::ChunkReceived {
+        peer,
+        seq,
+        chunk,
+        bytes,
+    };
+    let mut cfg = config();
+    cfg.chunk_events = true;
+    // From a peer: three chunks, the last one short.
+    let seq = 5;
+    let mut h = Harness::new(cfg.clone(), &[(seq, 2 * CHUNK_SIZE + 100)]);
+    assert!(h.connect(100, FakePeer::new(PeerBehaviour::Honest, [seq])));
+    h.want_at(at_ms(0), seq, at_ms(20_000));
+    h.run_while(at_ms(20_000), |h| h.delivered.is_empty());
+    assert!(h.http.is_empty(), "went to the origin");
+    assert_eq!(
+        chunk_events(&h),
+        vec![
+            received(Some(100), seq, 0, CHUNK_SIZE),
+            received(Some(100), seq, 1, CHUNK_SIZE),
+            received(Some(100), seq, 2, 100),
+        ]
+    );
+    // From the origin (the designated seeder), then two chunks uploaded to a peer.
+    let seq = 3;
+    let mut h = Harness::with_slot(cfg.clone(), &[(seq, 3 * CHUNK_SIZE)], 0, 1);
+    h.want_at(at_ms(0), seq, at_ms(10_000));
+    h.run_while(at_ms(10_000), |h| h.delivered.is_empty());
+    assert!(h.connect(100, FakePeer::new(PeerBehaviour::Honest, [])));
+    let t = h.now + ms(50);
+    let f = Frame::Request {
+        req_id: 7,
+        seq,
+        first: 1,
+        count: 2,
+    };
+    h.inject_at(t, 100, f.encode());
+    h.run_until(t + Duration::from_secs(1));
+    assert_eq!(h.peers[&100].chunks_received.len(), 2);
+    let uploaded = |chunk| Event::ChunkUploaded {
+        peer: 100,
+        seq,
+        chunk,
+        bytes: CHUNK_SIZE,
+    };
+    assert_eq!(
+        chunk_events(&h),
+        vec![
+            received(None, seq, 0, CHUNK_SIZE),
+            received(None, seq, 1, CHUNK_SIZE),
+            received(None, seq, 2, CHUNK_SIZE),
+            uploaded(1),
+            uploaded(2),
+        ]
+    );
+    // Off: the same run reports none.
+    let mut h = Harness::with_slot(config(), &[(seq, 3 * CHUNK_SIZE)], 0, 1);
+    h.want_at(at_ms(0), seq, at_ms(10_000));
+    h.run_while(at_ms(10_000), |h| h.delivered.is_empty());
+    assert!(h.connect(100, FakePeer::new(PeerBehaviour::Honest, [])));
+    h.inject_at(h.now + ms(50), 100, f.encode());
+    h.run_until(h.now + Duration::from_secs(1));
+    assert_eq!(h.peers[&100].chunks_received.len(), 2);
+    assert!(chunk_events(&h).is_empty());
 }
 
 /// Each kind of misbehaviour, with the bad peer the only one first: it is banned with the
