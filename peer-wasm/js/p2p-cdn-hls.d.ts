@@ -51,7 +51,8 @@ export interface PeerOptions {
   /** Where the wasm module is (default: `p2p-cdn_bg.wasm` next to the script, or next to the
    * ES module by `import.meta.url`). The first peer's value wins: the module loads once. */
   wasmUrl?: string | URL;
-  /** Log the peer's events, fallbacks to HTTP and P2P toggles with `console.debug`. */
+  /** Log the peer's events (but `stats`, `chunk`, `upload`), fallbacks to HTTP and P2P
+   * toggles with `console.debug`. */
   debug?: boolean;
   /** Debug only: corrupt every uploaded chunk (tests the others' integrity checks). */
   __tamper?: boolean;
@@ -77,6 +78,26 @@ export interface SegmentEvent {
   bytes: number;
   httpBytes: number;
   p2pBytes: number;
+}
+
+/** A chunk (16 KiB, the last of a segment shorter) arrived and matched the integrity
+ * manifest (`chunk` event): from a peer, or from the origin (the peer's own range requests;
+ * not the fragments the player's loader fetches itself). */
+export interface ChunkEvent {
+  source: "p2p" | "http";
+  /** The peer it came from (null: the origin). */
+  peer: number | null;
+  seq: number;
+  chunk: number;
+  bytes: number;
+}
+
+/** A chunk went to another peer (`upload` event). */
+export interface UploadEvent {
+  peer: number;
+  seq: number;
+  chunk: number;
+  bytes: number;
 }
 
 /** A peer connection changed (`peer` event). */
@@ -135,6 +156,8 @@ export interface Stats {
 /** Event name → payload: `peer.on("segment", e => e.p2pBytes)`. */
 export interface PeerEvents {
   segment: SegmentEvent;
+  chunk: ChunkEvent;
+  upload: UploadEvent;
   peer: PeerEvent;
   integrity: IntegrityEvent;
   stats: Stats;

@@ -32,6 +32,8 @@ function p2pCdn(W, env) {
     if (on) console.debug("p2p-cdn: " + what, data);
   }
 
+  var QUIET = { stats: 1, chunk: 1, upload: 1 };
+
   // A peer usable synchronously: calls made before the wasm module is ready are replayed.
   // `handlers`: shared with the page's main peer by the peers of its other media playlists.
   function Peer(opts, handlers) {
@@ -94,7 +96,8 @@ function p2pCdn(W, env) {
   // Calls `name`'s listeners. One that throws neither stops the others nor the peer: its
   // exception goes to the `error` listeners (whose own exceptions are dropped: no loop).
   Peer.prototype.emit = function (name, e) {
-    if (name !== "stats") debugLog(this.opts.debug, name, e);
+    // Not the per-second and per-chunk ones: they would bury the rest.
+    if (!QUIET[name]) debugLog(this.opts.debug, name, e);
     var list = (this.handlers[name] || []).slice();
     for (var i = 0; i < list.length; i++) {
       try {

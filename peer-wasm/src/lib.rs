@@ -313,6 +313,9 @@ impl Inner {
             playlist_url: Some(playlist.to_owned()),
             id_base: self.generation << 40,
             corrupt_uploads: o.tamper,
+            // Outputs are cheap here and only pages listening to `chunk`/`upload` get objects
+            // built (`emit`).
+            chunk_events: true,
             seed: (js_sys::Math::random() * 9.0e15) as u64,
             p2p,
             upload: p2p && o.upload,
@@ -675,7 +678,8 @@ impl P2pPeer {
         with(&self.inner, |i| i.feed(Input::Stall));
     }
 
-    /// Listens to `segment`, `peer`, `integrity`, `stats` (every second) or `error`.
+    /// Listens to `segment`, `chunk`, `upload`, `peer`, `integrity`, `stats` (every second) or
+    /// `error`.
     pub fn on(&self, event: &str, f: Function) {
         with(&self.inner, |i| {
             if i.listeners.len() < 64 {

@@ -105,6 +105,33 @@ impl Inner {
                     self.welcome_ice = list.into();
                 }
             }
+            Event::ChunkReceived {
+                peer,
+                seq,
+                chunk,
+                bytes,
+            } => self.emit("chunk", || {
+                obj(&[
+                    ("source", if peer.is_some() { "p2p" } else { "http" }.into()),
+                    ("peer", peer.map_or(JsValue::NULL, num)),
+                    ("seq", num(seq)),
+                    ("chunk", num(chunk as u64)),
+                    ("bytes", num(bytes as u64)),
+                ])
+            }),
+            Event::ChunkUploaded {
+                peer,
+                seq,
+                chunk,
+                bytes,
+            } => self.emit("upload", || {
+                obj(&[
+                    ("peer", num(peer)),
+                    ("seq", num(seq)),
+                    ("chunk", num(chunk as u64)),
+                    ("bytes", num(bytes as u64)),
+                ])
+            }),
         }
     }
 
