@@ -2,6 +2,7 @@
 //!
 //! * [`browser`]: headless Chromium viewers of the demo page, the page server and the report
 //!   collector (used by `p2pcdn-load --browsers` and the browser tests).
+//! * [`gate`]: a browser test's skip-or-fail check when Chromium is missing.
 //! * `harness` (feature `harness`): origin (live `media/sample`) + signaling server + a static
 //!   server for `demo-site/` and `dist/`, all in-process on port 0. Used by the browser tests
 //!   (`tests/`, peer-native's native <-> Chromium interop test) and by `cargo xtask demo`
@@ -10,6 +11,7 @@
 //! Depends on neither peer crate, so both `peer-native` and `tests` can use it.
 
 pub mod browser;
+pub mod gate;
 #[cfg(feature = "harness")]
 pub mod static_origin;
 #[cfg(feature = "harness")]

@@ -23,12 +23,17 @@ interface Report {
   debugLines: number;
   segEvents: number;
   offListenerEvents: number;
+  /** Bytes of `chunk` events from peers and from the origin, and of `upload` events. */
+  chunkP2pBytes: number;
+  chunkHttpBytes: number;
+  uploadEventBytes: number;
   offWindow: { p2pFrags: number; loads: number; peers: number; done: boolean };
   p2pAtOn: number;
 }
 const r: Report = {
   p2p: true, started: false, currentTime: 0, waiting: 0, fatal: [], errors: [], stats: null,
   siteLoads: 0, debugLines: 0, segEvents: 0, offListenerEvents: 0,
+  chunkP2pBytes: 0, chunkHttpBytes: 0, uploadEventBytes: 0,
   offWindow: { p2pFrags: 0, loads: 0, peers: 0, done: false }, p2pAtOn: -1,
 };
 const note = (m: unknown) => { if (r.errors.length < 20) r.errors.push(String(m).slice(0, 300)); };
@@ -66,6 +71,13 @@ peer.on("segment", (e: SegmentEvent) => { r.segEvents += e.bytes > 0 ? 1 : 0; })
 const once = (e: SegmentEvent) => { r.offListenerEvents++; peer.off("segment", once); void e.seq; };
 peer.on("segment", once);
 peer.on("error", (e) => note("error event: " + e.code));
+// All pages are honest: a ban is a bug (its reason goes into the report).
+peer.on("peer", (e) => { if (e.state === "banned") note(`banned ${e.peer}: ${e.reason}`); });
+peer.on("chunk", (e) => {
+  if (e.source === "p2p") r.chunkP2pBytes += e.bytes;
+  else r.chunkHttpBytes += e.bytes;
+});
+peer.on("upload", (e) => { r.uploadEventBytes += e.bytes; });
 // Typed events: these lines must not compile (checked by tsc, never run).
 if (q.get("never") === "1") {
   // @ts-expect-error unknown event name
@@ -74,6 +86,8 @@ if (q.get("never") === "1") {
   peer.on("segment", (e) => { const s: string = e.seq; void s; });
   // @ts-expect-error stats payload fields are numbers
   peer.on("stats", (s) => { const t: string = s.peers; void t; });
+  // @ts-expect-error a chunk's source is "p2p" or "http"
+  peer.on("chunk", (e) => { if (e.source === "cache") return; });
 }
 
 if (mode === "c") {

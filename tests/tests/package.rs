@@ -15,6 +15,8 @@
 //! * `c`: P2P turned off with `setP2P(false)` from 12 s to 20 s (no P2P fragment, no peer in
 //!   that window) and on again (P2P bytes after).
 //!
+//! On every page the `chunk` (from peers) and `upload` events add up to the peer's counters.
+//!
 //! Skipped (with a message) only when `/usr/bin/chromium` is missing and `CI` is unset.
 
 use std::net::SocketAddr;
@@ -32,17 +34,6 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const HLS_JS: &str = "hls.js@1.6.15";
 /// How long the pages play after the last one opened.
 const PLAY_SECS: u64 = 34;
-
-fn chromium_available() -> bool {
-    if Path::new(CHROMIUM).exists() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{CHROMIUM} is missing and CI is set: install chromium (cargo xtask test does)");
-    }
-    eprintln!("SKIPPED: {CHROMIUM} not found (apt-get install chromium); set CI=1 to fail instead");
-    false
-}
 
 /// Runs `cmd`, failing with its output when it fails.
 fn run(cmd: &mut Command) -> Result<String> {
@@ -204,7 +195,7 @@ async fn play(www: PathBuf) -> Result<std::collections::HashMap<String, Value>> 
 
 #[test]
 fn npm_package_plays_p2p_in_a_bundled_app() -> Result<()> {
-    if !chromium_available() {
+    if !test_support::gate::chromium_available(CHROMIUM) {
         return Ok(());
     }
     let t0 = Instant::now();
@@ -246,6 +237,23 @@ fn npm_package_plays_p2p_in_a_bundled_app() -> Result<()> {
         ensure!(
             p.integrity_failures == 0 && p.banned.is_empty(),
             "{id}: integrity failures or bans from honest peers ({p:?})"
+        );
+        // `chunk` and `upload` events add up to the counters (same report, same tick).
+        ensure!(
+            num(v, &["chunkP2pBytes"]) as u64 == p.p2p_bytes,
+            "{id}: chunk events from peers add up to {} bytes, stats say {}",
+            num(v, &["chunkP2pBytes"]),
+            p.p2p_bytes
+        );
+        ensure!(
+            num(v, &["uploadEventBytes"]) as u64 == p.uploaded,
+            "{id}: upload events add up to {} bytes, stats say {}",
+            num(v, &["uploadEventBytes"]),
+            p.uploaded
+        );
+        ensure!(
+            num(v, &["chunkHttpBytes"]) > 0.0,
+            "{id}: no chunk event from the origin"
         );
     }
     let (a, va) = page("a")?;
