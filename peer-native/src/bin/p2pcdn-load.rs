@@ -30,8 +30,10 @@ JSON line. The browsers are ended when the run ends or on Ctrl-C / SIGTERM (a se
 at once; `timeout` then ends them at run time + ramp + 120 s).
 
 TLS AND TOKENS: wss:// signaling and https:// origins are checked against the public (webpki) \
-roots plus every --ca-cert (PEM: a self-signed certificate or a private CA, e.g. the one an nginx \
-TLS proxy of a test deployment uses). There is no mode that accepts any certificate. With \
+roots plus every --ca-cert (PEM): a private CA that signed the server's certificate, or the \
+server's own self-signed certificate (e.g. an nginx TLS proxy's from `openssl req -x509`; trusted \
+when the server presents exactly it, for its host name). There is no mode that accepts any \
+certificate. With \
 --token every viewer joins with that token (as minted by the site's backend); with \
 --token-secret the tool mints its own (the signaling server's --token-secret), one per signaling \
 connection, valid --token-ttl seconds, for the swarms under --token-scope. Browser pages get theirs \
@@ -207,7 +209,8 @@ fn main() -> Result<()> {
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        (t.as_nanos() as u64) ^ u64::from(std::process::id()).rotate_left(32)
+        // Nine digits: easy to type back, and exact in any JSON reader (< 2^53).
+        ((t.as_nanos() as u64) ^ u64::from(std::process::id()).rotate_left(32)) % 1_000_000_000
     });
     if let Some(out) = &cli.output {
         // Fail before the run, not after it.
