@@ -25,20 +25,22 @@ pub struct Packed {
 }
 
 impl Packed {
-    pub fn json(&self) -> Value {
-        serde_json::json!({
-            "tarball": self.tarball,
-            "tarball_bytes": self.tarball_bytes,
-            "unpacked_bytes": self.unpacked_bytes,
-            "wasm_gzip_bytes": self.wasm_gzip_bytes,
-            "module_gzip_bytes": self.module_gzip_bytes,
-        })
+    /// One JSON line, `tarball` first (serde_json's maps sort their keys).
+    pub fn json_line(&self) -> String {
+        format!(
+            "{{\"tarball\":{},\"tarball_bytes\":{},\"unpacked_bytes\":{},\"wasm_gzip_bytes\":{},\"module_gzip_bytes\":{}}}",
+            serde_json::Value::from(self.tarball.to_string_lossy()),
+            self.tarball_bytes,
+            self.unpacked_bytes,
+            self.wasm_gzip_bytes,
+            self.module_gzip_bytes,
+        )
     }
 }
 
 pub fn run() -> Result<()> {
     let p = pack()?;
-    println!("{}", p.json());
+    println!("{}", p.json_line());
     Ok(())
 }
 
