@@ -4,12 +4,15 @@
 //!   the key per-IP limits count under (IPv4 address, IPv6 /64);
 //! * [`admin`]: operator endpoints behind a token, or local-only without one;
 //! * [`serve`]: an HTTP/1.1 accept loop with a header timeout, an idle timeout, and admission at
-//!   accept (so per-IP limits count connections that never finish a request).
+//!   accept (so per-IP limits count connections that never finish a request);
+//! * [`logging`]: `--log-format text|json`.
 
 pub mod admin;
 pub mod client_ip;
+pub mod logging;
 pub mod serve;
 
 pub use admin::AdminAccess;
 pub use client_ip::{IpNet, TrustedProxies, canonical, ip_key, parse_cidr};
+pub use logging::LogFormat;
 pub use serve::{Admission, Timeouts, serve};

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use origin::{AppState, Config, SyntheticSpec, URL_LAYOUT};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -87,16 +86,14 @@ struct ServeArgs {
     /// only.
     #[arg(long, env = "ORIGIN_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Log lines as text, or as one JSON object per line for a log pipeline.
+    #[arg(long, env = "ORIGIN_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: http_guard::LogFormat,
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    http_guard::logging::init(cli.serve.log_format);
     match cli.cmd {
         Some(Cmd::Hash { dir }) => {
             let written = origin::write_sidecars(&dir)

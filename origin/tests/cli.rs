@@ -128,3 +128,81 @@ async fn serves_and_stops_on_sigterm() {
     let status = child.wait().unwrap();
     assert!(status.success(), "graceful exit, got {status}");
 }
+
+/// `--log-format json`: every log line on stderr is one JSON object (level, target, fields),
+/// from start to the graceful stop, while stdout keeps its plain "listening" line.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("origin listening on http://"), "{line}");
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 2, "{err}");
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{l}"
+        );
+    }
+}
+
+/// deploy/systemd/p2pcdn-origin.service works as written: its `ExecStart` flags start this
+/// build of the origin (on a free port instead of 8080, with a media folder of this tree) and
+/// it stops on SIGTERM. (systemd's own check of the unit: `tests/tests/deploy.rs`.)
+#[test]
+fn systemd_unit_starts_the_origin() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/systemd/p2pcdn-origin.service"
+    );
+    let unit = std::fs::read_to_string(path).unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart");
+    let mut args: Vec<String> = exec.split_whitespace().skip(1).map(String::from).collect();
+    for (flag, from, to) in [
+        ("--listen", "127.0.0.1:8080", "127.0.0.1:0".to_owned()),
+        (
+            "--media-dir",
+            "/srv/media",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../media").to_owned(),
+        ),
+    ] {
+        let i = args.iter().position(|a| a == flag).unwrap();
+        assert_eq!(args[i + 1], from);
+        args[i + 1] = to;
+    }
+    let mut child = Command::new(BIN)
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("origin listening on "), "{exec}: {line}");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}

@@ -1,6 +1,5 @@
-//! Server limits and settings. Every field is a clap flag with an env var (`SIGNAL_*`; the
-//! integrity service's `INTEGRITY_*`), so the binary and the library share one definition and one
-//! set of defaults.
+//! Server limits and settings. Every field is a clap flag with an env var (`SIGNAL_*`), so the
+//! binary and the library share one definition and one set of defaults.
 
 use std::time::Duration;
 
@@ -125,18 +124,18 @@ pub struct Config {
     /// with a path, e.g. `https://cdn.example/live/`). None: `/integrity` answers 404.
     #[arg(
         long = "integrity-origin",
-        env = "INTEGRITY_ORIGINS",
+        env = "SIGNAL_INTEGRITY_ORIGINS",
         value_delimiter = ','
     )]
     pub integrity_origins: Vec<String>,
     /// Interval at which the integrity service re-fetches a followed live playlist.
-    #[arg(long, env = "INTEGRITY_POLL_MS", default_value_t = 500)]
+    #[arg(long, env = "SIGNAL_INTEGRITY_POLL_MS", default_value_t = 500)]
     pub integrity_poll_ms: u64,
     /// Playlists the integrity service follows at once; a request for another gets 503.
-    #[arg(long, env = "INTEGRITY_MAX_PLAYLISTS", default_value_t = 64)]
+    #[arg(long, env = "SIGNAL_INTEGRITY_MAX_PLAYLISTS", default_value_t = 64)]
     pub integrity_max_playlists: usize,
     /// A followed playlist nobody asked about for this long is dropped (its memory freed).
-    #[arg(long, env = "INTEGRITY_IDLE_MS", default_value_t = 60_000)]
+    #[arg(long, env = "SIGNAL_INTEGRITY_IDLE_MS", default_value_t = 60_000)]
     pub integrity_idle_ms: u64,
     /// STUN/TURN server URLs handed to every viewer in `welcome` (repeat or comma-separate;
     /// `stun:host:3478`, `turn:host:3478?transport=udp`, `turns:host:5349`). Without any, viewers

@@ -1,7 +1,7 @@
 //! The integrity service: integrity manifests (`docs/PROTOCOL.md` §3) for third-party HLS
 //! origins that publish no `.integrity.json` sidecar.
 //!
-//! Enabled by at least one `--integrity-origin <URL prefix>` (env `INTEGRITY_ORIGINS`, comma
+//! Enabled by at least one `--integrity-origin <URL prefix>` (env `SIGNAL_INTEGRITY_ORIGINS`, comma
 //! separated). Clients configured with `integrity: "https://signal.example/integrity"` ask
 //! `GET /integrity?playlist=<percent-encoded absolute media playlist URL>`; the first request
 //! for a playlist starts a *follower* (a tokio task) that fetches the playlist, fetches each

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use signaling_server::{AppState, Config, serve, token};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(name = "signaling-server", about = "P2P CDN signaling server", version)]
@@ -16,6 +15,9 @@ struct Cli {
     /// Tokio worker threads (default: one per core).
     #[arg(long, env = "SIGNAL_WORKERS")]
     workers: Option<usize>,
+    /// Log lines as text, or as one JSON object per line for a log pipeline.
+    #[arg(long, env = "SIGNAL_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: http_guard::LogFormat,
     #[command(flatten)]
     config: Config,
     #[command(subcommand)]
@@ -50,12 +52,7 @@ fn main() -> Result<()> {
         return Ok(());
     }
     // Logs on stderr: stdout carries only the machine-readable "listening on" line.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    http_guard::logging::init(cli.log_format);
     cli.config.validate()?;
     // Every connection is a file descriptor: lift the soft limit to the hard one.
     match rlimit::increase_nofile_limit(u64::MAX) {

@@ -298,6 +298,9 @@ struct Run {
     chrome_args: Vec<String>,
     /// Called every 5 s while the pages play.
     probe: Option<Box<dyn FnMut(&harness::Env)>>,
+    /// More pages (id, URL), opened after the demo pages: their own reports are read the same
+    /// way.
+    extra_pages: Vec<(String, String)>,
 }
 
 impl Default for Run {
@@ -315,6 +318,7 @@ impl Default for Run {
             base: None,
             chrome_args: Vec::new(),
             probe: None,
+            extra_pages: Vec::new(),
         }
     }
 }
@@ -333,13 +337,14 @@ async fn run(run: Run) -> Result<RunResult> {
         base,
         chrome_args,
         mut probe,
+        extra_pages,
     } = run;
     let mut env = match env {
         Some(e) => e,
         None => harness::start(0).await?,
     };
     let truth = truth()?;
-    let ids: Vec<String> = (0..pages).map(|i| format!("p{i}")).collect();
+    let mut ids: Vec<String> = (0..pages).map(|i| format!("p{i}")).collect();
     let mut browsers = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         let q = format!(
@@ -355,6 +360,11 @@ async fn run(run: Run) -> Result<RunResult> {
             url = url.replacen(&format!("http://{}", env.web), b, 1);
         }
         browsers.push(launch_page(id, &url, &chrome_args)?);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    for (id, url) in extra_pages {
+        browsers.push(launch_page(&id, &url, &chrome_args)?);
+        ids.push(id);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let start = Instant::now();
@@ -1033,6 +1043,46 @@ fn relay_only_viewers_share_through_coturn() -> Result<()> {
     Ok(())
 }
 
+/// The page of README's "Add P2P to your page" (its first `html` snippet), with the example
+/// host replaced by `https` / `wss`, plus a reporter the test appends (not part of the page a
+/// site writes): it POSTs the page's counters to `report` every second, as the demo page does.
+fn readme_page(https: &str, wss: &str, report: &str) -> Result<String> {
+    let text = std::fs::read_to_string(root().join("README.md"))?;
+    let section = text
+        .split("\n## Add P2P to your page")
+        .nth(1)
+        .context("README.md has no \"Add P2P to your page\" section")?;
+    let html = section
+        .split("```html\n")
+        .nth(1)
+        .and_then(|s| s.split("\n```").next())
+        .context("README.md: no html snippet under \"Add P2P to your page\"")?;
+    ensure!(
+        html.contains("wss://p2p.example.com/") && html.contains("https://p2p.example.com/"),
+        "README.md's page no longer uses the p2p.example.com host the test replaces"
+    );
+    let page = html
+        .replace("wss://p2p.example.com", wss)
+        .replace("https://p2p.example.com", https);
+    Ok(format!(
+        r#"{page}
+<script>
+// Test instrumentation, appended to README's page: what the test reads.
+(function () {{
+  var v = document.querySelector("video"), started = false, waiting = 0;
+  var id = new URLSearchParams(location.search).get("id");
+  v.addEventListener("playing", function () {{ started = true; }});
+  v.addEventListener("waiting", function () {{ if (started) waiting++; }});
+  setInterval(function () {{
+    var m = {{ started: started, currentTime: v.currentTime, waiting: waiting, stats: peer.stats() || {{}} }};
+    fetch("{report}?id=" + id, {{ method: "POST", body: JSON.stringify(m) }}).catch(function () {{}});
+  }}, 1000);
+}})();
+</script>
+"#
+    ))
+}
+
 /// A site deployed the way README's "Run it in production" says: nginx from Debian runs
 /// `deploy/nginx/p2p-cdn.conf` (only its ports, certificate paths and include folder rewritten)
 /// with a self-signed certificate made here by openssl, in front of the signaling server and
@@ -1044,6 +1094,9 @@ fn relay_only_viewers_share_through_coturn() -> Result<()> {
 /// signaling server counts every viewer under its own address (127.0.0.1) and none under the
 /// proxy's, and the origin's local-only admin endpoint answers a local client through the proxy
 /// (an undeclared proxy gets 403). Plain http is redirected to https.
+///
+/// Two more pages are README's "Add P2P to your page" snippet, served as they are by the same
+/// nginx (the dist bundle and hls.js next to them): they join the same swarm and play with P2P.
 #[test]
 fn pages_play_through_an_nginx_tls_proxy() -> Result<()> {
     use std::net::{IpAddr, Ipv4Addr};
@@ -1053,7 +1106,18 @@ fn pages_play_through_an_nginx_tls_proxy() -> Result<()> {
         return Ok(());
     };
     let work = std::env::temp_dir().join(format!("p2p-tls-{}", std::process::id()));
-    let pages = 3;
+    let pages = 2;
+    // README's page and the files it loads, in a folder nginx serves at /app/.
+    let app = std::env::temp_dir().join(format!("p2p-tls-app-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&app);
+    std::fs::create_dir_all(&app)?;
+    for (from, name) in [
+        (root().join("dist/p2p-cdn.js"), "p2p-cdn.js"),
+        (root().join("dist/p2p-cdn_bg.wasm"), "p2p-cdn_bg.wasm"),
+        (root().join("demo-site/vendor/hls.min.js"), "hls.min.js"),
+    ] {
+        std::fs::copy(&from, app.join(name)).with_context(|| format!("{}", from.display()))?;
+    }
     // Most connections seen under the viewers' address and under the proxy's; what curl got
     // from the origin's admin endpoint and from plain http, through the proxy.
     let seen = Arc::new(StdMutex::new((0u32, 0u32, String::new(), String::new())));
@@ -1069,11 +1133,17 @@ fn pages_play_through_an_nginx_tls_proxy() -> Result<()> {
         .await?;
         // The site's pages, on the same https host (the config's include folder).
         let site = format!(
-            "location /site/ {{\n  proxy_pass http://{}/;\n  proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n}}\n",
-            env.web
+            "location /site/ {{\n  proxy_pass http://{}/;\n  proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n}}\nlocation /app/ {{\n  alias {}/;\n}}\n",
+            env.web,
+            app.display()
         );
         let proxy = TlsProxy::start(&work, env.signal, env.origin, &site)?;
         let host = proxy.url();
+        let wss = format!("wss://{}", proxy.https);
+        std::fs::write(
+            app.join("index.html"),
+            readme_page(&host, &wss, &format!("{host}/site/report"))?,
+        )?;
         let curl = {
             let cert = proxy.cert.clone();
             move |url: String| -> String {
@@ -1121,6 +1191,10 @@ fn pages_play_through_an_nginx_tls_proxy() -> Result<()> {
                 }
             })),
             env: Some(env),
+            extra_pages: ["r0", "r1"]
+                .iter()
+                .map(|id| (id.to_string(), format!("{host}/app/index.html?id={id}")))
+                .collect(),
             ..Run::default()
         })
         .await?;
@@ -1131,6 +1205,7 @@ fn pages_play_through_an_nginx_tls_proxy() -> Result<()> {
     let errors = proxy.error_log();
     drop(proxy);
     let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(&app);
     let (viewers, via_proxy, admin, redirect) = seen
         .lock()
         .map_err(|_| anyhow::anyhow!("poisoned"))?
@@ -1155,12 +1230,23 @@ fn pages_play_through_an_nginx_tls_proxy() -> Result<()> {
     ensure!(checked >= 10, "only {checked} fragments checked");
     let sharing = r.pages.iter().filter(|p| p.p2p > 0).count();
     ensure!(
-        sharing >= 1,
-        "no page got P2P bytes through wss signaling: {}",
+        sharing >= 2,
+        "{sharing} pages got P2P bytes through wss signaling: {}",
+        summary(&r)
+    );
+    let readme_p2p: u64 = r
+        .pages
+        .iter()
+        .filter(|p| p.id.starts_with('r'))
+        .map(|p| p.p2p)
+        .sum();
+    ensure!(
+        readme_p2p > 0,
+        "README's pages got no P2P bytes: {}",
         summary(&r)
     );
     ensure!(
-        viewers as usize == pages && via_proxy == 0,
+        viewers as usize == pages + 2 && via_proxy == 0,
         "the signaling server saw {viewers} viewers under 127.0.0.1 and {via_proxy} under the proxy"
     );
     ensure!(
