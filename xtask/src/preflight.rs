@@ -6,8 +6,10 @@
 //!   `targets` entry does not add it to a toolchain that is already installed, and the cargo
 //!   that runs xtask is the toolchain's own binary, which never asks rustup);
 //! - Node.js + npm (Debian `npm`), then `npm ci` for the pinned binaryen (`wasm-opt`) and terser
-//!   that shrink the bundle; Debian's own binaryen (108) is not used: it breaks wasm-bindgen's
-//!   externref table (see `wasm::wasm_opt`);
+//!   that shrink the bundle (Debian's own binaryen, 108, is not used: it breaks wasm-bindgen's
+//!   externref table, see `wasm::wasm_opt`), and esbuild, typescript and hls.js for the npm
+//!   package's test (tests/tests/package.rs; its scratch app also installs hls.js from the npm
+//!   registry, served from npm's cache once `npm ci` has fetched it);
 //! - Chromium and chromedriver (Debian `chromium`, `chromium-driver`) and nginx (`nginx-light`,
 //!   the origin that is not ours, and the TLS reverse proxy) and coturn (the TURN server),
 //!   openssl (the proxy's test certificate) and curl for the browser tests;
@@ -163,11 +165,15 @@ pub fn ensure_debian_packages(wanted: &[(&str, &str)]) -> Result<()> {
     .with_context(|| format!("apt-get install {}", missing.join(" ")))
 }
 
-/// `npm ci` (binaryen for wasm-opt, terser for the glue JS, pinned by package-lock.json) when
-/// `node_modules` lacks them.
+/// The npm tools `npm ci` installs (package.json pins them): wasm-opt (binaryen) and terser
+/// for the bundle, esbuild and tsc for the package test's scratch app.
+const NPM_TOOLS: [&str; 4] = ["wasm-opt", "terser", "esbuild", "tsc"];
+
+/// `npm ci` (pinned by package-lock.json) when `node_modules` lacks one of [`NPM_TOOLS`] (a
+/// clone whose `node_modules` predates one of them gets it too).
 pub fn ensure_npm_tools() -> Result<()> {
     let bin = root().join("node_modules/.bin");
-    if bin.join("wasm-opt").exists() && bin.join("terser").exists() {
+    if NPM_TOOLS.iter().all(|t| bin.join(t).exists()) {
         return Ok(());
     }
     util::run(
@@ -175,9 +181,9 @@ pub fn ensure_npm_tools() -> Result<()> {
             .args(["ci", "--no-audit", "--no-fund"])
             .current_dir(root()),
     )
-    .context("npm ci (the bundle's wasm-opt and terser)")?;
-    if !(bin.join("wasm-opt").exists() && bin.join("terser").exists()) {
-        bail!("npm ci ran but node_modules/.bin lacks wasm-opt or terser");
+    .context("npm ci (the bundle's wasm-opt and terser, the package test's esbuild and tsc)")?;
+    if let Some(t) = NPM_TOOLS.iter().find(|t| !bin.join(t).exists()) {
+        bail!("npm ci ran but node_modules/.bin lacks {t}");
     }
     Ok(())
 }
