@@ -436,3 +436,35 @@ async fn write_channel(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(urls: &[&str], user: Option<&str>) -> IceServer {
+        IceServer {
+            urls: urls.iter().map(|u| u.to_string()).collect(),
+            username: user.map(String::from),
+            credential: user.map(|_| "secret".to_string()),
+        }
+    }
+
+    #[test]
+    fn welcome_ice_servers_keep_the_usable_ones() {
+        let got = ice_servers(&[
+            server(&["stun:127.0.0.1:3478"], None),
+            // TURN without credentials: webrtc would refuse the whole configuration.
+            server(&["turn:127.0.0.1:3478?transport=udp"], None),
+            server(
+                &["turn:127.0.0.1:3478?transport=udp"],
+                Some("1700000000:42"),
+            ),
+            server(&["not a url"], None),
+            server(&["stun:a:1"; 20], None),
+        ]);
+        let urls: Vec<_> = got.iter().map(|s| s.urls.len()).collect();
+        assert_eq!(urls, vec![1, 1, MAX_ICE_URLS]);
+        assert_eq!(got[1].username, "1700000000:42");
+        assert_eq!(got[1].credential, "secret");
+    }
+}
