@@ -3,7 +3,8 @@
 //! `cargo xtask pack` (or the tarball `P2P_CDN_TARBALL` names: `cargo xtask test` packs before
 //! running the tests), then a scratch app in a temp dir: `npm install` of the tarball and
 //! hls.js (pinned), `tsc` type-checks the app (`tests/package-app/app.ts`) against the
-//! package's types (its `@ts-expect-error` lines prove the events are typed, not `any`),
+//! package's types, and `script-tag.ts` against the script-tag build's (`dist/p2p-cdn.d.ts`;
+//! their `@ts-expect-error` lines prove the events are typed, not `any`),
 //! esbuild (the repo's pinned devDependency) bundles it, and three headless Chromium pages of
 //! the bundle play the harness's live stream (origin + signaling in-process) in one swarm:
 //!
@@ -92,9 +93,13 @@ fn build_app(dir: &Path, tarball: &Path) -> Result<PathBuf> {
         r#"{"private": true, "type": "module"}"#,
     )?;
     let app = root().join("tests/package-app");
-    for f in ["app.ts", "index.html", "tsconfig.json"] {
+    for f in ["app.ts", "script-tag.ts", "index.html", "tsconfig.json"] {
         std::fs::copy(app.join(f), dir.join(f)).with_context(|| format!("copying {f}"))?;
     }
+    // The script-tag build's types, checked beside the package's.
+    let dts = root().join("dist/p2p-cdn.d.ts");
+    std::fs::copy(&dts, dir.join("p2p-cdn.d.ts"))
+        .with_context(|| format!("{} (run `cargo xtask wasm`)", dts.display()))?;
     let t = Instant::now();
     run(Command::new("npm")
         .current_dir(dir)
