@@ -54,14 +54,21 @@ pub fn pack() -> Result<Packed> {
     std::fs::create_dir_all(&stage)?;
     crate::wasm::build_esm(&stage)?;
     let src = root().join("peer-wasm/npm");
-    let mut manifest: Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("package.json"))?)
-            .context("peer-wasm/npm/package.json")?;
-    manifest["version"] = env!("CARGO_PKG_VERSION").into();
-    std::fs::write(
-        stage.join("package.json"),
-        serde_json::to_string_pretty(&manifest)? + "\n",
-    )?;
+    // The version is the workspace's. Replaced as text: a round trip through serde_json would
+    // sort the keys, and the order of an `exports` entry's conditions matters (`types` first).
+    let manifest = std::fs::read_to_string(src.join("package.json"))?;
+    let placeholder = "\"version\": \"0.0.0\"";
+    ensure!(
+        manifest.matches(placeholder).count() == 1,
+        "peer-wasm/npm/package.json must say {placeholder} once (xtask fills in the version)"
+    );
+    let manifest = manifest.replacen(
+        placeholder,
+        &format!("\"version\": \"{}\"", env!("CARGO_PKG_VERSION")),
+        1,
+    );
+    serde_json::from_str::<Value>(&manifest).context("peer-wasm/npm/package.json")?;
+    std::fs::write(stage.join("package.json"), manifest)?;
     std::fs::copy(src.join("README.md"), stage.join("README.md"))?;
     let listed = npm_pack(&stage, &out)?;
     let name = listed["filename"]
