@@ -75,6 +75,9 @@ pub struct Remote {
     /// Received bytes/s (EWMA), for picking the fastest holder.
     pub rate: f64,
     pub penalty_until: Time,
+    /// It answered `Refused`: it serves nobody (download only). Never asked again on this
+    /// connection, and what it announces is ignored.
+    pub refuses: bool,
     /// Bytes waiting in the channel's send buffer (driver-reported, plus what we sent since).
     pub buffered: usize,
     /// Since when `buffered` is over the send window with no report of it going down.
@@ -105,6 +108,7 @@ impl Remote {
             cancelled: VecDeque::new(),
             rate: 256.0 * 1024.0,
             penalty_until: Time::ZERO,
+            refuses: false,
             buffered: 0,
             full_since: None,
             frames_due: now,
@@ -535,6 +539,9 @@ impl PeerCore {
                 let Some(r) = self.remotes.peers.get_mut(&peer) else {
                     return false;
                 };
+                if r.refuses {
+                    return false;
+                }
                 let mut changed = false;
                 for e in entries {
                     // Entries that disagree with our manifest are ignored, not punished: the
@@ -596,7 +603,12 @@ impl PeerCore {
                             r.have.remove(seq);
                         }
                         AbsentReason::Busy => r.penalty_until = now + BUSY_BACKOFF,
-                        AbsentReason::Refused => r.penalty_until = now + PEER_PENALTY,
+                        // A penalty alone still left it the pick when it was the only
+                        // holder: asked again at once, refused again, at the round-trip rate.
+                        AbsentReason::Refused => {
+                            r.refuses = true;
+                            r.have = Haves::default();
+                        }
                     }
                 }
                 true

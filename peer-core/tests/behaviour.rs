@@ -278,6 +278,36 @@ fn upload_disabled_refuses() {
     );
 }
 
+/// A peer that answers `Refused` serves nobody (download only): it is asked once (one
+/// scheduling pass), never again
+/// on that connection, even while it is the only holder, and its announcements stop counting
+/// (the origin delivers). Asking again after each refusal was a request loop at the round-trip
+/// rate, which the refusing side rightly banned as a flood.
+#[test]
+fn refusing_peer_is_asked_once() {
+    let seq = 5;
+    let mut h = Harness::new(config(), &[(seq, 4 * CHUNK_SIZE)]);
+    assert!(h.connect(
+        100,
+        FakePeer::new(PeerBehaviour::Absent(AbsentReason::Refused), [seq])
+    ));
+    h.want_at(at_ms(0), seq, at_ms(8_000));
+    h.run_while(at_ms(10_000), |h| h.delivered.is_empty());
+    assert!(
+        h.delivered.contains_key(&seq),
+        "delivered (from the origin)"
+    );
+    // One scheduling pass may ask for several chunks at once; none after the refusals.
+    let reqs = &h.peers[&100].requests;
+    assert!(!reqs.is_empty(), "never asked");
+    assert!(
+        reqs.iter().all(|r| r.0 == reqs[0].0),
+        "asked again after a refusal: {} requests",
+        reqs.len()
+    );
+    assert!(h.ban_events(100).is_empty());
+}
+
 /// The `ChunkReceived` / `ChunkUploaded` events of a run, sorted.
 fn chunk_events(h: &Harness) -> Vec<Event> {
     let mut v: Vec<Event> = h
