@@ -279,9 +279,8 @@ fn upload_disabled_refuses() {
 }
 
 /// A peer that answers `Refused` serves nobody (download only): it is asked once (one
-/// scheduling pass), never again
-/// on that connection, even while it is the only holder, and its announcements stop counting
-/// (the origin delivers). Asking again after each refusal was a request loop at the round-trip
+/// scheduling pass), never again on that connection, even while it is the only holder, and its
+/// announcements stop counting (the origin delivers). Asking again after each refusal was a request loop at the round-trip
 /// rate, which the refusing side rightly banned as a flood.
 #[test]
 fn refusing_peer_is_asked_once() {
