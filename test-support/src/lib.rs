@@ -16,6 +16,7 @@ pub mod gate;
 pub mod static_origin;
 #[cfg(feature = "harness")]
 pub mod tls_proxy;
+#[cfg(feature = "harness")]
 pub mod turn;
 
 #[cfg(feature = "harness")]

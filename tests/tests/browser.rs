@@ -277,6 +277,9 @@ async fn run_swarm(
     .await
 }
 
+/// What a run calls every 5 s with its environment (to look inside the servers).
+type Probe = Box<dyn FnMut(&harness::Env)>;
+
 /// One browser swarm run.
 struct Run {
     pages: usize,
@@ -297,7 +300,7 @@ struct Run {
     /// Extra Chromium flags.
     chrome_args: Vec<String>,
     /// Called every 5 s while the pages play.
-    probe: Option<Box<dyn FnMut(&harness::Env)>>,
+    probe: Option<Probe>,
     /// More pages (id, URL), opened after the demo pages: their own reports are read the same
     /// way.
     extra_pages: Vec<(String, String)>,
