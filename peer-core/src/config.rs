@@ -143,7 +143,7 @@ impl Default for Config {
             // viewers, 300 s, seeds 1-4: offload 94.5/91.8/94.6/93.2 % -> 95.7/95.1/95.1/95.5 %.
             send_window_per_peer: 32 * 1024,
             send_window_total: 160 * 1024,
-            peer_stall_timeout: Duration::from_millis(1500),
+            peer_stall_timeout: Duration::from_millis(3000),
             http_margin: Duration::from_millis(500),
             backup_seed_delay: Duration::from_millis(1500),
             backup_rounds: 3,

@@ -215,11 +215,16 @@ impl PeerCore {
                 }
             }
         }
-        if runs.len() > MAX_HTTP_RUNS {
-            // Too fragmented: one range over the span (some chunks arrive twice).
-            let first = runs[0].0;
-            let last = runs[runs.len() - 1].1;
-            runs = vec![(first, last)];
+        // Too fragmented: merge the runs separated by the smallest gaps until few enough are
+        // left (each gap's chunks, held already, arrive twice: the fewest possible). It used
+        // to be one range over the whole span, and most late fetches then re-downloaded much
+        // of what peers had delivered.
+        while runs.len() > MAX_HTTP_RUNS {
+            let Some(i) = (0..runs.len() - 1).min_by_key(|&i| runs[i + 1].0 - runs[i].1) else {
+                break;
+            };
+            runs[i].1 = runs[i + 1].1;
+            runs.remove(i + 1);
         }
         let len = s.m.len;
         let n = s.chunks.len();
@@ -263,7 +268,36 @@ impl PeerCore {
         }
         if issued {
             self.stats.count_http(cause);
+            self.cancel_covered_requests(seq);
         }
         issued
+    }
+
+    /// Cancels our peer requests for `seq` whose every missing chunk the origin is now
+    /// fetching (a late fetch takes chunks still requested from peers): the uploader drops
+    /// them from its queue and serves someone else, instead of sending bytes we would receive
+    /// twice.
+    fn cancel_covered_requests(&mut self, seq: u64) {
+        let Some(s) = self.store.segments.get(&seq) else {
+            return;
+        };
+        let covered: Vec<u32> = self
+            .sched
+            .requests
+            .iter()
+            .filter(|(_, r)| r.seq == seq)
+            .filter(|(_, r)| {
+                (0..r.count).all(|k| {
+                    r.received & (1u64 << k) != 0
+                        || s.chunks
+                            .get(r.first as usize + k as usize)
+                            .is_none_or(|c| c.data.is_some() || c.http.is_some())
+                })
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in covered {
+            self.cancel_request(id);
+        }
     }
 }

@@ -206,6 +206,12 @@ impl PeerCore {
         if missing.is_empty() {
             return;
         }
+        // Time left before the origin takes over: a holder not expected to deliver by then is
+        // not asked (its uplink is better spent on someone it can serve in time, and the chunk
+        // would come twice: from it and from the origin).
+        let left = s.want.or(s.prefetch).map_or(f64::INFINITY, |d| {
+            self.cutoff(s, d).since(now).as_secs_f64()
+        });
         // Rarest first, random among equals: requesters then hold different chunks and trade
         // them with each other instead of all queueing at the first holder for the same ones.
         missing.sort_unstable();
@@ -222,6 +228,9 @@ impl PeerCore {
                     continue;
                 }
                 let mut eta = (r.inflight as f64 + 1.0) * CHUNK_SIZE as f64 / r.rate.max(1.0);
+                if eta > left {
+                    continue;
+                }
                 if r.penalty_until > now {
                     eta += 10.0;
                 }
@@ -305,8 +314,11 @@ impl PeerCore {
             });
             if !cancelled {
                 self.ban(now, peer, BanReason::Unsolicited);
+                return true;
             }
-            return !cancelled;
+            // A chunk we cancelled (stalled peer, origin took over) that arrives anyway is kept
+            // when we still lack it and it verifies: its upload is then not wasted.
+            return self.late_chunk(now, peer, seq, index as usize, data);
         };
         if req.seq != seq || index < req.first || index >= req.first + req.count {
             self.ban(now, peer, BanReason::Unsolicited);
@@ -375,6 +387,45 @@ impl PeerCore {
         {
             c.peer_req = None;
         }
+        self.store_chunk(now, seq, idx, data, false);
+        true
+    }
+
+    /// A chunk of a request we cancelled: stored if still missing and verified (a corrupt one
+    /// bans its sender like any other). Returns whether anything changed.
+    fn late_chunk(&mut self, now: Time, peer: PeerId, seq: u64, idx: usize, data: Bytes) -> bool {
+        let Some(s) = self.store.segments.get(&seq) else {
+            return false;
+        };
+        let Some(c) = s.chunks.get(idx) else {
+            return false;
+        };
+        if c.data.is_some() {
+            return false;
+        }
+        if data.len() > s.m.chunk_len(idx) {
+            self.ban(now, peer, BanReason::TooManyBytes);
+            return true;
+        }
+        if !s.m.verify_chunk(idx, &data) {
+            if s.prev.as_ref().is_some_and(|p| p.verify_chunk(idx, &data)) {
+                // Skew (a re-published segment), not corruption: dropped.
+                self.stats.skewed_chunks += 1;
+                return false;
+            }
+            // Corrupt is corrupt, asked for or not: a peer must not be able to hide bad
+            // chunks behind our cancellations.
+            self.stats.integrity_failures += 1;
+            self.out.push_back(Output::Event(Event::IntegrityFailure {
+                peer: Some(peer),
+                seq,
+                chunk: idx,
+            }));
+            self.ban(now, peer, BanReason::BadChunk);
+            return true;
+        }
+        let len = data.len() as u64;
+        self.stats.count_from_peer(peer, len);
         self.store_chunk(now, seq, idx, data, false);
         true
     }

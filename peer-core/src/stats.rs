@@ -61,6 +61,10 @@ pub struct Stats {
     /// Chunks from peers that matched a re-published segment's old entry, not its new one
     /// (dropped; the peer is not banned).
     pub skewed_chunks: u64,
+    /// Verified bytes that arrived for a chunk already held (from the origin / from peers):
+    /// bytes received twice.
+    pub dup_http_bytes: u64,
+    pub dup_p2p_bytes: u64,
     /// Scheduling passes run (one per input that may change a decision; see
     /// `remotes::Remote::hurried`).
     pub passes: u64,
@@ -101,6 +105,8 @@ impl Stats {
         self.signal_reconnects += other.signal_reconnects;
         self.republished += other.republished;
         self.skewed_chunks += other.skewed_chunks;
+        self.dup_http_bytes += other.dup_http_bytes;
+        self.dup_p2p_bytes += other.dup_p2p_bytes;
         self.passes += other.passes;
         for (p, b) in &other.bytes_from_peer {
             // Already counted in p2p_bytes above: only the per-peer split is merged.

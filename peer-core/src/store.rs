@@ -245,6 +245,11 @@ impl PeerCore {
             return;
         };
         if c.data.is_some() {
+            if from_http {
+                self.stats.dup_http_bytes += data.len() as u64;
+            } else {
+                self.stats.dup_p2p_bytes += data.len() as u64;
+            }
             return;
         }
         self.store.bytes += data.len();

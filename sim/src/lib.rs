@@ -145,20 +145,50 @@ pub struct Report {
     pub peer_timeouts: u64,
     /// Integrity manifest fetches, all viewers.
     pub manifest_fetches: u64,
+    /// Chunk bytes viewers uploaded to each other.
+    pub uploaded_bytes: u64,
+    /// Bytes viewers received (origin + verified from peers) and never handed to a player:
+    /// received twice (from a peer and the origin, or from two peers), or fetched and never
+    /// played (a few segments are still ahead of the players when the run ends).
+    pub received_unplayed: u64,
+    /// Bytes uploaded that no viewer kept: cancelled or lost in flight, or corrupt.
+    pub uploaded_unreceived: u64,
+    /// Of `received_unplayed`: chunks that came a second time from the origin / from a peer.
+    pub dup_http: u64,
+    pub dup_p2p: u64,
+    /// The capacity bound on origin savings: min(1 − 1/N, uplink ÷ bitrate).
+    pub bound: f64,
 }
 
 impl Report {
+    /// Bytes sent (by the origin and by viewers) that no player used.
+    pub fn wasted_bytes(&self) -> u64 {
+        self.received_unplayed + self.uploaded_unreceived
+    }
+
+    /// Bytes handed to players.
+    pub fn delivered_bytes(&self) -> u64 {
+        self.delivered_http + self.delivered_p2p
+    }
+
     pub fn to_json(&self) -> String {
         format!(
-            "{{\"viewers\":{},\"seconds\":{},\"offload\":{:.4},\"limit\":{:.4},\"stalls\":{},\"startup_ms_p50\":{:.0},\"http_bytes\":{},\"p2p_bytes\":{},\"corrupt_to_player\":{},\"banned_bad\":{},\"banned_honest\":{}}}",
+            "{{\"viewers\":{},\"seconds\":{},\"offload\":{:.4},\"limit\":{:.4},\"bound\":{:.4},\"stalls\":{},\"startup_ms_p50\":{:.0},\"origin_bytes\":{},\"http_bytes\":{},\"p2p_bytes\":{},\"uploaded_bytes\":{},\"delivered_bytes\":{},\"wasted_bytes\":{},\"received_unplayed\":{},\"uploaded_unreceived\":{},\"corrupt_to_player\":{},\"banned_bad\":{},\"banned_honest\":{}}}",
             self.viewers,
             self.seconds,
             self.offload,
             self.limit,
+            self.bound,
             self.stalls,
             self.startup_ms_p50,
             self.http_bytes,
+            self.http_bytes,
             self.p2p_bytes,
+            self.uploaded_bytes,
+            self.delivered_bytes(),
+            self.wasted_bytes(),
+            self.received_unplayed,
+            self.uploaded_unreceived,
             self.corrupt_to_player,
             self.banned_bad,
             self.banned_honest
@@ -170,7 +200,8 @@ impl Report {
             "{} viewers ({} joins, {} bad), {:.0} s: offload {:.1} % (honest viewers {:.1} %, limit {:.1} %), stalls {}, startup p50 {:.0} ms\n\
              origin sent {:.1} MB, peers sent {:.1} MB; delivered {:.1} MB HTTP + {:.1} MB P2P in {} segments\n\
              integrity: {} corrupt segments to players, {}/{} bad peers banned, {} honest banned; {} events\n\
-             origin requests: {} designated, {} backup, {} deadline, {} alone; {} peer request timeouts; {:.1} manifest fetches per viewer-minute",
+             origin requests: {} designated, {} backup, {} deadline, {} alone; {} peer request timeouts; {:.1} manifest fetches per viewer-minute\n\
+             waste: {:.1} MB ({:.1} % of delivered): {:.1} MB received and never played ({:.1} MB a second time from the origin, {:.1} MB from a peer), {:.1} MB uploaded and not kept; bound on origin savings {:.3}",
             self.viewers,
             self.joins,
             self.bad,
@@ -195,7 +226,14 @@ impl Report {
             self.http_late,
             self.http_alone,
             self.peer_timeouts,
-            self.manifest_fetches as f64 / (self.joins.max(1) as f64 * self.seconds / 60.0)
+            self.manifest_fetches as f64 / (self.joins.max(1) as f64 * self.seconds / 60.0),
+            self.wasted_bytes() as f64 / 1e6,
+            100.0 * self.wasted_bytes() as f64 / self.delivered_bytes().max(1) as f64,
+            self.received_unplayed as f64 / 1e6,
+            self.dup_http as f64 / 1e6,
+            self.dup_p2p as f64 / 1e6,
+            self.uploaded_unreceived as f64 / 1e6,
+            self.bound,
         )
     }
 }
@@ -1185,9 +1223,15 @@ impl Sim {
             events: self.processed,
             ..Default::default()
         };
+        r.bound = r.limit.min(self.cfg.up_bps / self.cfg.bitrate_bps.max(1.0));
         let (mut honest_http, mut honest_p2p) = (0u64, 0u64);
+        let mut received = 0u64;
         for vw in &self.viewers {
             let s = vw.core.stats();
+            received += s.http_bytes + s.p2p_bytes;
+            r.uploaded_bytes += s.uploaded_bytes;
+            r.dup_http += s.dup_http_bytes;
+            r.dup_p2p += s.dup_p2p_bytes;
             if !vw.bad {
                 honest_http += s.delivered_http_bytes;
                 honest_p2p += s.delivered_p2p_bytes;
@@ -1204,6 +1248,8 @@ impl Sim {
             r.manifest_fetches += s.manifest_fetches;
         }
         r.offload_honest = honest_p2p as f64 / (honest_http + honest_p2p).max(1) as f64;
+        r.received_unplayed = received.saturating_sub(r.delivered_http + r.delivered_p2p);
+        r.uploaded_unreceived = r.uploaded_bytes.saturating_sub(r.p2p_bytes);
         let total = r.delivered_http + r.delivered_p2p;
         r.offload = if total == 0 {
             0.0

@@ -30,6 +30,9 @@ enum Cmd {
     Test(test::Args),
     /// Seeded discrete-event swarm simulation of peer-core; ends with one JSON line.
     Sim(sim::Args),
+    /// Issue 17's grid: uplinks × RTTs × losses × swarm sizes, each against HTTP only; ends
+    /// with one JSON line.
+    SimGrid(sim::GridArgs),
     /// Benchmarks; each ends with one JSON line.
     #[command(subcommand)]
     Bench(Bench),
@@ -60,6 +63,7 @@ fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Test(a) => test::run(a),
         Cmd::Sim(a) => sim::run(a),
+        Cmd::SimGrid(a) => sim::grid(a),
         Cmd::Bench(Bench::Origin(a)) => bench_origin::run(a),
         Cmd::Bench(Bench::Signaling(a)) => bench_signaling::run(a),
         Cmd::Bench(Bench::Swarm(a)) => bench_swarm::run(a),
