@@ -29,21 +29,10 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 /// One browser case at a time: they compete for 2 cores.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn chromium_available() -> bool {
-    if Path::new(CHROMIUM).exists() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{CHROMIUM} is missing and CI is set: install chromium (cargo xtask test does)");
-    }
-    eprintln!("SKIPPED: {CHROMIUM} not found (apt-get install chromium); set CI=1 to fail instead");
-    false
-}
-
 /// The start of every browser case: `None` when Chromium is missing (skipped, outside CI), else
 /// the lock that runs the cases one at a time, with the bundle built.
 fn browser_case() -> Result<Option<std::sync::MutexGuard<'static, ()>>> {
-    if !chromium_available() {
+    if !test_support::gate::chromium_available(CHROMIUM) {
         return Ok(None);
     }
     let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
