@@ -135,14 +135,19 @@ fn native_and_chromium_peers_exchange_verified_segments() {
         for (name, n) in [("A (before the page)", &a), ("B (after the page)", &b)] {
             eprintln!(
                 "native {name} {:?}: from browser {} B, uploaded {} B, delivered {} http + {} p2p, \
-                 stalls {}, page connected: {}",
+                 stalls {}, page connected: {}; origin requests {} designated, {} backup, {} late, \
+                 {} alone",
                 n.id,
                 from_browser(n),
                 n.stats.uploaded_bytes,
                 n.stats.delivered_http_bytes,
                 n.stats.delivered_p2p_bytes,
                 n.stalls,
-                page_connected_to(&v, n.id)
+                page_connected_to(&v, n.id),
+                n.stats.http_designated,
+                n.stats.http_backup,
+                n.stats.http_late,
+                n.stats.http_alone
             );
         }
         eprintln!(
