@@ -11,7 +11,12 @@ use crate::stats::HttpCause;
 use crate::{Event, Output, PeerCore, Time};
 
 /// HTTP Range requests issued for one segment at once.
-pub const MAX_HTTP_RUNS: usize = 4;
+pub const MAX_HTTP_RUNS: usize = 8;
+
+/// A peer request past the origin cutoff that sent nothing for this long is no longer trusted
+/// to make the deadline: the origin fetches its chunks (the scheduler wakes up this often
+/// while such requests run).
+pub const ON_TRACK_SILENCE: Duration = Duration::from_millis(300);
 /// A failed request is retried after this.
 const HTTP_RETRY_BACKOFF: Duration = Duration::from_millis(300);
 
@@ -185,9 +190,28 @@ impl PeerCore {
         }
     }
 
+    /// Whether our peer request `id` will deliver its remaining chunks before `deadline`: it
+    /// is flowing (a chunk within [`ON_TRACK_SILENCE`]) and its peer's rate covers the rest
+    /// with the same 1.5× margin and `http_margin` the origin cutoff takes.
+    fn on_track(&self, now: Time, id: u32, deadline: Option<Time>) -> bool {
+        let (Some(req), Some(deadline)) = (self.sched.requests.get(&id), deadline) else {
+            return false;
+        };
+        let Some(r) = self.remotes.peers.get(&req.peer) else {
+            return false;
+        };
+        if req.received == 0 || now.since(req.last_progress) > ON_TRACK_SILENCE {
+            return false;
+        }
+        let eta = req.remaining() as f64 * CHUNK_SIZE as f64 / r.rate.max(1.0);
+        now + Duration::from_secs_f64(eta * 1.5) + self.cfg.http_margin < deadline
+    }
+
     /// Fetches the missing chunks of `seq` in `only` from the origin, by Range. When `late`,
-    /// chunks still in flight from peers are fetched too (the deadline demands it). Returns
-    /// whether a request went out.
+    /// chunks still requested from peers are fetched too (the deadline demands it), except
+    /// those of requests that are on track ([`Self::on_track`]): fetching them as well was the
+    /// main source of bytes received twice on scarce uplinks. Returns whether a request went
+    /// out.
     pub(crate) fn request_from_http(
         &mut self,
         now: Time,
@@ -202,12 +226,14 @@ impl PeerCore {
         if now < s.http_retry_at {
             return false;
         }
+        let deadline = s.want.or(s.prefetch);
         let mut runs: Vec<(usize, usize)> = Vec::new();
         for (i, c) in s.chunks.iter().enumerate() {
             let need = only.contains(&i)
                 && c.data.is_none()
                 && c.http.is_none()
-                && (late || c.peer_req.is_none());
+                && c.peer_req
+                    .is_none_or(|id| late && !self.on_track(now, id, deadline));
             if need {
                 match runs.last_mut() {
                     Some((_, end)) if *end == i => *end = i + 1,
@@ -273,11 +299,11 @@ impl PeerCore {
         issued
     }
 
-    /// Cancels our peer requests for `seq` whose every missing chunk the origin is now
-    /// fetching (a late fetch takes chunks still requested from peers): the uploader drops
-    /// them from its queue and serves someone else, instead of sending bytes we would receive
-    /// twice.
-    fn cancel_covered_requests(&mut self, seq: u64) {
+    /// Cancels our peer requests for `seq` whose every missing chunk we now hold or the origin
+    /// is now fetching (a late fetch takes chunks still requested from peers; a late chunk
+    /// came from another peer): the uploader drops them from its queue and serves someone
+    /// else, instead of sending bytes we would receive twice.
+    pub(crate) fn cancel_covered_requests(&mut self, seq: u64) {
         let Some(s) = self.store.segments.get(&seq) else {
             return;
         };

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use protocol::{CHUNK_SIZE, Frame, PeerId};
 use rand::Rng;
 
+use crate::http::ON_TRACK_SILENCE;
 use crate::remotes::{MAX_CANCELLED, PEER_PENALTY};
 use crate::stats::HttpCause;
 use crate::store::Segment;
@@ -86,6 +87,16 @@ impl PeerCore {
     }
 
     pub(crate) fn scheduler_timeouts(&self, at: &mut impl FnMut(Time)) {
+        // Peer requests for segments past their origin cutoff are left to run only while they
+        // flow (see `on_track`): look again when one falls silent.
+        for req in self.sched.requests.values() {
+            if let Some(s) = self.store.segments.get(&req.seq)
+                && let Some(deadline) = s.want.or(s.prefetch)
+                && self.now >= self.cutoff(s, deadline)
+            {
+                at(req.last_progress + ON_TRACK_SILENCE + Duration::from_micros(1));
+            }
+        }
         let rounds = self.backup_rounds();
         for s in self.store.segments.values() {
             if let Some(deadline) = s.want.or(s.prefetch)
@@ -358,15 +369,7 @@ impl PeerCore {
             return true;
         }
         let len = data.len() as u64;
-        self.stats.count_from_peer(peer, len);
-        if self.cfg.chunk_events {
-            self.out.push_back(Output::Event(Event::ChunkReceived {
-                peer: Some(peer),
-                seq,
-                chunk: idx,
-                bytes: data.len(),
-            }));
-        }
+        self.chunk_from_peer(peer, seq, idx, data.len());
         if let Some(req) = self.sched.requests.get_mut(&req_id) {
             req.received |= bit;
             req.last_progress = now;
@@ -424,10 +427,23 @@ impl PeerCore {
             self.ban(now, peer, BanReason::BadChunk);
             return true;
         }
-        let len = data.len() as u64;
-        self.stats.count_from_peer(peer, len);
+        self.chunk_from_peer(peer, seq, idx, data.len());
         self.store_chunk(now, seq, idx, data, false);
+        self.cancel_covered_requests(seq);
         true
+    }
+
+    /// Counts a verified chunk from `peer` (and tells the page, when it listens for chunks).
+    fn chunk_from_peer(&mut self, peer: PeerId, seq: u64, idx: usize, bytes: usize) {
+        self.stats.count_from_peer(peer, bytes as u64);
+        if self.cfg.chunk_events {
+            self.out.push_back(Output::Event(Event::ChunkReceived {
+                peer: Some(peer),
+                seq,
+                chunk: idx,
+                bytes,
+            }));
+        }
     }
 
     /// A peer with requests outstanding that sent no chunk for `peer_stall_timeout` has stalled:

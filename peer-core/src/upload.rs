@@ -82,12 +82,25 @@ impl PeerCore {
             self.send(peer, &absent(AbsentReason::Busy));
             return false;
         }
-        r.serve.push_back(Serve {
+        // A chunk we fetched from the origin and nobody has yet (our seeding part) goes before
+        // relays already queued for this requester: until its first copy is out, the whole
+        // swarm waits for it, and a slow first copy sends backup seeders to the origin.
+        let fresh = self.store.segments.get(&seq).is_some_and(|s| {
+            s.chunks[first as usize..end]
+                .iter()
+                .any(|c| c.from_http && c.uploads == 0)
+        });
+        let sv = Serve {
             req_id,
             seq,
             next: first,
             end: end as u16,
-        });
+        };
+        if fresh {
+            r.serve.push_front(sv);
+        } else {
+            r.serve.push_back(sv);
+        }
         self.upload.serve_total += count as usize;
         if let Some(s) = self.store.segments.get_mut(&seq) {
             s.last_used = now;

@@ -487,30 +487,33 @@ fn each_misbehaviour_bans_and_chunks_go_elsewhere() {
 }
 
 /// A peer slower than `peer_stall_timeout`: the core cancels the request and asks another
-/// peer; when the slow peer's chunk arrives after the `Cancel`, it is ignored, not punished.
+/// peer; when the slow peer's chunk arrives after the `Cancel`, it is not punished, and since
+/// it verifies and is still missing it is kept (its upload is not wasted): the request to the
+/// second peer, now covered, is cancelled in turn.
 #[test]
-fn late_chunk_after_our_cancel_is_not_punished() {
+fn late_chunk_after_our_cancel_is_kept_not_punished() {
     let seq = 5;
     let len = CHUNK_SIZE;
     let mut h = Harness::new(config(), &[(seq, len)]);
-    // One chunk, 2.5 s to send it: the 1.5 s stall timeout fires first.
+    // One chunk, 4 s to send it: the stall timeout (1.5 s in the tests' config) fires first.
     assert!(h.connect(
         100,
-        FakePeer::new(PeerBehaviour::Honest, [seq]).timing(ms(10), ms(2500))
+        FakePeer::new(PeerBehaviour::Honest, [seq]).timing(ms(10), ms(4000))
     ));
     h.want_at(at_ms(0), seq, at_ms(20_000));
     h.run_until(at_ms(1000));
     assert!(h.connect(
         101,
-        FakePeer::new(PeerBehaviour::Honest, [seq]).timing(ms(10), ms(3000))
+        FakePeer::new(PeerBehaviour::Honest, [seq]).timing(ms(10), ms(6000))
     ));
     h.run_until(at_ms(6000));
-    let cancel_at = h
-        .sent
-        .iter()
-        .find(|s| s.peer == 100 && matches!(s.frame, Frame::Cancel { .. }))
-        .map(|s| s.at)
-        .expect("request to the slow peer cancelled");
+    let cancel_at = |peer| {
+        h.sent
+            .iter()
+            .find(|s| s.peer == peer && matches!(s.frame, Frame::Cancel { .. }))
+            .map(|s| s.at)
+    };
+    let cancel_100 = cancel_at(100).expect("request to the slow peer cancelled");
     let late = h
         .chunks_in
         .iter()
@@ -518,13 +521,25 @@ fn late_chunk_after_our_cancel_is_not_punished() {
         .map(|c| c.0)
         .expect("slow peer's chunk arrived");
     assert!(
-        late > cancel_at,
-        "chunk at {late:?}, cancel at {cancel_at:?}"
+        late > cancel_100,
+        "chunk at {late:?}, cancel at {cancel_100:?}"
     );
     assert!(h.ban_events(100).is_empty(), "late chunk punished");
     assert!(h.disconnects(100).is_empty());
     assert!(h.core.open_peers().any(|p| p == 100));
     assert!(h.core.stats().peer_request_timeouts >= 1);
+    // Kept: the segment came from the late chunk, and peer 101 was told to stop.
+    assert_eq!(
+        h.core.stats().bytes_from_peer.get(&100).copied(),
+        Some(CHUNK_SIZE as u64)
+    );
+    assert!(h.delivered.contains_key(&seq), "segment not delivered");
+    assert!(
+        h.sent
+            .iter()
+            .any(|s| s.peer == 101 && s.at >= late && matches!(s.frame, Frame::Cancel { .. })),
+        "the request to 101, covered by the late chunk, was not cancelled"
+    );
 }
 
 /// The only holder stops after two chunks; the deadline fallback fetches the rest from the
