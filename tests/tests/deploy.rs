@@ -1,4 +1,5 @@
-//! The files in `deploy/` are accepted by the tools that run them. (The nginx config runs in
+//! The files in `deploy/` are accepted by the tools that run them, and README's production
+//! commands start the servers. (The nginx config runs in
 //! `browser.rs::pages_play_through_an_nginx_tls_proxy`; each unit's `ExecStart` runs in its
 //! server's `tests/cli.rs`.)
 
@@ -51,4 +52,86 @@ fn systemd_units_verify() -> Result<()> {
     }
     verify_unit("p2pcdn-signaling.service")?;
     verify_unit("p2pcdn-origin.service")
+}
+
+/// The commands of README's "Run it in production", run as written (through `sh`, with the
+/// secrets they name set) by this build's binaries: only the listen ports (any free one) and
+/// the media folder (this tree's) are changed. Each must start, print where it listens, and
+/// stop on SIGTERM: a flag renamed in a server and not in the README fails here.
+#[test]
+fn readme_production_commands_start() -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let readme = std::fs::read_to_string(root().join("README.md"))?;
+    let block = readme
+        .split("\n## Run it in production")
+        .nth(1)
+        .and_then(|s| s.split("\n```\n").nth(1))
+        .context("README.md: no command block under \"Run it in production\"")?;
+    // One command per line once continuations are joined; comments dropped.
+    let joined = block.replace("\\\n", " ");
+    let commands: Vec<String> = joined
+        .lines()
+        .map(|l| l.split(" #").next().unwrap_or("").trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect();
+    ensure!(commands.len() == 2, "expected 2 commands, got {commands:?}");
+    // This test's binary is <target>/<profile>/deps/deploy-*; the servers' are next to deps/.
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .and_then(Path::parent)
+        .context("no target dir")?
+        .to_path_buf();
+    for (cmd, name, listening) in [
+        (&commands[0], "signaling-server", "listening on "),
+        (&commands[1], "origin", "origin listening on "),
+    ] {
+        ensure!(cmd.starts_with(name), "{cmd:?} is not the {name} command");
+        ensure!(
+            bin_dir.join(name).exists(),
+            "{} missing: cargo build -p {name}",
+            bin_dir.join(name).display()
+        );
+        let port = listen_addr(cmd)?;
+        let cmd = cmd
+            .replace(&format!("--listen {port}"), "--listen 127.0.0.1:0")
+            .replace("/srv/media", &root().join("media").display().to_string());
+        let path = format!(
+            "{}:{}",
+            bin_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("exec {cmd}"))
+            .env("PATH", path)
+            .env("TURN_SECRET", "a-turn-secret-for-the-readme-test")
+            .env("TOKEN_SECRET", "a-token-secret-for-the-readme-test")
+            .env("ADMIN_TOKEN", "an-admin-token-for-the-readme-test")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let out = child.wait_with_output()?;
+        ensure!(
+            line.starts_with(listening) && out.status.success(),
+            "README's {name} command did not start ({}): {line}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The address after `--listen ` in `cmd`.
+fn listen_addr(cmd: &str) -> Result<String> {
+    cmd.split("--listen ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .map(String::from)
+        .context("no --listen in the README command")
 }
