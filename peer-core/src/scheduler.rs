@@ -27,6 +27,17 @@ pub struct OurReq {
     pub last_progress: Time,
 }
 
+/// What [`PeerCore::check_chunk`] found.
+enum Check {
+    Good,
+    /// Matches the segment's previous manifest entry (re-published): dropped, not banned.
+    Skewed,
+    /// Too long or corrupt: its sender is banned.
+    Banned,
+    /// The segment is not known (any more).
+    Unknown,
+}
+
 /// Most chunks in one of our requests: the `received` bitmap has 64 bits.
 pub const MAX_REQUEST_CHUNKS: u16 = 64;
 
@@ -340,33 +351,19 @@ impl PeerCore {
             self.ban(now, peer, BanReason::Unsolicited);
             return true;
         }
-        let Some(s) = self.store.segments.get(&seq) else {
-            return false;
-        };
-        if data.len() > s.m.chunk_len(idx) {
-            self.ban(now, peer, BanReason::TooManyBytes);
-            return true;
-        }
-        if !s.m.verify_chunk(idx, &data) {
-            if s.prev.as_ref().is_some_and(|p| p.verify_chunk(idx, &data)) {
-                // Skew, not corruption: the origin re-published the segment and the peer still
-                // holds the version it verified. Not banned; not asked for it again until it
-                // announces it anew (after its next manifest fetch).
-                self.stats.skewed_chunks += 1;
+        match self.check_chunk(now, peer, seq, idx, &data) {
+            Check::Unknown => return false,
+            Check::Banned => return true,
+            Check::Skewed => {
+                // The peer still holds the version it verified: not asked for it again until
+                // it announces it anew (after its next manifest fetch).
                 self.cancel_request(req_id);
                 if let Some(r) = self.remotes.peers.get_mut(&peer) {
                     r.have.remove(seq);
                 }
                 return true;
             }
-            self.stats.integrity_failures += 1;
-            self.out.push_back(Output::Event(Event::IntegrityFailure {
-                peer: Some(peer),
-                seq,
-                chunk: idx,
-            }));
-            self.ban(now, peer, BanReason::BadChunk);
-            return true;
+            Check::Good => {}
         }
         let len = data.len() as u64;
         self.chunk_from_peer(peer, seq, idx, data.len());
@@ -406,31 +403,46 @@ impl PeerCore {
         if c.data.is_some() {
             return false;
         }
-        if data.len() > s.m.chunk_len(idx) {
-            self.ban(now, peer, BanReason::TooManyBytes);
-            return true;
-        }
-        if !s.m.verify_chunk(idx, &data) {
-            if s.prev.as_ref().is_some_and(|p| p.verify_chunk(idx, &data)) {
-                // Skew (a re-published segment), not corruption: dropped.
-                self.stats.skewed_chunks += 1;
-                return false;
-            }
-            // Corrupt is corrupt, asked for or not: a peer must not be able to hide bad
-            // chunks behind our cancellations.
-            self.stats.integrity_failures += 1;
-            self.out.push_back(Output::Event(Event::IntegrityFailure {
-                peer: Some(peer),
-                seq,
-                chunk: idx,
-            }));
-            self.ban(now, peer, BanReason::BadChunk);
-            return true;
+        // Corrupt is corrupt, asked for or not: a peer must not be able to hide bad chunks
+        // behind our cancellations. A skewed one is dropped.
+        match self.check_chunk(now, peer, seq, idx, &data) {
+            Check::Good => {}
+            Check::Banned => return true,
+            Check::Unknown | Check::Skewed => return false,
         }
         self.chunk_from_peer(peer, seq, idx, data.len());
         self.store_chunk(now, seq, idx, data, false);
         self.cancel_covered_requests(seq);
         true
+    }
+
+    /// Verifies chunk `idx` of `seq` from `peer` against the manifest. Too long or corrupt:
+    /// the peer is banned (and a corrupt chunk reported). One that matches the segment's
+    /// previous manifest entry is skew, not corruption (the origin re-published the segment):
+    /// counted, never banned.
+    fn check_chunk(&mut self, now: Time, peer: PeerId, seq: u64, idx: usize, data: &[u8]) -> Check {
+        let Some(s) = self.store.segments.get(&seq) else {
+            return Check::Unknown;
+        };
+        if data.len() > s.m.chunk_len(idx) {
+            self.ban(now, peer, BanReason::TooManyBytes);
+            return Check::Banned;
+        }
+        if s.m.verify_chunk(idx, data) {
+            return Check::Good;
+        }
+        if s.prev.as_ref().is_some_and(|p| p.verify_chunk(idx, data)) {
+            self.stats.skewed_chunks += 1;
+            return Check::Skewed;
+        }
+        self.stats.integrity_failures += 1;
+        self.out.push_back(Output::Event(Event::IntegrityFailure {
+            peer: Some(peer),
+            seq,
+            chunk: idx,
+        }));
+        self.ban(now, peer, BanReason::BadChunk);
+        Check::Banned
     }
 
     /// Counts a verified chunk from `peer` (and tells the page, when it listens for chunks).
