@@ -128,41 +128,16 @@ async fn serve(a: ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding {}", a.listen))?;
     let addr = listener.local_addr()?;
+    let stop = http_guard::shutdown_signal();
     // One plain stdout line that scripts (cargo xtask bench origin) wait for and parse.
     println!("origin listening on http://{addr}");
     tracing::info!(%addr, live = ?state.live_names(), synthetic = ?state.synthetic_names(), "origin started");
-    origin::serve(listener, state, shutdown_signal())
-        .await
-        .context("serving")?;
+    origin::serve(listener, state, async {
+        stop.await;
+        tracing::info!("shutdown signal received, finishing in-flight requests");
+    })
+    .await
+    .context("serving")?;
     tracing::info!("origin stopped");
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutdown signal received, finishing in-flight requests");
 }

@@ -72,34 +72,12 @@ async fn run(cli: Cli) -> Result<()> {
         .await
         .with_context(|| format!("cannot bind {}", cli.listen))?;
     let addr = listener.local_addr()?;
+    let stop = http_guard::shutdown_signal();
     // Machine-readable for scripts (xtask bench) that start us on port 0.
     println!("listening on {addr}");
     tracing::info!(%addr, "signaling server listening");
     let state = AppState::new(cli.config);
-    serve(listener, state, shutdown_signal()).await?;
+    serve(listener, state, stop).await?;
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT"),
-        _ = term => tracing::info!("SIGTERM"),
-    }
 }
