@@ -82,6 +82,10 @@ pub struct Config {
     pub serve_queue_per_peer: usize,
     /// Chunks we queue for all requesters together before answering `Busy`.
     pub serve_queue_total: usize,
+    /// Longest a request may wait for our uplink (at its measured rate, behind what is queued
+    /// and buffered) before we answer `Busy`: beyond it the requester is better served by
+    /// another peer or the origin than by bytes that arrive after it gave up on them.
+    pub serve_horizon: Duration,
     /// Bytes we let wait in one data channel's send buffer (the driver reports it with
     /// `handle_buffered`); more would only queue behind the uplink and delay everybody.
     pub send_window_per_peer: usize,
@@ -138,6 +142,7 @@ impl Default for Config {
             max_chunks_per_request: 4,
             serve_queue_per_peer: 16,
             serve_queue_total: 96,
+            serve_horizon: Duration::from_millis(1500),
             // 32 KiB (two chunks): on a loss-limited pair (~1 Mbit/s at 100 ms RTT) 64 KiB was
             // half a second of queue in front of every other frame on the uplink. Sim, 50
             // viewers, 300 s, seeds 1-4: offload 94.5/91.8/94.6/93.2 % -> 95.7/95.1/95.1/95.5 %.

@@ -477,7 +477,11 @@ impl PeerCore {
         if let Some(peer) = self.peer_of(conn)
             && let Some(r) = self.remotes.peers.get_mut(&peer)
         {
+            let drained = r.buffered.saturating_sub(amount);
             r.reported(now, amount, self.cfg.send_window_per_peer);
+            let left = self.total_buffered();
+            self.upload.meter.drained(now, drained, left);
+            self.stats.uplink_bps = self.upload.meter.bps.map_or(0, |b| (b * 8.0) as u64);
         }
     }
 

@@ -65,6 +65,12 @@ pub struct Stats {
     /// bytes received twice.
     pub dup_http_bytes: u64,
     pub dup_p2p_bytes: u64,
+    /// Our uplink as measured from the send buffers' drain, bits/s (0: not measured yet; see
+    /// `upload::UplinkMeter`).
+    pub uplink_bps: u64,
+    /// Requests answered `Busy` because our uplink would not get them out within
+    /// `Config::serve_horizon`.
+    pub serve_busy: u64,
     /// Scheduling passes run (one per input that may change a decision; see
     /// `remotes::Remote::hurried`).
     pub passes: u64,

@@ -1,5 +1,6 @@
 //! Serving other peers: bounded serve queues, round robin over requesters, the per-channel and
-//! total send windows, and the upload cap (a token bucket).
+//! total send windows, the upload cap (a token bucket), and the measured uplink that bounds the
+//! serve queue in time.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -18,6 +19,57 @@ pub struct Serve {
     pub end: u16,
 }
 
+/// Most of our measured uplink's time that the send buffers may hold together (see
+/// [`PeerCore::send_windows`]).
+const SEND_WINDOW_TIME: Duration = Duration::from_millis(250);
+/// The send window never shrinks below two chunks (with frame headers): one draining, one
+/// waiting, so the link never idles for want of a refill.
+const MIN_SEND_WINDOW: usize = 2 * (CHUNK_SIZE + 64);
+
+/// Length of one uplink measurement window.
+const METER_WINDOW: Duration = Duration::from_millis(500);
+
+/// Our uplink, measured: bytes our send buffers drained per second over windows in which they
+/// never ran dry (the link was busy all along, so what it drained is what it can carry). A
+/// window in which they ran dry only ever raises the estimate (the link carried at least that).
+/// `None` until a busy window was seen: a peer that never had more to send than its link
+/// carries has no uplink problem to plan around.
+#[derive(Debug, Default)]
+pub struct UplinkMeter {
+    start: Time,
+    drained: u64,
+    /// The buffers ran dry in this window.
+    idled: bool,
+    /// Bytes/s.
+    pub bps: Option<f64>,
+}
+
+impl UplinkMeter {
+    /// The send buffers drained `bytes`; `left` bytes wait in all of them now.
+    pub fn drained(&mut self, now: Time, bytes: usize, left: usize) {
+        self.drained += bytes as u64;
+        if left == 0 {
+            self.idled = true;
+        }
+        let len = now.since(self.start);
+        if len < METER_WINDOW {
+            return;
+        }
+        let sample = self.drained as f64 / len.as_secs_f64();
+        self.bps = match self.bps {
+            // A window that followed an idle spell is longer than METER_WINDOW and mostly idle:
+            // only its rate above the estimate says anything.
+            _ if self.idled || len > METER_WINDOW * 4 => self.bps.map(|b| b.max(sample)),
+            None => Some(sample),
+            // Smoothed: one window is a handful of chunks.
+            Some(b) => Some(0.7 * b + 0.3 * sample),
+        };
+        self.start = now;
+        self.drained = 0;
+        self.idled = left == 0;
+    }
+}
+
 #[derive(Debug)]
 pub struct Upload {
     /// Bytes we may send now under the cap.
@@ -27,6 +79,7 @@ pub struct Upload {
     pub serve_total: usize,
     /// Requester served last: the round robin starts after it, so no requester starves.
     pub rr_last: PeerId,
+    pub meter: UplinkMeter,
 }
 
 impl Upload {
@@ -36,6 +89,7 @@ impl Upload {
             tokens_at: Time::ZERO,
             serve_total: 0,
             rr_last: 0,
+            meter: UplinkMeter::default(),
         }
     }
 }
@@ -72,6 +126,22 @@ impl PeerCore {
             self.send(peer, &absent(AbsentReason::NotFound));
             return false;
         }
+        // A chunk we fetched from the origin and nobody has yet (our seeding part) goes before
+        // relays already queued for this requester: until its first copy is out, the whole
+        // swarm waits for it, and a slow first copy sends backup seeders to the origin.
+        let fresh = self.store.segments.get(&seq).is_some_and(|s| {
+            s.chunks[first as usize..end]
+                .iter()
+                .any(|c| c.from_http && c.uploads == 0)
+        });
+        if self.serve_wait(fresh, count as usize) > self.cfg.serve_horizon.as_secs_f64() {
+            // Our uplink could not get it out in time: said now, the requester asks someone
+            // else or the origin at once, instead of waiting for bytes it would then fetch
+            // twice (and that would cost our uplink for nothing).
+            self.stats.serve_busy += 1;
+            self.send(peer, &absent(AbsentReason::Busy));
+            return false;
+        }
         let Some(r) = self.remotes.peers.get_mut(&peer) else {
             return false;
         };
@@ -82,14 +152,6 @@ impl PeerCore {
             self.send(peer, &absent(AbsentReason::Busy));
             return false;
         }
-        // A chunk we fetched from the origin and nobody has yet (our seeding part) goes before
-        // relays already queued for this requester: until its first copy is out, the whole
-        // swarm waits for it, and a slow first copy sends backup seeders to the origin.
-        let fresh = self.store.segments.get(&seq).is_some_and(|s| {
-            s.chunks[first as usize..end]
-                .iter()
-                .any(|c| c.from_http && c.uploads == 0)
-        });
         let sv = Serve {
             req_id,
             seq,
@@ -106,6 +168,33 @@ impl PeerCore {
             s.last_used = now;
         }
         true
+    }
+
+    /// Seconds before the last of `count` more chunks would leave our uplink, at its measured
+    /// rate: behind what the send buffers hold, and behind the serve queue unless the chunks go
+    /// first (`fresh`). 0 while the uplink is unmeasured.
+    pub(crate) fn serve_wait(&self, fresh: bool, count: usize) -> f64 {
+        let Some(bps) = self.upload.meter.bps else {
+            return 0.0;
+        };
+        let queued = if fresh { 0 } else { self.upload.serve_total };
+        let ahead = self.total_buffered() + (queued + count) * CHUNK_SIZE;
+        ahead as f64 / bps.max(1.0)
+    }
+
+    /// The send windows in force (per channel, all channels): the configured ones, and once
+    /// the uplink is measured no more than [`SEND_WINDOW_TIME`] of it. A chunk in a send buffer
+    /// can no longer be cancelled or reordered; in the serve queue it still can, and fresh
+    /// seeding chunks still go first.
+    pub(crate) fn send_windows(&self) -> (usize, usize) {
+        let all = match self.upload.meter.bps {
+            Some(bps) => ((bps * SEND_WINDOW_TIME.as_secs_f64()) as usize).clamp(
+                MIN_SEND_WINDOW,
+                self.cfg.send_window_total.max(MIN_SEND_WINDOW),
+            ),
+            None => self.cfg.send_window_total,
+        };
+        (self.cfg.send_window_per_peer.min(all), all)
     }
 
     pub(crate) fn upload_timeouts(&self, at: &mut impl FnMut(Time)) {
@@ -139,6 +228,7 @@ impl PeerCore {
             .map(|(p, _)| *p)
             .collect();
         peers.extend(self.remotes.peers.range(..=last).map(|(p, _)| *p));
+        let (per_peer, all) = self.send_windows();
         loop {
             let mut sent_any = false;
             for &p in &peers {
@@ -146,9 +236,7 @@ impl PeerCore {
                 let Some(r) = self.remotes.peers.get_mut(&p) else {
                     continue;
                 };
-                if r.buffered >= self.cfg.send_window_per_peer
-                    || total >= self.cfg.send_window_total
-                {
+                if r.buffered >= per_peer || total >= all {
                     continue;
                 }
                 let Some(sv) = r.serve.front_mut() else {

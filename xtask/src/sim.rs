@@ -59,6 +59,10 @@ pub struct Args {
     /// Skip the HTTP-only run of the same viewers (and seed) that `origin_saved` compares with.
     #[arg(long)]
     no_baseline: bool,
+    /// Longest a request may wait for a viewer's measured uplink before it answers `Busy`
+    /// (peer-core's `serve_horizon`), ms.
+    #[arg(long)]
+    serve_horizon_ms: Option<u64>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -83,6 +87,10 @@ pub fn run(a: Args) -> Result<()> {
         core: sim::peer_core::Config {
             store_cap: a.store_mb * 1024 * 1024,
             origin_seeders: a.origin_seeders,
+            serve_horizon: a.serve_horizon_ms.map_or(
+                sim::peer_core::Config::default().serve_horizon,
+                std::time::Duration::from_millis,
+            ),
             ..Default::default()
         },
         ..SimConfig::default()
