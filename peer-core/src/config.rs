@@ -91,6 +91,10 @@ pub struct Config {
     pub send_window_per_peer: usize,
     /// Bytes we let wait in all send buffers together.
     pub send_window_total: usize,
+    /// Once our uplink is measured, the send buffers together hold no more than this much of
+    /// its time (and no more than `send_window_total`): a chunk in a send buffer can no longer
+    /// be cancelled or put behind a fresher one, and everything sent after it waits for it.
+    pub send_window_time: Duration,
     /// A peer request with no chunk for this long is given up (its chunks go elsewhere).
     pub peer_stall_timeout: Duration,
     /// Extra margin kept before a deadline when falling back to HTTP.
@@ -148,6 +152,7 @@ impl Default for Config {
             // viewers, 300 s, seeds 1-4: offload 94.5/91.8/94.6/93.2 % -> 95.7/95.1/95.1/95.5 %.
             send_window_per_peer: 32 * 1024,
             send_window_total: 160 * 1024,
+            send_window_time: Duration::from_millis(250),
             peer_stall_timeout: Duration::from_millis(3000),
             http_margin: Duration::from_millis(500),
             backup_seed_delay: Duration::from_millis(1500),

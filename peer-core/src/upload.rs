@@ -19,21 +19,27 @@ pub struct Serve {
     pub end: u16,
 }
 
-/// Most of our measured uplink's time that the send buffers may hold together (see
-/// [`PeerCore::send_windows`]).
-const SEND_WINDOW_TIME: Duration = Duration::from_millis(250);
 /// The send window never shrinks below two chunks (with frame headers): one draining, one
 /// waiting, so the link never idles for want of a refill.
 const MIN_SEND_WINDOW: usize = 2 * (CHUNK_SIZE + 64);
 
 /// Length of one uplink measurement window.
 const METER_WINDOW: Duration = Duration::from_millis(500);
+/// Per-window decay of the uplink estimate (see [`UplinkMeter::drained`]).
+const METER_DECAY: f64 = 0.995;
+/// How often the meter probes for more uplink than it measured (see
+/// [`PeerCore::send_windows`]).
+const PROBE_EVERY: Duration = Duration::from_secs(10);
 
 /// Our uplink, measured: bytes our send buffers drained per second over windows in which they
-/// never ran dry (the link was busy all along, so what it drained is what it can carry). A
-/// window in which they ran dry only ever raises the estimate (the link carried at least that).
-/// `None` until a busy window was seen: a peer that never had more to send than its link
-/// carries has no uplink problem to plan around.
+/// never ran dry (the link was busy all along, so what it drained is what it can carry), kept
+/// as a slowly decaying maximum. A window in which they ran dry only ever raises the estimate
+/// (the link carried at least that). `None` until a busy window was seen: a peer that never
+/// had more to send than its link carries has no uplink problem to plan around.
+///
+/// Measured in the simulator (`cargo xtask sim --up-mbps 1`): 1.00 Mbit/s on 1 Mbit/s links.
+/// Where each pair is slower than the uplink (80–300 ms RTT, 3 % loss, 4 Mbit/s links) it
+/// reads what the pairs in use carry together (~2.7 Mbit/s), which is what the windows need.
 #[derive(Debug, Default)]
 pub struct UplinkMeter {
     start: Time,
@@ -42,6 +48,9 @@ pub struct UplinkMeter {
     idled: bool,
     /// Bytes/s.
     pub bps: Option<f64>,
+    /// The current probe lasts until then (a whole measurement window).
+    probe_until: Time,
+    next_probe: Time,
 }
 
 impl UplinkMeter {
@@ -61,12 +70,26 @@ impl UplinkMeter {
             // only its rate above the estimate says anything.
             _ if self.idled || len > METER_WINDOW * 4 => self.bps.map(|b| b.max(sample)),
             None => Some(sample),
-            // Smoothed: one window is a handful of chunks.
-            Some(b) => Some(0.7 * b + 0.3 * sample),
+            // A slowly decaying maximum: a busy window drains at the link's rate only when
+            // enough channels hold data (each pair gets what its congestion controller allows,
+            // which on long or lossy paths is less than the uplink), so a lower sample may mean
+            // fewer channels in use, not a slower link. The estimate follows a slower link down
+            // by halves in about a minute (×0.995 a window); meanwhile the windows are as deep
+            // as they were before the link slowed.
+            Some(b) => Some(sample.max(b * METER_DECAY)),
         };
         self.start = now;
         self.drained = 0;
         self.idled = left == 0;
+        if now >= self.next_probe {
+            self.probe_until = now + METER_WINDOW * 2;
+            self.next_probe = now + PROBE_EVERY;
+        }
+    }
+
+    /// Whether the send windows are opened up now to see if the link carries more.
+    pub fn probing(&self, now: Time) -> bool {
+        now < self.probe_until
     }
 }
 
@@ -183,15 +206,38 @@ impl PeerCore {
     }
 
     /// The send windows in force (per channel, all channels): the configured ones, and once
-    /// the uplink is measured no more than [`SEND_WINDOW_TIME`] of it. A chunk in a send buffer
+    /// the uplink is measured no more than `Config::send_window_time` of it. A chunk in a send buffer
     /// can no longer be cancelled or reordered; in the serve queue it still can, and fresh
     /// seeding chunks still go first.
+    ///
+    /// While the meter probes (see [`UplinkMeter::probing`]), no less than one chunk per
+    /// requester waiting to be served: a link whose pairs are slower than its uplink (long RTTs,
+    /// loss: each pair gets what its congestion controller allows) drains only as fast as the
+    /// channels that hold data, so a window cut to the drain measured on a few channels would
+    /// keep the others empty and the measurement low for good. A probe that drains faster
+    /// raises the estimate; on a link that is the bottleneck it cannot, and costs one window of
+    /// deeper buffers every [`PROBE_EVERY`].
     pub(crate) fn send_windows(&self) -> (usize, usize) {
         let all = match self.upload.meter.bps {
-            Some(bps) => ((bps * SEND_WINDOW_TIME.as_secs_f64()) as usize).clamp(
-                MIN_SEND_WINDOW,
-                self.cfg.send_window_total.max(MIN_SEND_WINDOW),
-            ),
+            Some(bps) => {
+                let floor = if self.upload.meter.probing(self.now) {
+                    let waiting = self
+                        .remotes
+                        .peers
+                        .values()
+                        .filter(|r| !r.serve.is_empty() || r.buffered > 0)
+                        .count();
+                    waiting * (CHUNK_SIZE + 64)
+                } else {
+                    0
+                };
+                ((bps * self.cfg.send_window_time.as_secs_f64()) as usize)
+                    .max(floor)
+                    .clamp(
+                        MIN_SEND_WINDOW,
+                        self.cfg.send_window_total.max(MIN_SEND_WINDOW),
+                    )
+            }
             None => self.cfg.send_window_total,
         };
         (self.cfg.send_window_per_peer.min(all), all)

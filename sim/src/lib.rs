@@ -158,6 +158,14 @@ pub struct Report {
     pub dup_p2p: u64,
     /// The capacity bound on origin savings: min(1 − 1/N, uplink ÷ bitrate).
     pub bound: f64,
+    /// Viewers whose core measured its uplink, and the mean of what they measured (bits/s, at
+    /// the end of the run).
+    pub uplinks_measured: usize,
+    /// The simulated uplink, Mbit/s.
+    pub up_mbps: f64,
+    pub uplink_measured_mean: f64,
+    /// Requests answered `Busy` because the uploader's uplink would not get them out in time.
+    pub serve_busy: u64,
 }
 
 impl Report {
@@ -201,7 +209,8 @@ impl Report {
              origin sent {:.1} MB, peers sent {:.1} MB; delivered {:.1} MB HTTP + {:.1} MB P2P in {} segments\n\
              integrity: {} corrupt segments to players, {}/{} bad peers banned, {} honest banned; {} events\n\
              origin requests: {} designated, {} backup, {} deadline, {} alone; {} peer request timeouts; {:.1} manifest fetches per viewer-minute\n\
-             waste: {:.1} MB ({:.1} % of delivered): {:.1} MB received and never played ({:.1} MB a second time from the origin, {:.1} MB from a peer), {:.1} MB uploaded and not kept; bound on origin savings {:.3}",
+             waste: {:.1} MB ({:.1} % of delivered): {:.1} MB received and never played ({:.1} MB a second time from the origin, {:.1} MB from a peer), {:.1} MB uploaded and not kept; bound on origin savings {:.3}\n\
+             uplink measured by {} viewers: {:.2} Mbit/s on average (links {:.2}); {} requests answered busy for want of uplink",
             self.viewers,
             self.joins,
             self.bad,
@@ -234,6 +243,10 @@ impl Report {
             self.dup_p2p as f64 / 1e6,
             self.uploaded_unreceived as f64 / 1e6,
             self.bound,
+            self.uplinks_measured,
+            self.uplink_measured_mean / 1e6,
+            self.up_mbps,
+            self.serve_busy,
         )
     }
 }
@@ -1224,6 +1237,7 @@ impl Sim {
             ..Default::default()
         };
         r.bound = r.limit.min(self.cfg.up_bps / self.cfg.bitrate_bps.max(1.0));
+        r.up_mbps = self.cfg.up_bps / 1e6;
         let (mut honest_http, mut honest_p2p) = (0u64, 0u64);
         let mut received = 0u64;
         for vw in &self.viewers {
@@ -1246,7 +1260,13 @@ impl Sim {
             r.http_alone += s.http_alone;
             r.peer_timeouts += s.peer_request_timeouts;
             r.manifest_fetches += s.manifest_fetches;
+            r.serve_busy += s.serve_busy;
+            if s.uplink_bps > 0 {
+                r.uplinks_measured += 1;
+                r.uplink_measured_mean += s.uplink_bps as f64;
+            }
         }
+        r.uplink_measured_mean /= r.uplinks_measured.max(1) as f64;
         r.offload_honest = honest_p2p as f64 / (honest_http + honest_p2p).max(1) as f64;
         r.received_unplayed = received.saturating_sub(r.delivered_http + r.delivered_p2p);
         r.uploaded_unreceived = r.uploaded_bytes.saturating_sub(r.p2p_bytes);

@@ -63,6 +63,10 @@ pub struct Args {
     /// (peer-core's `serve_horizon`), ms.
     #[arg(long)]
     serve_horizon_ms: Option<u64>,
+    /// Most of a viewer's measured uplink time its send buffers may hold (peer-core's
+    /// `send_window_time`), ms.
+    #[arg(long)]
+    send_window_ms: Option<u64>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -89,6 +93,10 @@ pub fn run(a: Args) -> Result<()> {
             origin_seeders: a.origin_seeders,
             serve_horizon: a.serve_horizon_ms.map_or(
                 sim::peer_core::Config::default().serve_horizon,
+                std::time::Duration::from_millis,
+            ),
+            send_window_time: a.send_window_ms.map_or(
+                sim::peer_core::Config::default().send_window_time,
                 std::time::Duration::from_millis,
             ),
             ..Default::default()
