@@ -306,6 +306,7 @@ impl PeerCore {
         self.deliver(now);
         self.schedule(now);
         self.pump_uploads(now);
+        self.advertise_status(now);
         self.flush_have();
         if self.session.joined && now >= self.stats_at {
             self.stats_at = now + STATS_INTERVAL;

@@ -72,6 +72,14 @@ pub struct Remote {
     pub inflight: usize,
     pub serve: VecDeque<Serve>,
     pub cancelled: VecDeque<(u32, u64, u16, u16)>,
+    /// Its last `Status`: its uplink (bytes/s; 0: not told), the wait it announced for a new
+    /// request (s), and when it came. A holder's expected delivery counts the wait down from
+    /// then.
+    pub their_uplink: f64,
+    pub their_wait: f64,
+    pub their_status_at: Time,
+    /// We sent it our `Status` since our figures last moved.
+    pub status_told: bool,
     /// Received bytes/s (EWMA), for picking the fastest holder.
     pub rate: f64,
     pub penalty_until: Time,
@@ -107,6 +115,10 @@ impl Remote {
             serve: VecDeque::new(),
             cancelled: VecDeque::new(),
             rate: 256.0 * 1024.0,
+            their_uplink: 0.0,
+            their_wait: 0.0,
+            their_status_at: now,
+            status_told: false,
             penalty_until: Time::ZERO,
             refuses: false,
             buffered: 0,
@@ -590,6 +602,20 @@ impl PeerCore {
                 let freed = before - queued_chunks(&r.serve);
                 self.upload.serve_total -= freed;
                 freed > 0
+            }
+            Frame::Status {
+                uplink_kbps,
+                wait_ms,
+            } => {
+                let Some(r) = self.remotes.peers.get_mut(&peer) else {
+                    return false;
+                };
+                // Advisory only (a liar about its own uplink hurts only its own share of
+                // requests): kept within what a residential link can mean.
+                r.their_uplink = (uplink_kbps.min(10_000_000) as f64) * 1000.0 / 8.0;
+                r.their_wait = wait_ms as f64 / 1000.0;
+                r.their_status_at = now;
+                true
             }
             Frame::Absent { req_id, reason } => {
                 let Some(req) = self.sched.requests.get(&req_id) else {

@@ -249,7 +249,15 @@ impl PeerCore {
                 if !r.open || !r.hello || r.inflight >= cap || !r.has(seq, idx) {
                     continue;
                 }
-                let mut eta = (r.inflight as f64 + 1.0) * CHUNK_SIZE as f64 / r.rate.max(1.0);
+                // Its announced wait (counted down since it told us), then our chunks at the
+                // rate it delivered to us, or its whole uplink if that is less.
+                let rate = if r.their_uplink > 0.0 {
+                    r.rate.min(r.their_uplink)
+                } else {
+                    r.rate
+                };
+                let waits = (r.their_wait - now.since(r.their_status_at).as_secs_f64()).max(0.0);
+                let mut eta = waits + (r.inflight as f64 + 1.0) * CHUNK_SIZE as f64 / rate.max(1.0);
                 if eta > left {
                     continue;
                 }

@@ -93,6 +93,12 @@ impl UplinkMeter {
     }
 }
 
+/// `Status` goes out no more often than this, and only when our figures moved by
+/// [`STATUS_UPLINK_CHANGE`] or [`STATUS_WAIT_CHANGE`] (or to a peer that has not had it).
+const STATUS_EVERY: Duration = Duration::from_millis(250);
+const STATUS_UPLINK_CHANGE: f64 = 0.2;
+const STATUS_WAIT_CHANGE: f64 = 0.25;
+
 #[derive(Debug)]
 pub struct Upload {
     /// Bytes we may send now under the cap.
@@ -103,6 +109,8 @@ pub struct Upload {
     /// Requester served last: the round robin starts after it, so no requester starves.
     pub rr_last: PeerId,
     pub meter: UplinkMeter,
+    /// What our last `Status` said (uplink bytes/s, wait s), and when.
+    pub told: (f64, f64, Time),
 }
 
 impl Upload {
@@ -113,6 +121,7 @@ impl Upload {
             serve_total: 0,
             rr_last: 0,
             meter: UplinkMeter::default(),
+            told: (0.0, 0.0, Time::ZERO),
         }
     }
 }
@@ -241,6 +250,52 @@ impl PeerCore {
             None => self.cfg.send_window_total,
         };
         (self.cfg.send_window_per_peer.min(all), all)
+    }
+
+    /// Tells our neighbours our measured uplink and the wait a request would have now
+    /// (`Status`), when it moved since we last did; so that they ask a slow or busy uploader
+    /// for less, before it has to answer `Busy`.
+    pub(crate) fn advertise_status(&mut self, now: Time) {
+        let Some(bps) = self.upload.meter.bps else {
+            return;
+        };
+        if !self.cfg.upload {
+            return;
+        }
+        let wait = self.serve_wait(false, 0);
+        let (told_bps, told_wait, at) = self.upload.told;
+        if now < at + STATUS_EVERY {
+            return;
+        }
+        let moved = (bps - told_bps).abs() > STATUS_UPLINK_CHANGE * told_bps
+            || (wait - told_wait).abs() >= STATUS_WAIT_CHANGE;
+        if moved {
+            for r in self.remotes.peers.values_mut() {
+                r.status_told = false;
+            }
+        }
+        let frame = Frame::Status {
+            uplink_kbps: (bps * 8.0 / 1000.0).min(u32::MAX as f64) as u32,
+            wait_ms: (wait * 1000.0).min(u16::MAX as f64) as u16,
+        };
+        let to: Vec<PeerId> = self
+            .remotes
+            .peers
+            .iter()
+            .filter(|(_, r)| r.open && r.hello && !r.status_told)
+            .map(|(p, _)| *p)
+            .collect();
+        if to.is_empty() {
+            return;
+        }
+        let bytes = frame.encode();
+        for p in to {
+            if let Some(r) = self.remotes.peers.get_mut(&p) {
+                r.status_told = true;
+            }
+            self.send_bytes(p, bytes.clone());
+        }
+        self.upload.told = (bps, wait, now);
     }
 
     pub(crate) fn upload_timeouts(&self, at: &mut impl FnMut(Time)) {

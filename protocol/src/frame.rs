@@ -25,6 +25,7 @@ const T_REQUEST: u8 = 4;
 const T_CHUNK: u8 = 5;
 const T_CANCEL: u8 = 6;
 const T_ABSENT: u8 = 7;
+const T_STATUS: u8 = 8;
 
 /// Why a peer does not serve a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +147,10 @@ pub enum Frame {
     Cancel { req_id: u32 },
     /// `req_id` will not be served (the rest of it, if some chunks were sent).
     Absent { req_id: u32, reason: AbsentReason },
+    /// The sender's uplink as it measured it (kbit/s; 0: not measured) and how long a request
+    /// sent now would wait for it (ms, behind what it already queued): requesters ask a slow or
+    /// busy uploader for less. Advisory: the receiver checks nothing against it.
+    Status { uplink_kbps: u32, wait_ms: u16 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -199,6 +204,7 @@ impl Frame {
             Frame::Chunk { .. } => "chunk",
             Frame::Cancel { .. } => "cancel",
             Frame::Absent { .. } => "absent",
+            Frame::Status { .. } => "status",
         }
     }
 
@@ -275,6 +281,14 @@ impl Frame {
                 b.put_u8(T_ABSENT);
                 b.put_u32(*req_id);
                 b.put_u8(reason.to_u8());
+            }
+            Frame::Status {
+                uplink_kbps,
+                wait_ms,
+            } => {
+                b.put_u8(T_STATUS);
+                b.put_u32(*uplink_kbps);
+                b.put_u16(*wait_ms);
             }
         }
         b.freeze()
@@ -398,6 +412,13 @@ impl Frame {
                 let req_id = buf.get_u32();
                 let reason = AbsentReason::from_u8(buf.get_u8())?;
                 Frame::Absent { req_id, reason }
+            }
+            T_STATUS => {
+                need(&buf, 6, "status")?;
+                Frame::Status {
+                    uplink_kbps: buf.get_u32(),
+                    wait_ms: buf.get_u16(),
+                }
             }
             other => return Err(DecodeError::UnknownType(other)),
         };

@@ -102,6 +102,10 @@ fn frame() -> impl Strategy<Value = Frame> {
         any::<u32>().prop_map(|req_id| Frame::Cancel { req_id }),
         (any::<u32>(), absent_reason())
             .prop_map(|(req_id, reason)| Frame::Absent { req_id, reason }),
+        (any::<u32>(), any::<u16>()).prop_map(|(uplink_kbps, wait_ms)| Frame::Status {
+            uplink_kbps,
+            wait_ms
+        }),
     ]
 }
 
@@ -114,6 +118,7 @@ fn type_byte(f: &Frame) -> u8 {
         Frame::Chunk { .. } => 5,
         Frame::Cancel { .. } => 6,
         Frame::Absent { .. } => 7,
+        Frame::Status { .. } => 8,
     }
 }
 

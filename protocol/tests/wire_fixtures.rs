@@ -34,7 +34,7 @@ fn fixture_bytes_decode_to_frames() {
 fn fixtures_cover_every_frame_type() {
     let mut types: Vec<u8> = frame_fixtures().iter().map(|(_, h)| unhex(h)[1]).collect();
     types.dedup();
-    assert_eq!(types, [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(types, [1, 2, 3, 4, 5, 6, 7, 8]);
 }
 
 /// Frames a decoder must reject, with the reason; each is one byte away from a valid frame.
@@ -47,7 +47,7 @@ fn malformed_frames_are_rejected() {
         ("02 06 00000001", Version(2)),
         ("01", Truncated("type")),
         ("01 00", UnknownType(0)),
-        ("01 08", UnknownType(8)),
+        ("01 09", UnknownType(9)),
         ("01 06 000000", Truncated("cancel")),
         ("01 06 00000001 00", Trailing(1)),
         // Hello: swarm not UTF-8; length prefix longer than the rest.
@@ -86,6 +86,9 @@ fn malformed_frames_are_rejected() {
         ),
         // Absent: unknown reason.
         ("01 07 00000007 03", BadValue("absent reason", 3)),
+        // Status: one byte short; one byte too many.
+        ("01 08 000003e8 00", Truncated("status")),
+        ("01 08 000003e8 00fa 00", Trailing(1)),
     ];
     for (hex, err) in cases {
         assert_eq!(Frame::decode(&unhex(hex)), Err(err.clone()), "{hex}");

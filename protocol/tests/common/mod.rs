@@ -90,6 +90,13 @@ pub fn frame_fixtures() -> Vec<(Frame, &'static str)> {
             },
             "01 07 00000007 02",
         ),
+        (
+            Frame::Status {
+                uplink_kbps: 1000,
+                wait_ms: 250,
+            },
+            "01 08 000003e8 00fa",
+        ),
     ]
 }
 
