@@ -166,7 +166,11 @@ impl PeerCore {
                 .iter()
                 .any(|c| c.from_http && c.uploads == 0)
         });
-        if self.serve_wait(fresh, count as usize) > self.cfg.serve_horizon.as_secs_f64() {
+        // Only behind other work: an idle uplink takes the request whatever the estimate says
+        // (an estimate too low, from a driver that reports drains late, would otherwise refuse
+        // everything, send nothing, and never measure again).
+        let busy = self.upload.serve_total > 0 || self.total_buffered() > 0;
+        if busy && self.serve_wait(fresh, count as usize) > self.cfg.serve_horizon.as_secs_f64() {
             // Our uplink could not get it out in time: said now, the requester asks someone
             // else or the origin at once, instead of waiting for bytes it would then fetch
             // twice (and that would cost our uplink for nothing).
@@ -422,4 +426,62 @@ fn corrupt(data: &Bytes) -> Bytes {
         *b ^= 0xff;
     }
     Bytes::from(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `secs` of drains at `bps` bytes/s, a report every 50 ms, `left` bytes still
+    /// buffered after each.
+    fn drain(m: &mut UplinkMeter, from: &mut Time, secs: f64, bps: f64, left: usize) {
+        let step = Duration::from_millis(50);
+        let n = (secs / step.as_secs_f64()) as usize;
+        for _ in 0..n {
+            *from = *from + step;
+            m.drained(*from, (bps * step.as_secs_f64()) as usize, left);
+        }
+    }
+
+    #[test]
+    fn meter_reads_a_busy_link() {
+        let mut m = UplinkMeter::default();
+        let mut t = Time::ZERO;
+        drain(&mut m, &mut t, 0.2, 125_000.0, 10_000);
+        assert_eq!(m.bps, None, "no whole window yet");
+        drain(&mut m, &mut t, 3.0, 125_000.0, 10_000);
+        let b = m.bps.expect("measured");
+        assert!((b - 125_000.0).abs() < 2_000.0, "{b}");
+    }
+
+    #[test]
+    fn idle_windows_only_raise_the_estimate() {
+        let mut m = UplinkMeter::default();
+        let mut t = Time::ZERO;
+        // The buffers run dry after every drain: the link had spare time; no estimate.
+        drain(&mut m, &mut t, 3.0, 20_000.0, 0);
+        assert_eq!(m.bps, None);
+        drain(&mut m, &mut t, 3.0, 125_000.0, 10_000);
+        drain(&mut m, &mut t, 3.0, 20_000.0, 0);
+        let b = m.bps.expect("measured");
+        assert!(b > 120_000.0, "an idle spell says nothing of the link: {b}");
+    }
+
+    #[test]
+    fn estimate_follows_a_slower_link_down_slowly() {
+        let mut m = UplinkMeter::default();
+        let mut t = Time::ZERO;
+        drain(&mut m, &mut t, 3.0, 500_000.0, 10_000);
+        drain(&mut m, &mut t, 10.0, 125_000.0, 10_000);
+        let b = m.bps.expect("measured");
+        // 20 windows at ×0.995: still most of the old rate (busy windows drain at the link's
+        // rate only when enough channels hold data, so a lower sample is weak evidence).
+        assert!(b > 400_000.0 && b < 500_000.0, "{b}");
+        drain(&mut m, &mut t, 600.0, 125_000.0, 10_000);
+        let b = m.bps.expect("measured");
+        assert!(
+            (b - 125_000.0).abs() < 2_000.0,
+            "down to the link in the end: {b}"
+        );
+    }
 }
