@@ -3,10 +3,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use common::*;
+use test_support::process;
 
 const BIN: &str = env!("CARGO_BIN_EXE_origin");
 
@@ -85,25 +85,22 @@ fn hash_subcommand_writes_sidecars() {
 #[tokio::test]
 async fn serves_and_stops_on_sigterm() {
     let media = Media::new();
-    let mut child = Command::new(BIN)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--live",
-            "sample",
-            "--synthetic",
-            "s=100:1",
-        ])
-        .env("ORIGIN_MEDIA_DIR", media.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
+    let started = process::start(
+        Command::new(BIN)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--live",
+                "sample",
+                "--synthetic",
+                "s=100:1",
+            ])
+            .env("ORIGIN_MEDIA_DIR", media.path())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
+    let url = started
+        .line
         .trim()
         .strip_prefix("origin listening on ")
         .unwrap()
@@ -120,12 +117,7 @@ async fn serves_and_stops_on_sigterm() {
             .status(),
         200
     );
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let status = child.wait().unwrap();
+    let status = process::stop(started.child).unwrap().status;
     assert!(status.success(), "graceful exit, got {status}");
 }
 
@@ -133,23 +125,15 @@ async fn serves_and_stops_on_sigterm() {
 /// from start to the graceful stop, while stdout keeps its plain "listening" line.
 #[test]
 fn json_logs_are_one_object_per_line() {
-    let mut child = Command::new(BIN)
-        .args(["--log-format", "json", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let started = process::start(
+        Command::new(BIN)
+            .args(["--log-format", "json", "--listen", "127.0.0.1:0"])
+            .stderr(Stdio::piped()),
+    )
+    .unwrap();
+    let line = &started.line;
     assert!(line.starts_with("origin listening on http://"), "{line}");
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let out = child.wait_with_output().unwrap();
+    let out = process::stop(started.child).unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(lines.len() >= 2, "{err}");
@@ -189,20 +173,8 @@ fn systemd_unit_starts_the_origin() {
         assert_eq!(args[i + 1], from);
         args[i + 1] = to;
     }
-    let mut child = Command::new(BIN)
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let started = process::start(Command::new(BIN).args(&args).stderr(Stdio::null())).unwrap();
+    let line = &started.line;
     assert!(line.starts_with("origin listening on "), "{exec}: {line}");
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(process::stop(started.child).unwrap().status.success());
 }

@@ -108,6 +108,12 @@ impl PeerCore {
                 at(req.last_progress + ON_TRACK_SILENCE + Duration::from_micros(1));
             }
         }
+        // A holder that answered `Busy` may be asked again when its backoff ends.
+        for r in self.remotes.peers.values() {
+            if r.busy_until > self.now {
+                at(r.busy_until);
+            }
+        }
         let rounds = self.backup_rounds();
         for s in self.store.segments.values() {
             if let Some(deadline) = s.want.or(s.prefetch)
@@ -246,7 +252,12 @@ impl PeerCore {
             let mut best: Option<(f64, PeerId)> = None;
             for (p, r) in &self.remotes.peers {
                 let cap = self.cfg.max_inflight_per_peer.min(r.their_max_inflight);
-                if !r.open || !r.hello || r.inflight >= cap || !r.has(seq, idx) {
+                if !r.open
+                    || !r.hello
+                    || r.inflight >= cap
+                    || r.busy_until > now
+                    || !r.has(seq, idx)
+                {
                     continue;
                 }
                 // Its announced wait (counted down since it told us), then our chunks at the

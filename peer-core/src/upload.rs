@@ -23,6 +23,13 @@ pub struct Serve {
 /// waiting, so the link never idles for want of a refill.
 const MIN_SEND_WINDOW: usize = 2 * (CHUNK_SIZE + 64);
 
+/// The send buffers count as backlogged (the link busy until the next report) while they hold
+/// at least half a chunk. Less is control frames (`Have`, `Request`, `Absent`): a page that
+/// sends only those keeps a few hundred bytes in its buffers all the time, and its drain is
+/// what it had to say, not what its link carries (measured in `cargo xtask bench lab` before
+/// this threshold: 16–60 kbit/s read on 1 Mbit/s links, and every request answered `Busy`).
+const BACKLOGGED: usize = CHUNK_SIZE / 2;
+
 /// Length of one uplink measurement window.
 const METER_WINDOW: Duration = Duration::from_millis(500);
 /// Per-window decay of the uplink estimate (see [`UplinkMeter::drained`]).
@@ -32,7 +39,8 @@ const METER_DECAY: f64 = 0.995;
 const PROBE_EVERY: Duration = Duration::from_secs(10);
 
 /// Our uplink, measured: bytes our send buffers drained per second over windows in which they
-/// never ran dry (the link was busy all along, so what it drained is what it can carry), kept
+/// stayed backlogged (never under [`BACKLOGGED`]: the link was busy all along, so what it
+/// drained is what it can carry), kept
 /// as a slowly decaying maximum. A window in which they ran dry only ever raises the estimate
 /// (the link carried at least that). `None` until a busy window was seen: a peer that never
 /// had more to send than its link carries has no uplink problem to plan around.
@@ -57,7 +65,7 @@ impl UplinkMeter {
     /// The send buffers drained `bytes`; `left` bytes wait in all of them now.
     pub fn drained(&mut self, now: Time, bytes: usize, left: usize) {
         self.drained += bytes as u64;
-        if left == 0 {
+        if left < BACKLOGGED {
             self.idled = true;
         }
         let len = now.since(self.start);
@@ -80,7 +88,7 @@ impl UplinkMeter {
         };
         self.start = now;
         self.drained = 0;
-        self.idled = left == 0;
+        self.idled = left < BACKLOGGED;
         if now >= self.next_probe {
             self.probe_until = now + METER_WINDOW * 2;
             self.next_probe = now + PROBE_EVERY;
@@ -169,7 +177,7 @@ impl PeerCore {
         // Only behind other work: an idle uplink takes the request whatever the estimate says
         // (an estimate too low, from a driver that reports drains late, would otherwise refuse
         // everything, send nothing, and never measure again).
-        let busy = self.upload.serve_total > 0 || self.total_buffered() > 0;
+        let busy = self.upload.serve_total > 0 || self.total_buffered() >= BACKLOGGED;
         if busy && self.serve_wait(fresh, count as usize) > self.cfg.serve_horizon.as_secs_f64() {
             // Our uplink could not get it out in time: said now, the requester asks someone
             // else or the origin at once, instead of waiting for bytes it would then fetch

@@ -1,8 +1,9 @@
 //! The `signaling-server` binary's operator surface.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+
+use test_support::process;
 
 const BIN: &str = env!("CARGO_BIN_EXE_signaling-server");
 
@@ -10,23 +11,15 @@ const BIN: &str = env!("CARGO_BIN_EXE_signaling-server");
 /// from start to the graceful stop on SIGTERM, while stdout keeps its "listening on" line.
 #[test]
 fn json_logs_are_one_object_per_line() {
-    let mut child = Command::new(BIN)
-        .args(["--log-format", "json", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let started = process::start(
+        Command::new(BIN)
+            .args(["--log-format", "json", "--listen", "127.0.0.1:0"])
+            .stderr(Stdio::piped()),
+    )
+    .unwrap();
+    let line = &started.line;
     assert!(line.starts_with("listening on "), "{line}");
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let out = child.wait_with_output().unwrap();
+    let out = process::stop(started.child).unwrap();
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -59,20 +52,8 @@ fn systemd_unit_starts_the_server() {
     let listen = args.iter().position(|a| a == "--listen").unwrap();
     assert_eq!(args[listen + 1], "127.0.0.1:8090");
     args[listen + 1] = "127.0.0.1:0".into();
-    let mut child = Command::new(BIN)
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let started = process::start(Command::new(BIN).args(&args).stderr(Stdio::null())).unwrap();
+    let line = &started.line;
     assert!(line.starts_with("listening on "), "{exec}: {line}");
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(process::stop(started.child).unwrap().status.success());
 }

@@ -3,6 +3,8 @@
 //! * [`browser`]: headless Chromium viewers of the demo page, the page server and the report
 //!   collector (used by `p2pcdn-load --browsers` and the browser tests).
 //! * [`gate`]: a browser test's skip-or-fail check when Chromium is missing.
+//! * [`process`]: a server binary started until its "listening" line and stopped with SIGTERM
+//!   (the servers' CLI tests and the README/deploy test).
 //! * `harness` (feature `harness`): origin (live `media/sample`) + signaling server + a static
 //!   server for `demo-site/` and `dist/`, all in-process on port 0. Used by the browser tests
 //!   (`tests/`, peer-native's native <-> Chromium interop test) and by `cargo xtask demo`
@@ -12,6 +14,7 @@
 
 pub mod browser;
 pub mod gate;
+pub mod process;
 #[cfg(feature = "harness")]
 pub mod static_origin;
 #[cfg(feature = "harness")]

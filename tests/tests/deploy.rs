@@ -8,6 +8,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
 use test_support::harness::root;
+use test_support::process;
 
 /// `systemd-analyze verify` of the unit `name` from `deploy/systemd/`, with `/bin/true` in place
 /// of its installed binary (verify checks that the binary exists) and its env file optional;
@@ -60,7 +61,6 @@ fn systemd_units_verify() -> Result<()> {
 /// stop on SIGTERM: a flag renamed in a server and not in the README fails here.
 #[test]
 fn readme_production_commands_start() -> Result<()> {
-    use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     let readme = std::fs::read_to_string(root().join("README.md"))?;
     let block = readme
@@ -101,22 +101,18 @@ fn readme_production_commands_start() -> Result<()> {
             bin_dir.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(format!("exec {cmd}"))
-            .env("PATH", path)
-            .env("TURN_SECRET", "a-turn-secret-for-the-readme-test")
-            .env("TOKEN_SECRET", "a-token-secret-for-the-readme-test")
-            .env("ADMIN_TOKEN", "an-admin-token-for-the-readme-test")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let out = child.wait_with_output()?;
+        let started = process::start(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("exec {cmd}"))
+                .env("PATH", path)
+                .env("TURN_SECRET", "a-turn-secret-for-the-readme-test")
+                .env("TOKEN_SECRET", "a-token-secret-for-the-readme-test")
+                .env("ADMIN_TOKEN", "an-admin-token-for-the-readme-test")
+                .stderr(Stdio::piped()),
+        )?;
+        let line = started.line;
+        let out = process::stop(started.child)?;
         ensure!(
             line.starts_with(listening) && out.status.success(),
             "README's {name} command did not start ({}): {line}{}",
