@@ -43,6 +43,10 @@ pub struct Args {
     /// Skip `cargo build` (use the binaries already built).
     #[arg(long)]
     no_build: bool,
+    /// Cargo profile of the servers and p2pcdn-load (`ci`: the tests' build, optimised like
+    /// release, reused when warm).
+    #[arg(long, default_value = "release")]
+    profile: String,
 }
 
 /// Bitrate of the synthetic stream, kbit/s (2 s segments).
@@ -153,7 +157,8 @@ pub fn run(args: Args) -> Result<()> {
     if !args.no_build {
         util::run(util::cargo().args([
             "build",
-            "--release",
+            "--profile",
+            &args.profile,
             "-p",
             "origin",
             "-p",
@@ -163,7 +168,7 @@ pub fn run(args: Args) -> Result<()> {
             "--bins",
         ]))?;
     }
-    let bin = target_dir().join("release");
+    let bin = target_dir().join(&args.profile);
     let (origin_bin, signal_bin, load_bin) = (
         bin.join("origin"),
         bin.join("signaling-server"),
