@@ -113,6 +113,7 @@ impl Stats {
         self.skewed_chunks += other.skewed_chunks;
         self.dup_http_bytes += other.dup_http_bytes;
         self.dup_p2p_bytes += other.dup_p2p_bytes;
+        self.serve_busy += other.serve_busy;
         self.passes += other.passes;
         for (p, b) in &other.bytes_from_peer {
             // Already counted in p2p_bytes above: only the per-peer split is merged.

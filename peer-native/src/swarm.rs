@@ -48,6 +48,9 @@ pub struct SwarmOptions {
     /// Record the first viewer to join (join number 0; not a churned newcomer) to this file,
     /// as JSON lines (see [`crate::record`]).
     pub record: Option<PathBuf>,
+    /// Bearer token for the origin's admin `/stats` (its `--admin-token`): without it only an
+    /// origin on loopback answers, and the origin's bytes are summed by the viewers instead.
+    pub origin_admin_token: Option<String>,
 }
 
 /// Where the browsers' page comes from and how they run.
@@ -64,6 +67,11 @@ pub struct BrowserSetup {
     pub listen: SocketAddr,
     /// Folder for one Chromium log per page (`<id>.log`); `None`: logs discarded.
     pub log_dir: Option<PathBuf>,
+    /// Page `b<k>` runs in the network namespace `<prefix><k>` (made beforehand, e.g. by
+    /// `cargo xtask bench lab`); `None`: on this host's network.
+    pub netns_prefix: Option<String>,
+    /// Flags added to every browser's command line.
+    pub chromium_args: Vec<String>,
 }
 
 impl Default for BrowserSetup {
@@ -74,6 +82,8 @@ impl Default for BrowserSetup {
             site_dirs: browser::default_site_dirs(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             log_dir: None,
+            netns_prefix: None,
+            chromium_args: Vec::new(),
         }
     }
 }
@@ -104,6 +114,7 @@ impl SwarmOptions {
             browsers: 0,
             browser: BrowserSetup::default(),
             record: None,
+            origin_admin_token: None,
         }
     }
 }
@@ -133,6 +144,14 @@ pub struct SwarmReport {
     /// `"origin"` or `"client"`.
     pub origin_bytes_source: &'static str,
     pub p2p_bytes: u64,
+    /// Bytes the viewers' cores received from the origin (segments; playlists and manifests
+    /// not included). With P2P off, the pages' hls.js loads.
+    pub http_bytes: u64,
+    /// Chunk bytes the viewers sent to peers.
+    pub uploaded_bytes: u64,
+    /// Verified bytes received a second time, from the origin / from peers.
+    pub dup_http_bytes: u64,
+    pub dup_p2p_bytes: u64,
     pub delivered_http: u64,
     pub delivered_p2p: u64,
     pub corrupt_to_player: u64,
@@ -173,6 +192,8 @@ pub struct BrowserTotals {
     pub startup_ms_p50: f64,
     pub integrity_failures: u64,
     pub fallbacks: u64,
+    pub dup_http_bytes: u64,
+    pub dup_p2p_bytes: u64,
 }
 
 impl SwarmReport {
@@ -193,6 +214,8 @@ impl SwarmReport {
             t.stalls += p.stalls;
             t.integrity_failures += p.integrity_failures;
             t.fallbacks += p.fallbacks;
+            t.dup_http_bytes += p.dup_http_bytes;
+            t.dup_p2p_bytes += p.dup_p2p_bytes;
             startups.extend(p.startup_ms);
         }
         t.startup_ms_p50 = median(&mut startups);
@@ -202,6 +225,29 @@ impl SwarmReport {
     /// The final JSON line.
     pub fn to_json(&self) -> String {
         self.summary().to_string()
+    }
+
+    /// Bytes the viewers received (from the origin, and verified from peers) and never handed
+    /// to a player: received twice, or still ahead of the player when the run ended. The
+    /// simulator's `received_unplayed`.
+    pub fn received_unplayed(&self) -> u64 {
+        (self.http_bytes + self.p2p_bytes).saturating_sub(self.delivered_http + self.delivered_p2p)
+    }
+
+    /// Bytes uploaded that no viewer kept (cancelled, lost in flight, or failed verification).
+    /// The simulator's `uploaded_unreceived`.
+    pub fn uploaded_unreceived(&self) -> u64 {
+        self.uploaded_bytes.saturating_sub(self.p2p_bytes)
+    }
+
+    /// Bytes sent (by the origin and by viewers) that no player used.
+    pub fn wasted_bytes(&self) -> u64 {
+        self.received_unplayed() + self.uploaded_unreceived()
+    }
+
+    /// [`Self::wasted_bytes`] ÷ bytes handed to players.
+    pub fn waste_ratio(&self) -> f64 {
+        self.wasted_bytes() as f64 / (self.delivered_http + self.delivered_p2p).max(1) as f64
     }
 
     /// The full report (`p2pcdn-load --output`): the JSON line's figures under `summary`, one
@@ -228,6 +274,17 @@ impl SwarmReport {
                     "integrity_failures": p.integrity_failures,
                     "banned": p.banned,
                     "fallbacks": p.fallbacks,
+                    "dup_http_bytes": p.dup_http_bytes,
+                    "dup_p2p_bytes": p.dup_p2p_bytes,
+                    "uplink_bps": p.uplink_bps,
+                    "serve_busy": p.serve_busy,
+                    "origin_requests": {
+                        "designated": p.http_causes[0],
+                        "backup": p.http_causes[1],
+                        "deadline": p.http_causes[2],
+                        "alone": p.http_causes[3],
+                    },
+                    "peer_timeouts": p.peer_timeouts,
                     "fatal": p.fatal,
                     "errors": p.errors,
                 })
@@ -269,6 +326,8 @@ impl SwarmReport {
                 "startup_ms_p50": b.startup_ms_p50.round(),
                 "integrity_failures": b.integrity_failures,
                 "fallbacks": b.fallbacks,
+                "dup_http_bytes": b.dup_http_bytes,
+                "dup_p2p_bytes": b.dup_p2p_bytes,
             },
             "interrupted": self.interrupted,
             "offload": (self.offload * 10_000.0).round() / 10_000.0,
@@ -279,6 +338,15 @@ impl SwarmReport {
             "startup_ms_p95": self.startup_ms_p95.round(),
             "origin_bytes": self.origin_bytes,
             "p2p_bytes": self.p2p_bytes,
+            "http_bytes": self.http_bytes,
+            "delivered_bytes": self.delivered_http + self.delivered_p2p,
+            "uploaded_bytes": self.uploaded_bytes,
+            "dup_http_bytes": self.dup_http_bytes,
+            "dup_p2p_bytes": self.dup_p2p_bytes,
+            "received_unplayed": self.received_unplayed(),
+            "uploaded_unreceived": self.uploaded_unreceived(),
+            "wasted_bytes": self.wasted_bytes(),
+            "waste_ratio": (self.waste_ratio() * 10_000.0).round() / 10_000.0,
             "corrupt_to_player": self.corrupt_to_player,
             "integrity_failures": self.integrity_failures,
             "unauthorized_viewers": self.unauthorized_viewers,
@@ -351,6 +419,24 @@ impl SwarmReport {
             (
                 "p2p bytes",
                 format!("{:.1} MB", self.p2p_bytes as f64 / 1e6),
+            ),
+            (
+                "uploaded",
+                format!("{:.1} MB", self.uploaded_bytes as f64 / 1e6),
+            ),
+            (
+                "waste",
+                format!(
+                    "{:.1} MB ({:.1} % of delivered): {:.1} MB received and not played \
+                     ({:.1} MB twice from the origin, {:.1} MB twice from peers), {:.1} MB \
+                     uploaded and not kept",
+                    self.wasted_bytes() as f64 / 1e6,
+                    self.waste_ratio() * 100.0,
+                    self.received_unplayed() as f64 / 1e6,
+                    self.dup_http_bytes as f64 / 1e6,
+                    self.dup_p2p_bytes as f64 / 1e6,
+                    self.uploaded_unreceived() as f64 / 1e6
+                ),
             ),
             (
                 "delivered",
@@ -431,16 +517,20 @@ pub fn process_rss_bytes() -> u64 {
 }
 
 /// The origin's own byte counter (`GET <origin>/stats` → `totals.bytes`), when it is ours.
-pub async fn origin_stats_bytes(client: &reqwest::Client, playlist_url: &str) -> Option<u64> {
+/// `admin_token`: the origin's `--admin-token` (without one it answers loopback clients only).
+pub async fn origin_stats_bytes(
+    client: &reqwest::Client,
+    playlist_url: &str,
+    admin_token: Option<&str>,
+) -> Option<u64> {
     let mut u = Url::parse(playlist_url).ok()?;
     u.set_path("/stats");
     u.set_query(None);
-    let resp = client
-        .get(u)
-        .timeout(Duration::from_secs(3))
-        .send()
-        .await
-        .ok()?;
+    let mut req = client.get(u).timeout(Duration::from_secs(3));
+    if let Some(t) = admin_token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.ok()?;
     if !resp.status().is_success() {
         return None;
     }
@@ -610,6 +700,7 @@ struct Browsers {
     report_to: Option<String>,
     chromium: ChromiumOptions,
     log_dir: Option<PathBuf>,
+    netns_prefix: Option<String>,
     pending: Vec<(Instant, usize)>,
     running: Vec<Chromium>,
 }
@@ -659,9 +750,14 @@ impl Browsers {
                     + Duration::from_secs(120),
                 log: None,
                 // The pages trust the keys of `--ca-cert` (pinned, not "any certificate").
-                extra_args: spki_flag(&opts.roots).into_iter().collect(),
+                extra_args: spki_flag(&opts.roots)
+                    .into_iter()
+                    .chain(b.chromium_args.iter().cloned())
+                    .collect(),
+                netns: None,
             },
             log_dir: b.log_dir.clone(),
+            netns_prefix: b.netns_prefix.clone(),
             // Spread over the ramp like the native viewers (see `Schedule`).
             pending: schedule
                 .browser_starts
@@ -686,6 +782,7 @@ impl Browsers {
             let url = page_url(opts, &self.base, &id, self.report_to.as_deref());
             let mut c = self.chromium.clone();
             c.log = self.log_dir.as_ref().map(|d| d.join(format!("{id}.log")));
+            c.netns = self.netns_prefix.as_ref().map(|p| format!("{p}{k}"));
             match Chromium::launch(&c, &url) {
                 Ok(b) => self.running.push(b),
                 Err(e) => errors.push(format!("browser {id}: {e}")),
@@ -816,7 +913,12 @@ pub async fn run_swarm_until(
             };
         }
     };
-    let origin_before = origin_stats_bytes(&client, &opts.playlist_url).await;
+    let origin_before = origin_stats_bytes(
+        &client,
+        &opts.playlist_url,
+        opts.origin_admin_token.as_deref(),
+    )
+    .await;
     let cpu0 = process_cpu_secs();
     let schedule = Schedule::new(&opts);
     let bad_count = schedule.bad.iter().filter(|b| **b).count();
@@ -899,7 +1001,12 @@ pub async fn run_swarm_until(
     }
     // Let the origin finish counting responses that were cut short.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let origin_after = origin_stats_bytes(&client, &opts.playlist_url).await;
+    let origin_after = origin_stats_bytes(
+        &client,
+        &opts.playlist_url,
+        opts.origin_admin_token.as_deref(),
+    )
+    .await;
     done.sort_by_key(|p| p.index);
     let mut r = aggregate(
         &opts,
@@ -1011,6 +1118,10 @@ fn aggregate(
         r.stalls += u64::from(p.stalls);
         r.stall_secs += p.stall_time.as_secs_f64();
         r.p2p_bytes += s.p2p_bytes;
+        r.http_bytes += s.http_bytes;
+        r.uploaded_bytes += s.uploaded_bytes;
+        r.dup_http_bytes += s.dup_http_bytes;
+        r.dup_p2p_bytes += s.dup_p2p_bytes;
         r.delivered_http += s.delivered_http_bytes;
         r.delivered_p2p += s.delivered_p2p_bytes;
         r.corrupt_to_player += p.corrupt_segments;
@@ -1057,6 +1168,14 @@ fn aggregate(
     for p in &pages {
         r.stalls += p.stalls;
         r.p2p_bytes += p.p2p_bytes;
+        r.http_bytes += p.http_bytes;
+        r.uploaded_bytes += p.uploaded;
+        r.dup_http_bytes += p.dup_http_bytes;
+        r.dup_p2p_bytes += p.dup_p2p_bytes;
+        for (t, c) in r.http_causes.iter_mut().zip(p.http_causes) {
+            *t += c;
+        }
+        r.peer_timeouts += p.peer_timeouts;
         r.delivered_http += p.delivered_http;
         r.delivered_p2p += p.delivered_p2p;
         client_origin += p.http_bytes;

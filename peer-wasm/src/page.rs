@@ -162,6 +162,17 @@ impl Inner {
                     ("httpRequests", num(st.http_requests)),
                     ("offload", JsValue::from_f64(st.offload())),
                     ("originBps", num((c.origin_throughput() * 8.0) as u64)),
+                    // Where bytes go twice or late (`p2pcdn-load`'s waste figures, issue 17).
+                    ("dupHttpBytes", num(st.dup_http_bytes)),
+                    ("dupP2pBytes", num(st.dup_p2p_bytes)),
+                    // A gauge of the current core (not summed over replaced ones).
+                    ("uplinkBps", num(c.stats().uplink_bps)),
+                    ("serveBusy", num(st.serve_busy)),
+                    ("httpDesignated", num(st.http_designated)),
+                    ("httpBackup", num(st.http_backup)),
+                    ("httpLate", num(st.http_late)),
+                    ("httpAlone", num(st.http_alone)),
+                    ("peerRequestTimeouts", num(st.peer_request_timeouts)),
                 ],
             );
         }

@@ -195,6 +195,9 @@ pub struct ChromiumOptions {
     pub log: Option<PathBuf>,
     /// Flags added to [`CHROMIUM_FLAGS`] (e.g. a certificate to trust).
     pub extra_args: Vec<String>,
+    /// Network namespace to run the browser in (`ip netns exec <name>`, which needs root):
+    /// `cargo xtask bench lab` gives each page its own shaped link. `None`: this host's network.
+    pub netns: Option<String>,
 }
 
 impl Default for ChromiumOptions {
@@ -204,6 +207,7 @@ impl Default for ChromiumOptions {
             deadline: Duration::from_secs(600),
             log: None,
             extra_args: Vec::new(),
+            netns: None,
         }
     }
 }
@@ -256,8 +260,17 @@ impl Chromium {
         };
         // Under `timeout` (its own process group, so a terminal's Ctrl-C reaches only us, and
         // we end the browser): a process killed before `Drop` runs leaves no browser behind
-        // past the deadline. `-k 10`: SIGKILL when SIGTERM was not enough.
-        let mut cmd = Command::new("timeout");
+        // past the deadline. `-k 10`: SIGKILL when SIGTERM was not enough. In a namespace,
+        // `ip netns exec` enters it and execs `timeout` in its own place (no fork), so the
+        // child's pid is still `timeout`'s and `terminate` reaches it.
+        let mut cmd = match &opts.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns.as_str(), "timeout"]);
+                c
+            }
+            None => Command::new("timeout"),
+        };
         cmd.args(["-k", "10"])
             .arg(format!("{}s", opts.deadline.as_secs().max(1)))
             .arg(&opts.binary)
@@ -337,6 +350,16 @@ pub struct PageReport {
     pub banned: Vec<u64>,
     /// Fragments hls.js loaded itself because P2P could not deliver them.
     pub fallbacks: u64,
+    /// Verified bytes received a second time, from the origin / from peers.
+    pub dup_http_bytes: u64,
+    pub dup_p2p_bytes: u64,
+    /// The page's uplink as its core measures it, bits/s (0: not measured yet).
+    pub uplink_bps: u64,
+    /// Requests the page answered `Busy` (its uplink would not get them out in time).
+    pub serve_busy: u64,
+    /// Origin requests by cause: designated seeder, backup seeder, deadline, no peers.
+    pub http_causes: [u64; 4],
+    pub peer_timeouts: u64,
     pub fatal: Vec<String>,
     pub errors: Vec<String>,
 }
@@ -400,6 +423,17 @@ impl PageReport {
                 .map(|a| a.iter().take(256).filter_map(Value::as_u64).collect())
                 .unwrap_or_default(),
             fallbacks: b(&["fallbacks"]),
+            dup_http_bytes: b(&["stats", "dupHttpBytes"]),
+            dup_p2p_bytes: b(&["stats", "dupP2pBytes"]),
+            uplink_bps: b(&["stats", "uplinkBps"]),
+            serve_busy: b(&["stats", "serveBusy"]),
+            http_causes: [
+                b(&["stats", "httpDesignated"]),
+                b(&["stats", "httpBackup"]),
+                b(&["stats", "httpLate"]),
+                b(&["stats", "httpAlone"]),
+            ],
+            peer_timeouts: b(&["stats", "peerRequestTimeouts"]),
             fatal: strings(&v["fatal"]),
             errors: strings(&v["errors"]),
         }

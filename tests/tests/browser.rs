@@ -67,6 +67,7 @@ fn launch_page(id: &str, url: &str, extra_args: &[String]) -> Result<Chromium> {
         deadline: Duration::from_secs(600),
         log: Some(std::env::temp_dir().join(format!("p2p-cdn-page-{id}.log"))),
         extra_args: extra_args.to_vec(),
+        ..ChromiumOptions::default()
     };
     Chromium::launch(&opts, url).context("starting chromium")
 }

@@ -36,12 +36,24 @@ pub struct Args {
     /// Viewers join evenly over this many seconds.
     #[arg(long, default_value_t = 10)]
     ramp: u64,
+    /// Upload cap of each native viewer, kbit/s (peer-core's `upload_cap`; default: none).
+    /// The capacity bound in the JSON line is min(1 − 1/N, cap ÷ bitrate).
+    #[arg(long)]
+    upload_kbit: Option<u64>,
     /// Skip `cargo build` (use the binaries already built).
     #[arg(long)]
     no_build: bool,
+    /// Cargo profile of the servers and p2pcdn-load (`ci`: the tests' build, optimised like
+    /// release, reused when warm).
+    #[arg(long, default_value = "release")]
+    profile: String,
 }
 
-struct Children(Vec<Child>);
+/// Bitrate of the synthetic stream, kbit/s (2 s segments).
+const SYNTHETIC_KBIT: u64 = 2000;
+
+/// Server processes, killed (and reaped) on drop. Shared with `bench lab`.
+pub(crate) struct Children(pub(crate) Vec<Child>);
 
 impl Drop for Children {
     fn drop(&mut self) {
@@ -52,7 +64,7 @@ impl Drop for Children {
     }
 }
 
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(d) => {
             let d = PathBuf::from(d);
@@ -67,7 +79,7 @@ fn target_dir() -> PathBuf {
 }
 
 /// Starts `cmd` and returns it with the address from its first stdout line `... <prefix><addr>`.
-fn start(children: &mut Children, mut cmd: Command, prefix: &str) -> Result<String> {
+pub(crate) fn start(children: &mut Children, mut cmd: Command, prefix: &str) -> Result<String> {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -109,6 +121,9 @@ fn load(
     if http_only {
         cmd.arg("--http-only");
     }
+    if let Some(k) = args.upload_kbit {
+        cmd.args(["--upload-kbit", &k.to_string()]);
+    }
     eprintln!("xtask: running {cmd:?}");
     let out = cmd
         .stderr(Stdio::inherit())
@@ -126,7 +141,7 @@ fn load(
     Ok(serde_json::from_str(line)?)
 }
 
-fn f(v: &Value, k: &str) -> f64 {
+pub(crate) fn f(v: &Value, k: &str) -> f64 {
     v.get(k).and_then(Value::as_f64).unwrap_or(0.0)
 }
 
@@ -142,7 +157,8 @@ pub fn run(args: Args) -> Result<()> {
     if !args.no_build {
         util::run(util::cargo().args([
             "build",
-            "--release",
+            "--profile",
+            &args.profile,
             "-p",
             "origin",
             "-p",
@@ -152,7 +168,7 @@ pub fn run(args: Args) -> Result<()> {
             "--bins",
         ]))?;
     }
-    let bin = target_dir().join("release");
+    let bin = target_dir().join(&args.profile);
     let (origin_bin, signal_bin, load_bin) = (
         bin.join("origin"),
         bin.join("signaling-server"),
@@ -175,7 +191,7 @@ pub fn run(args: Args) -> Result<()> {
             "*",
         ]);
     } else {
-        o.args(["--synthetic", "swarm=2000:2"]);
+        o.args(["--synthetic", &format!("swarm={SYNTHETIC_KBIT}:2")]);
     }
     let origin = start(&mut children, o, "http://")?;
     let mut s = Command::new(&signal_bin);
@@ -261,6 +277,34 @@ pub fn run(args: Args) -> Result<()> {
     }
     let ratio = if ob > 0.0 { op / ob } else { 0.0 };
     println!("origin bytes P2P / HTTP-only: {ratio:.3}");
+    // The capacity bound, as `cargo xtask sim` reports it: the origin sends each segment at
+    // least once (1 − 1/N), and the viewers cannot upload more than their uplinks carry.
+    let bitrate = if sample {
+        crate::bench_lab::playlist_bitrate(&util::root().join("media/sample/index.m3u8"))?
+    } else {
+        SYNTHETIC_KBIT as f64 * 1000.0
+    };
+    let n = (args.viewers + args.browsers).max(1) as f64;
+    let bound = (1.0 - 1.0 / n).min(
+        args.upload_kbit
+            .map_or(f64::INFINITY, |k| k as f64 * 1000.0 / bitrate),
+    );
+    let saved = 1.0 - ratio;
+    let r4 = |x: f64| (x * 10_000.0).round() / 10_000.0;
+    println!(
+        "origin saved {saved:.3} of the HTTP-only run's bytes, bound {bound:.3} ({:.2} of it); \
+         uploaded {:.1} MB; waste {:.1} MB ({:.1} % of delivered: {:.1} MB received and not \
+         played, of which {:.1} MB twice from the origin and {:.1} MB twice from peers; {:.1} MB \
+         uploaded and not kept)",
+        saved / bound.max(1e-9),
+        f(&p2p, "uploaded_bytes") / 1e6,
+        f(&p2p, "wasted_bytes") / 1e6,
+        f(&p2p, "waste_ratio") * 100.0,
+        f(&p2p, "received_unplayed") / 1e6,
+        f(&p2p, "dup_http_bytes") / 1e6,
+        f(&p2p, "dup_p2p_bytes") / 1e6,
+        f(&p2p, "uploaded_unreceived") / 1e6,
+    );
     let json = serde_json::json!({
         "viewers": args.viewers,
         // The P2P run's browser figures (count, bytes, stalls, startup), already in the totals.
@@ -276,8 +320,21 @@ pub fn run(args: Args) -> Result<()> {
         "baseline_startup_ms_p50": f(&base, "startup_ms_p50"),
         "origin_bytes": op,
         "baseline_origin_bytes": ob,
-        "origin_ratio": (ratio * 10_000.0).round() / 10_000.0,
+        "origin_ratio": r4(ratio),
+        "origin_saved": r4(saved),
+        "bound": r4(bound),
+        "saved_over_bound": r4(saved / bound.max(1e-9)),
+        "upload_kbit": args.upload_kbit,
+        "bitrate_kbit": (bitrate / 1e3).round(),
         "p2p_bytes": f(&p2p, "p2p_bytes"),
+        "uploaded_bytes": f(&p2p, "uploaded_bytes"),
+        "delivered_bytes": f(&p2p, "delivered_bytes"),
+        "wasted_bytes": f(&p2p, "wasted_bytes"),
+        "waste_ratio": f(&p2p, "waste_ratio"),
+        "received_unplayed": f(&p2p, "received_unplayed"),
+        "uploaded_unreceived": f(&p2p, "uploaded_unreceived"),
+        "dup_http_bytes": f(&p2p, "dup_http_bytes"),
+        "dup_p2p_bytes": f(&p2p, "dup_p2p_bytes"),
         "corrupt_to_player": f(&p2p, "corrupt_to_player"),
         "banned_bad": f(&p2p, "banned_bad"),
         "cpu_pct_per_peer": f(&p2p, "cpu_pct_per_peer"),

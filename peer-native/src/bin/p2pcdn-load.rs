@@ -75,6 +75,21 @@ struct Cli {
     /// Folder for one Chromium log per page (<id>.log)
     #[arg(long)]
     browser_logs: Option<PathBuf>,
+    /// Run page b<k> in the network namespace <PREFIX><k> (`ip netns exec`, as root; the
+    /// namespaces must exist, e.g. made by `cargo xtask bench lab`)
+    #[arg(long, value_name = "PREFIX")]
+    browser_netns: Option<String>,
+    /// Extra Chromium flag for every page (repeat), e.g.
+    /// --chromium-arg=--unsafely-treat-insecure-origin-as-secure=http://10.0.0.1:8080
+    #[arg(long, value_name = "FLAG", allow_hyphen_values = true)]
+    chromium_arg: Vec<String>,
+    /// Upload cap of each native viewer, kbit/s (peer-core's `upload_cap`; default: none)
+    #[arg(long)]
+    upload_kbit: Option<u64>,
+    /// The origin's --admin-token, to read its byte counter (/stats) when it is not on
+    /// loopback (otherwise the viewers' own counts are used)
+    #[arg(long, env = "P2PCDN_ORIGIN_ADMIN_TOKEN", hide_env_values = true)]
+    origin_admin_token: Option<String>,
     /// Run time in seconds
     #[arg(long, default_value_t = 60.0)]
     seconds: f64,
@@ -162,6 +177,8 @@ fn main() -> Result<()> {
         page_url: cli.page_url,
         listen: cli.page_listen,
         log_dir: cli.browser_logs,
+        netns_prefix: cli.browser_netns,
+        chromium_args: cli.chromium_arg,
         ..BrowserSetup::default()
     };
     if !cli.site_dir.is_empty() {
@@ -230,6 +247,13 @@ fn main() -> Result<()> {
     opts.browsers = cli.browsers;
     opts.browser = browser;
     opts.record = cli.record;
+    opts.origin_admin_token = cli.origin_admin_token;
+    if let Some(k) = cli.upload_kbit {
+        if k == 0 {
+            bail!("--upload-kbit must be > 0 (an uplink of nothing: run --http-only instead)");
+        }
+        opts.core.upload_cap = Some(k * 1000 / 8);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
