@@ -2,6 +2,8 @@
 //!
 //! * [`browser`]: headless Chromium viewers of the demo page, the page server and the report
 //!   collector (used by `p2pcdn-load --browsers` and the browser tests).
+//! * [`cpu`]: CPU time of a browser's process tree, by Chromium process type.
+//! * `cdp` (feature `harness`): a minimal DevTools-protocol client (Chromium's CPU profiler).
 //! * [`gate`]: a browser test's skip-or-fail check when Chromium is missing.
 //! * `harness` (feature `harness`): origin (live `media/sample`) + signaling server + a static
 //!   server for `demo-site/` and `dist/`, all in-process on port 0. Used by the browser tests
@@ -11,6 +13,9 @@
 //! Depends on neither peer crate, so both `peer-native` and `tests` can use it.
 
 pub mod browser;
+#[cfg(feature = "harness")]
+pub mod cdp;
+pub mod cpu;
 pub mod gate;
 #[cfg(feature = "harness")]
 pub mod static_origin;
