@@ -40,6 +40,12 @@ const TICK_MS: i32 = 1000;
 /// Smallest `cacheBytes` honoured: below a segment or two a peer could hold nothing to serve.
 const MIN_CACHE_BYTES: usize = 1 << 20;
 
+/// The allocator: rlsf's TLSF (O(1) allocation and free, pools grown with `memory.grow`)
+/// instead of std's dlmalloc, for the bundle's size (docs/BUNDLE.md), with no `unsafe` here.
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOC: rlsf::GlobalTlsf = rlsf::GlobalTlsf::new();
+
 mod fetch;
 mod json;
 mod map;
