@@ -7,8 +7,8 @@
 //!   protocol's negotiated binary data channel (id 0); its handlers report to that id only.
 //! * [`Output::HttpStart`]: `fetch` with `Range` + `AbortController`, the body streamed through
 //!   a `ReadableStream` reader; [`Output::FetchManifest`]: `fetch` + [`json::manifest`].
-//! * One `setTimeout` re-armed at [`PeerCore::poll_timeout`] after every input; a 1 s interval
-//!   only for the page's `stats` event.
+//! * One `setTimeout` at [`PeerCore::poll_timeout`], re-armed after an input only when that
+//!   time changed; a 1 s interval only for the page's `stats` event.
 //! * `fetchSegment` promises wait, by URL, for [`Output::SegmentReady`] / [`Output::WantFailed`].
 //!
 //! Time is microseconds since the core was created (`performance.now()`).
@@ -157,6 +157,14 @@ struct Inner {
     /// Calls to make once the state is no longer borrowed.
     deferred: Vec<(Function, JsValue)>,
     timer: Option<i32>,
+    /// The core time `timer` is armed for.
+    timer_at: Option<Time>,
+    /// Outputs left for the next task (see `drain`), in the core's order; bounded by what one
+    /// input makes the core output.
+    deferred_out: std::collections::VecDeque<Output>,
+    /// The 0 ms timeout that drains them, and its callback.
+    resume: Option<i32>,
+    resume_cb: Option<Closure<dyn FnMut()>>,
     timer_cb: Option<Closure<dyn FnMut()>>,
     tick: Option<i32>,
     tick_cb: Option<Closure<dyn FnMut()>>,
@@ -169,6 +177,8 @@ struct Inner {
     playlist_path: String,
     /// Counters of the cores replaced so far: the page's totals go on.
     past: peer_core::Stats,
+    /// The integrity manifest's latest text and its decode (see `fetch_manifest`).
+    last_manifest: Option<(String, protocol::Manifest)>,
 }
 
 fn window() -> Option<web_sys::Window> {
@@ -298,6 +308,8 @@ impl Inner {
             }
             self.ws = None;
             self.conns.clear();
+            // The old core's connections are gone: what it still asked for is moot.
+            self.deferred_out.clear();
             for (_, c) in self.http.take_all() {
                 c.abort();
             }
@@ -337,6 +349,8 @@ impl Inner {
         // The core's clock starts at zero when it is created (its first timers count from
         // there): so does ours.
         self.t0 = perf_now();
+        // The clock restarted: an armed timer's time means another moment now.
+        self.timer_at = None;
         self.playlist_path = playlist_path;
         self.core = Some(PeerCore::new(cfg));
     }
@@ -344,8 +358,30 @@ impl Inner {
     /// Performs every pending output, reports the send buffers written to, then re-arms the
     /// timer.
     fn drain(&mut self) {
+        // At most one `RTCPeerConnection` is made per task: a `peers` message can ask for a
+        // dozen, and each costs the main thread milliseconds (more on a busy machine; measured
+        // with `cargo xtask bench browser-cpu`: one signaling message held it for over a
+        // second). The outputs after a second `RtcCreate` wait, in order, for the next task.
+        let mut created = false;
         loop {
-            while let Some(out) = self.core.as_mut().and_then(|c| c.poll_output()) {
+            loop {
+                let out = match self.deferred_out.pop_front() {
+                    Some(o) => o,
+                    None => match self.core.as_mut().and_then(|c| c.poll_output()) {
+                        Some(o) => o,
+                        None => break,
+                    },
+                };
+                let create = matches!(out, Output::RtcCreate { .. });
+                if create && created {
+                    self.deferred_out.push_front(out);
+                    while let Some(o) = self.core.as_mut().and_then(|c| c.poll_output()) {
+                        self.deferred_out.push_back(o);
+                    }
+                    self.resume_soon();
+                    break;
+                }
+                created |= create;
                 self.perform(out);
             }
             if self.sent.is_empty() {
@@ -414,12 +450,34 @@ impl Inner {
         }
     }
 
+    /// Drains the deferred outputs in a task of their own (a 0 ms timeout).
+    fn resume_soon(&mut self) {
+        let (Some(w), None) = (window(), self.resume) else {
+            return;
+        };
+        if let Some(cb) = &self.resume_cb {
+            self.resume = w
+                .set_timeout_with_callback_and_timeout_and_arguments_0(
+                    cb.as_ref().unchecked_ref(),
+                    0,
+                )
+                .ok();
+        }
+    }
+
     fn arm_timer(&mut self) {
         let Some(w) = window() else { return };
+        let at = self.core.as_ref().and_then(|c| c.poll_timeout());
+        // Most inputs (a chunk, a buffer report) leave the core's next timer where it was:
+        // keep the armed one instead of clearing and setting a browser timer per input.
+        if self.timer.is_some() && at == self.timer_at {
+            return;
+        }
         if let Some(t) = self.timer.take() {
             w.clear_timeout_with_handle(t);
         }
-        let Some(at) = self.core.as_ref().and_then(|c| c.poll_timeout()) else {
+        self.timer_at = at;
+        let Some(at) = at else {
             return;
         };
         let now = self.now();
@@ -506,6 +564,7 @@ impl Inner {
         self.destroyed = true;
         self.ws = None;
         self.conns.clear();
+        self.deferred_out.clear();
         for (_, c) in self.http.take_all() {
             c.abort();
         }
@@ -515,6 +574,9 @@ impl Inner {
             }
             if let Some(t) = self.tick.take() {
                 w.clear_interval_with_handle(t);
+            }
+            if let Some(t) = self.resume.take() {
+                w.clear_timeout_with_handle(t);
             }
         }
         for w in std::mem::take(&mut self.waiters) {
@@ -565,6 +627,10 @@ impl P2pPeer {
                 listeners: Vec::new(),
                 deferred: Vec::new(),
                 timer: None,
+                timer_at: None,
+                deferred_out: Default::default(),
+                resume: None,
+                resume_cb: None,
                 timer_cb: None,
                 tick: None,
                 tick_cb: None,
@@ -573,6 +639,7 @@ impl P2pPeer {
                 generation: 0,
                 playlist_path: String::new(),
                 past: peer_core::Stats::default(),
+                last_manifest: None,
             })
         });
         {
@@ -584,6 +651,9 @@ impl P2pPeer {
                     i.feed(Input::Timeout);
                 })
             }));
+            let me = g.me.clone();
+            // `with` drains the deferred outputs.
+            g.resume_cb = Some(Closure::new(move || with_weak(&me, |i| i.resume = None)));
             let me = g.me.clone();
             let tick: Closure<dyn FnMut()> = Closure::new(move || with_weak(&me, |i| i.on_tick()));
             if let Some(w) = window() {
