@@ -31,6 +31,25 @@
   window.addEventListener("unhandledrejection", function (e) { noteError(e.reason && e.reason.stack || e.reason); });
   var consoleError = console.error;
   console.error = function () { noteError(Array.prototype.join.call(arguments, " ")); consoleError.apply(console, arguments); };
+  // Main-thread long tasks (> 50 ms; `longTaskMs`: the longest, `longTasks`: how many) and, from
+  // long animation frames, the longest single script run (> 5 ms) by whose script it was:
+  // `longScripts.p2p` is the bundle's (p2p-cdn.js and the wasm it calls), `.hls` hls.js's,
+  // `.demo` this page's. Read by `cargo xtask bench browser-cpu`.
+  m.longTaskMs = 0; m.longTasks = 0; m.longScripts = {};
+  function observe(type, fn) {
+    try { new PerformanceObserver(function (l) { l.getEntries().forEach(fn); }).observe({ type: type, buffered: true }); } catch (e) {}
+  }
+  observe("longtask", function (e) { m.longTasks++; m.longTaskMs = Math.max(m.longTaskMs, Math.round(e.duration)); });
+  observe("long-animation-frame", function (f) {
+    (f.scripts || []).forEach(function (s) {
+      var u = s.sourceURL || "";
+      var who = /p2p-cdn/.test(u) ? "p2p" : /hls/.test(u) ? "hls" : /app\.js/.test(u) ? "demo" : "other";
+      var had = m.longScripts[who];
+      if (!had || s.duration > had.ms) {
+        m.longScripts[who] = { ms: Math.round(s.duration), what: s.invokerType + " " + s.invoker + " " + (s.sourceFunctionName || ""), at: Math.round(s.startTime) };
+      }
+    });
+  });
   var hls = new Hls({ liveSyncDurationCount: 3 });
   var peer = P2PCDN.attach(hls, video, {
     signal: signal, integrity: integrity, p2p: p2p, __tamper: tamper,

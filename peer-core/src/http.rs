@@ -1,7 +1,8 @@
 //! Origin requests: Range requests over missing chunks, bodies verified chunk by chunk as they
 //! stream in, and the origin's measured first-byte time and throughput (for deadline planning).
 
-use std::collections::BTreeMap;
+// A sorted vector, not std's B-tree: a fraction of the wasm bundle (crate::sorted).
+use crate::sorted::SortedMap as BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;

@@ -6,7 +6,10 @@
 //! viewer seen under two ids (after a signaling restart gave everybody new ids) is recognised by
 //! the `instance` in its `Hello`: the newer connection is closed on both sides.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::VecDeque;
+
+// Sorted vectors, not std's B-trees: a fraction of the wasm bundle (crate::sorted).
+use crate::sorted::{SortedMap as BTreeMap, SortedSet as BTreeSet};
 
 use bytes::Bytes;
 use protocol::frame::MAX_HAVE_ENTRIES;

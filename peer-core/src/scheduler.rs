@@ -2,7 +2,8 @@
 //! deliver soonest, the live-edge seeding plan (designated and backup seeders by slot), and the
 //! deadline cutoff to the origin.
 
-use std::collections::BTreeMap;
+// A sorted vector, not std's B-tree: a fraction of the wasm bundle (crate::sorted).
+use crate::sorted::SortedMap as BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;

@@ -1,7 +1,8 @@
 //! Counters of one peer (cumulative). Bounded: the per-peer map keeps at most
 //! [`MAX_PEER_COUNTERS`] peers.
 
-use std::collections::BTreeMap;
+// A sorted vector, not std's B-tree: a fraction of the wasm bundle (crate::sorted).
+use crate::sorted::SortedMap as BTreeMap;
 
 use protocol::PeerId;
 use serde::{Deserialize, Serialize};

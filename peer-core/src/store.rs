@@ -1,6 +1,7 @@
 //! Segments: integrity data, chunks held, the byte budget (LRU eviction) and what we announce.
 
-use std::collections::{BTreeMap, BTreeSet};
+// Sorted vectors, not std's B-trees: a fraction of the wasm bundle (crate::sorted).
+use crate::sorted::{SortedMap as BTreeMap, SortedSet as BTreeSet};
 
 use bytes::Bytes;
 use protocol::frame::MAX_HAVE_ENTRIES;

@@ -44,6 +44,8 @@ function p2pCdn(W, env) {
     this.destroyed = false;
     this.playlist = null;
     this.stream = undefined;
+    // The player has played (a first `playing`; set by `attach`): see `deadlineMs`.
+    this.started = false;
     // The page's listeners by event name. Each wasm peer (current rendition, kept ones) gets
     // one dispatcher per name that calls the current list: `off` then applies to all of them,
     // and to the peers of the page's other media playlists, which share this map.
@@ -309,10 +311,16 @@ function p2pCdn(W, env) {
   }
 
   // Milliseconds until the player needs the fragment: playback reaches its start (or the end
-  // of the contiguous buffer, if that comes first). Before playback starts: now-ish.
+  // of the contiguous buffer, if that comes first). 0 while the viewer is waiting for it: before
+  // playback has started (`started`: a first `playing` was seen) and while playing is stuck for
+  // want of data. A deadline of 0 makes the core fetch from the origin at once (P2P never delays
+  // startup: the peers may not even be connected yet); the bytes still land in its store and are
+  // shared with the swarm. Measured with `cargo xtask bench browser-cpu` (docs/BUNDLE.md).
   var APPEND_MARGIN_MS = 500;
-  function deadlineMs(frag, video) {
-    if (!video || video.readyState < 3 || video.paused) return 1000;
+  function deadlineMs(frag, video, started) {
+    if (!video) return 1000;
+    if (!started || (video.readyState < 3 && !video.paused && !video.seeking)) return 0;
+    if (video.readyState < 3 || video.paused) return 1000;
     var t = video.currentTime;
     var end = t;
     var b = video.buffered;
@@ -387,7 +395,7 @@ function p2pCdn(W, env) {
       this.pending = true;
       var stats = resetStats(this.stats);
       stats.loading.start = performance.now();
-      var deadline = deadlineMs(frag, video);
+      var deadline = deadlineMs(frag, video, peer.started);
       var fallback = function (err) {
         if (!self.pending) return;
         self.pending = false;
@@ -465,9 +473,8 @@ function p2pCdn(W, env) {
       if (audio && data && data.details && data.details.url) audio.playlistLoaded(data.details.url, hls.url);
     });
     if (video) {
-      var started = false;
-      video.addEventListener("playing", function () { started = true; });
-      video.addEventListener("waiting", function () { if (started) peer.reportStall(); });
+      video.addEventListener("playing", function () { peer.started = true; });
+      video.addEventListener("waiting", function () { if (peer.started) peer.reportStall(); });
     }
     hls.on(Hls.Events.DESTROYING, function () { peer.destroy(); });
     return peer;

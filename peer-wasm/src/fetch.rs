@@ -40,10 +40,21 @@ impl Inner {
     pub(crate) fn fetch_manifest(&mut self, url: String) {
         let me = self.me.clone();
         spawn_local(async move {
-            let m = fetch_text(&me, &url)
-                .await
-                .ok()
-                .and_then(|t| json::manifest(&t));
+            let text = fetch_text(&me, &url).await.ok();
+            // A live manifest changes once per segment and is polled several times per
+            // segment: an unchanged text reuses the last decode (no `JSON.parse`, no walk
+            // through it from wasm, no hash decoding).
+            let mut m = None;
+            with_weak(&me, |i| {
+                m = text.and_then(|t| match &i.last_manifest {
+                    Some((old, man)) if *old == t => Some(man.clone()),
+                    _ => {
+                        let man = json::manifest(&t)?;
+                        i.last_manifest = Some((t, man.clone()));
+                        Some(man)
+                    }
+                });
+            });
             feed_weak(
                 &me,
                 match m {

@@ -7,8 +7,8 @@
 //!   protocol's negotiated binary data channel (id 0); its handlers report to that id only.
 //! * [`Output::HttpStart`]: `fetch` with `Range` + `AbortController`, the body streamed through
 //!   a `ReadableStream` reader; [`Output::FetchManifest`]: `fetch` + [`json::manifest`].
-//! * One `setTimeout` re-armed at [`PeerCore::poll_timeout`] after every input; a 1 s interval
-//!   only for the page's `stats` event.
+//! * One `setTimeout` at [`PeerCore::poll_timeout`], re-armed after an input only when that
+//!   time changed; a 1 s interval only for the page's `stats` event.
 //! * `fetchSegment` promises wait, by URL, for [`Output::SegmentReady`] / [`Output::WantFailed`].
 //!
 //! Time is microseconds since the core was created (`performance.now()`).
@@ -46,6 +46,12 @@ const TICK_MS: i32 = 1000;
 const BUFFERED_POLL_MS: u64 = 100;
 /// Smallest `cacheBytes` honoured: below a segment or two a peer could hold nothing to serve.
 const MIN_CACHE_BYTES: usize = 1 << 20;
+
+/// The allocator: rlsf's TLSF (O(1) allocation and free, pools grown with `memory.grow`)
+/// instead of std's dlmalloc, for the bundle's size (docs/BUNDLE.md), with no `unsafe` here.
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOC: rlsf::GlobalTlsf = rlsf::GlobalTlsf::new();
 
 mod fetch;
 mod json;
@@ -161,6 +167,14 @@ struct Inner {
     /// Calls to make once the state is no longer borrowed.
     deferred: Vec<(Function, JsValue)>,
     timer: Option<i32>,
+    /// The core time `timer` is armed for.
+    timer_at: Option<Time>,
+    /// Outputs left for the next task (see `drain`), in the core's order; bounded by what one
+    /// input makes the core output.
+    deferred_out: std::collections::VecDeque<Output>,
+    /// The 0 ms timeout that drains them, and its callback.
+    resume: Option<i32>,
+    resume_cb: Option<Closure<dyn FnMut()>>,
     timer_cb: Option<Closure<dyn FnMut()>>,
     tick: Option<i32>,
     tick_cb: Option<Closure<dyn FnMut()>>,
@@ -173,6 +187,8 @@ struct Inner {
     playlist_path: String,
     /// Counters of the cores replaced so far: the page's totals go on.
     past: peer_core::Stats,
+    /// The integrity manifest's latest text and its decode (see `fetch_manifest`).
+    last_manifest: Option<(String, protocol::Manifest)>,
 }
 
 fn window() -> Option<web_sys::Window> {
@@ -302,6 +318,8 @@ impl Inner {
             }
             self.ws = None;
             self.conns.clear();
+            // The old core's connections are gone: what it still asked for is moot.
+            self.deferred_out.clear();
             for (_, c) in self.http.take_all() {
                 c.abort();
             }
@@ -341,6 +359,8 @@ impl Inner {
         // The core's clock starts at zero when it is created (its first timers count from
         // there): so does ours.
         self.t0 = perf_now();
+        // The clock restarted: an armed timer's time means another moment now.
+        self.timer_at = None;
         self.playlist_path = playlist_path;
         self.core = Some(PeerCore::new(cfg));
     }
@@ -348,8 +368,30 @@ impl Inner {
     /// Performs every pending output, reports the send buffers written to, then re-arms the
     /// timer.
     fn drain(&mut self) {
+        // At most one `RTCPeerConnection` is made per task: a `peers` message can ask for a
+        // dozen, and each costs the main thread milliseconds (more on a busy machine; measured
+        // with `cargo xtask bench browser-cpu`: one signaling message held it for over a
+        // second). The outputs after a second `RtcCreate` wait, in order, for the next task.
+        let mut created = false;
         loop {
-            while let Some(out) = self.core.as_mut().and_then(|c| c.poll_output()) {
+            loop {
+                let out = match self.deferred_out.pop_front() {
+                    Some(o) => o,
+                    None => match self.core.as_mut().and_then(|c| c.poll_output()) {
+                        Some(o) => o,
+                        None => break,
+                    },
+                };
+                let create = matches!(out, Output::RtcCreate { .. });
+                if create && created {
+                    self.deferred_out.push_front(out);
+                    while let Some(o) = self.core.as_mut().and_then(|c| c.poll_output()) {
+                        self.deferred_out.push_back(o);
+                    }
+                    self.resume_soon();
+                    break;
+                }
+                created |= create;
                 self.perform(out);
             }
             if self.sent.is_empty() {
@@ -436,23 +478,47 @@ impl Inner {
         }
     }
 
+    /// Drains the deferred outputs in a task of their own (a 0 ms timeout).
+    fn resume_soon(&mut self) {
+        let (Some(w), None) = (window(), self.resume) else {
+            return;
+        };
+        if let Some(cb) = &self.resume_cb {
+            self.resume = w
+                .set_timeout_with_callback_and_timeout_and_arguments_0(
+                    cb.as_ref().unchecked_ref(),
+                    0,
+                )
+                .ok();
+        }
+    }
+
     fn arm_timer(&mut self) {
         let Some(w) = window() else { return };
+        let now = self.now();
+        let core_at = self.core.as_ref().and_then(|c| c.poll_timeout());
+        // While a send buffer drains, wake within BUFFERED_POLL_MS to look at it.
+        let poll_at = (!self.draining.is_empty())
+            .then(|| Time(now.0 + BUFFERED_POLL_MS * 1000));
+        let target = match (core_at, poll_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        // Most inputs (a chunk, a buffer report) leave the core's next timer where it was:
+        // keep the armed timer when it fires no later than needed (firing early is harmless:
+        // the callback polls the buffers and feeds `Timeout` only when the core's is due),
+        // instead of clearing and setting a browser timer per input.
+        if self.timer.is_some() && self.timer_at.is_some_and(|t| target.is_none_or(|g| t <= g)) {
+            return;
+        }
         if let Some(t) = self.timer.take() {
             w.clear_timeout_with_handle(t);
         }
-        let now = self.now();
-        let mut ms = self
-            .core
-            .as_ref()
-            .and_then(|c| c.poll_timeout())
-            .map(|at| at.as_micros().saturating_sub(now.as_micros()) / 1000 + 1);
-        if !self.draining.is_empty() {
-            ms = Some(ms.map_or(BUFFERED_POLL_MS, |m| m.min(BUFFERED_POLL_MS)));
-        }
-        let Some(ms) = ms else {
+        self.timer_at = target;
+        let Some(at) = target else {
             return;
         };
+        let ms = at.as_micros().saturating_sub(now.as_micros()) / 1000 + 1;
         let ms = ms.min(60_000) as i32;
         if let Some(cb) = &self.timer_cb {
             self.timer = w
@@ -536,6 +602,7 @@ impl Inner {
         self.destroyed = true;
         self.ws = None;
         self.conns.clear();
+        self.deferred_out.clear();
         for (_, c) in self.http.take_all() {
             c.abort();
         }
@@ -545,6 +612,9 @@ impl Inner {
             }
             if let Some(t) = self.tick.take() {
                 w.clear_interval_with_handle(t);
+            }
+            if let Some(t) = self.resume.take() {
+                w.clear_timeout_with_handle(t);
             }
         }
         for w in std::mem::take(&mut self.waiters) {
@@ -596,6 +666,10 @@ impl P2pPeer {
                 listeners: Vec::new(),
                 deferred: Vec::new(),
                 timer: None,
+                timer_at: None,
+                deferred_out: Default::default(),
+                resume: None,
+                resume_cb: None,
                 timer_cb: None,
                 tick: None,
                 tick_cb: None,
@@ -604,6 +678,7 @@ impl P2pPeer {
                 generation: 0,
                 playlist_path: String::new(),
                 past: peer_core::Stats::default(),
+                last_manifest: None,
             })
         });
         {
@@ -624,6 +699,9 @@ impl P2pPeer {
                     }
                 })
             }));
+            let me = g.me.clone();
+            // `with` drains the deferred outputs.
+            g.resume_cb = Some(Closure::new(move || with_weak(&me, |i| i.resume = None)));
             let me = g.me.clone();
             let tick: Closure<dyn FnMut()> = Closure::new(move || with_weak(&me, |i| i.on_tick()));
             if let Some(w) = window() {

@@ -182,7 +182,10 @@ impl Inner {
     }
 
     pub(crate) fn on_tick(&mut self) {
-        let stats = self.stats_value();
-        self.emit("stats", || stats);
+        // Built only for a page that listens (the object costs a few dozen JS calls).
+        if self.listeners.iter().any(|(n, _)| n == "stats") {
+            let stats = self.stats_value();
+            self.emit("stats", || stats);
+        }
     }
 }

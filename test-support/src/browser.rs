@@ -310,6 +310,18 @@ impl Chromium {
             .status();
     }
 
+    /// Process id of the `timeout` wrapper, the root of the browser's process tree (see
+    /// [`crate::cpu::tree_cpu`]).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The browser's profile folder (where `--remote-debugging-port=0` makes it write
+    /// `DevToolsActivePort`).
+    pub fn profile_dir(&self) -> &Path {
+        &self.profile
+    }
+
     /// The browser is still running.
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -2,6 +2,8 @@
 //!
 //! * [`browser`]: headless Chromium viewers of the demo page, the page server and the report
 //!   collector (used by `p2pcdn-load --browsers` and the browser tests).
+//! * [`cpu`]: CPU time of a browser's process tree, by Chromium process type.
+//! * `cdp` (feature `harness`): a minimal DevTools-protocol client (Chromium's CPU profiler).
 //! * [`gate`]: a browser test's skip-or-fail check when Chromium is missing.
 //! * [`process`]: a server binary started until its "listening" line and stopped with SIGTERM
 //!   (the servers' CLI tests and the README/deploy test).
@@ -13,6 +15,9 @@
 //! Depends on neither peer crate, so both `peer-native` and `tests` can use it.
 
 pub mod browser;
+#[cfg(feature = "harness")]
+pub mod cdp;
+pub mod cpu;
 pub mod gate;
 pub mod process;
 #[cfg(feature = "harness")]

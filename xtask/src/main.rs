@@ -1,6 +1,7 @@
 //! `cargo xtask ...`: project tasks (tests, simulator, benchmarks, wasm bundle, demo).
 //! Each subcommand lives in its own module.
 
+mod bench_browser;
 mod bench_lab;
 mod bench_origin;
 mod bench_signaling;
@@ -61,6 +62,9 @@ enum Bench {
     /// Headless Chromium pages, each in its own network namespace with a tbf-shaped upload
     /// (as root), P2P against HTTP only.
     Lab(bench_lab::Args),
+    /// What P2P costs a page: Chromium CPU per page-minute, startup, long tasks; P2P off vs on
+    /// in one run (optionally a V8 profile of a P2P page).
+    BrowserCpu(bench_browser::Args),
 }
 
 fn main() -> Result<()> {
@@ -72,6 +76,7 @@ fn main() -> Result<()> {
         Cmd::Bench(Bench::Signaling(a)) => bench_signaling::run(a),
         Cmd::Bench(Bench::Swarm(a)) => bench_swarm::run(a),
         Cmd::Bench(Bench::Lab(a)) => bench_lab::run(a),
+        Cmd::Bench(Bench::BrowserCpu(a)) => bench_browser::run(a),
         Cmd::Wasm(a) => wasm::run(a),
         Cmd::BundleSize => wasm::bundle_size(),
         Cmd::Demo(a) => demo::run(a),

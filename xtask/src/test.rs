@@ -4,7 +4,8 @@
 //! and chromedriver (the headless browser tests), npm and the pinned npm build tools. Then it
 //! checks that the simulator's build has no tokio, axum or hyper (`cargo tree`, a second), runs
 //! clippy (the workspace, and peer-wasm for wasm32) so that a lint fails in minutes, builds
-//! the wasm bundle into `dist/` and the npm package (`cargo xtask pack`; the package test,
+//! the wasm bundle into `dist/` (failing when its gzip size is over
+//! `wasm::BUNDLE_BUDGET_GZIP`) and the npm package (`cargo xtask pack`; the package test,
 //! tests/tests/package.rs, installs it) and runs the workspace tests under the `ci` profile (release
 //! optimisations with overflow checks and debug assertions on; see the root `Cargo.toml`); with
 //! `--wasm-browser`, also peer-wasm's browser-side tests under wasm-bindgen-test-runner
@@ -153,8 +154,9 @@ pub fn run_tests(wasm_browser: bool) -> Result<()> {
         "--profile",
         PROFILE,
     ]))?;
-    // The bundle the browser tests serve.
+    // The bundle the browser tests serve, within its size budget.
     crate::wasm::build(true)?;
+    crate::wasm::check_budget()?;
     // The npm package the package test installs into its scratch app (packed here, not by a
     // nested cargo inside the test).
     let packed = crate::pack::pack()?;
