@@ -135,6 +135,9 @@ struct Local {
     owner: u32,
 }
 
+/// This node's viewers per swarm (one shard).
+type LocalShard = Mutex<HashMap<Box<str>, Local>>;
+
 /// Counters of the cluster link (rendered in `/metrics`).
 #[derive(Debug, Default)]
 pub struct ClusterMetrics {
@@ -161,7 +164,7 @@ pub struct Cluster {
     out: mpsc::Sender<(u32, Bytes)>,
     out_rx: Mutex<Option<mpsc::Receiver<(u32, Bytes)>>>,
     /// This node's members per swarm, sharded like the registry.
-    local: Box<[Mutex<HashMap<Box<str>, Local>>]>,
+    local: Box<[LocalShard]>,
     pub metrics: ClusterMetrics,
 }
 
@@ -227,7 +230,7 @@ impl Cluster {
         owner_of(&self.view(), swarm_hash(swarm))
     }
 
-    fn local_shard(&self, swarm: &str) -> &Mutex<HashMap<Box<str>, Local>> {
+    fn local_shard(&self, swarm: &str) -> &LocalShard {
         &self.local[(swarm_hash(swarm) % LOCAL_SHARDS as u64) as usize]
     }
 

@@ -231,15 +231,14 @@ async fn swarm_spans_three_nodes() {
             })
             .await;
     }
-    for i in 0..5 {
-        assert_eq!(signal_from(&mut clients[i]).await, ids[5]);
-        clients[i]
-            .send(&ClientMsg::Signal {
-                swarm: swarm.into(),
-                to: ids[5],
-                data: offer("v=0 y"),
-            })
-            .await;
+    for c in clients.iter_mut().take(5) {
+        assert_eq!(signal_from(c).await, ids[5]);
+        c.send(&ClientMsg::Signal {
+            swarm: swarm.into(),
+            to: ids[5],
+            data: offer("v=0 y"),
+        })
+        .await;
     }
     let mut answered = HashSet::new();
     for _ in 0..5 {
@@ -305,9 +304,9 @@ async fn dead_node_viewers_rejoin_and_engine_restart_heals() {
         .collect();
     // 4 viewers per node, each in one swarm: every swarm spans all nodes.
     let mut viewers: Vec<(usize, String, Client)> = Vec::new();
-    for n in 0..3 {
+    for (n, &addr) in addrs.iter().enumerate() {
         for s in &swarms {
-            let mut c = Client::connect(addrs[n]).await;
+            let mut c = Client::connect(addr).await;
             c.send(&ClientMsg::Join {
                 swarm: s.clone(),
                 token: None,
