@@ -1,6 +1,7 @@
 //! `cargo xtask ...`: project tasks (tests, simulator, benchmarks, wasm bundle, demo).
 //! Each subcommand lives in its own module.
 
+mod bench_cluster;
 mod bench_origin;
 mod bench_signaling;
 mod bench_swarm;
@@ -57,6 +58,8 @@ enum Bench {
     Signaling(bench_signaling::Args),
     /// Swarm of native peers (and browsers) vs an HTTP-only baseline.
     Swarm(bench_swarm::Args),
+    /// Signaling cluster: N nodes sharing swarms through NATS, under C connections.
+    Cluster(bench_cluster::Args),
 }
 
 fn main() -> Result<()> {
@@ -67,6 +70,7 @@ fn main() -> Result<()> {
         Cmd::Bench(Bench::Origin(a)) => bench_origin::run(a),
         Cmd::Bench(Bench::Signaling(a)) => bench_signaling::run(a),
         Cmd::Bench(Bench::Swarm(a)) => bench_swarm::run(a),
+        Cmd::Bench(Bench::Cluster(a)) => bench_cluster::run(a),
         Cmd::Wasm(a) => wasm::run(a),
         Cmd::BundleSize => wasm::bundle_size(),
         Cmd::Demo(a) => demo::run(a),
