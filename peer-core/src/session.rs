@@ -37,13 +37,28 @@ pub struct Session {
     pub ping_at: Option<Time>,
     /// When we may ask the server for more members next.
     pub want_peers_at: Time,
+    /// Which signaling server to connect to when the driver has a list (the nodes of a
+    /// cluster): the driver takes `urls[server % urls.len()]`. Starts at a point drawn from the
+    /// seed (viewers spread over the nodes) and moves to the next one after every lost or
+    /// failed connection and every `reconnect` (a node going away or dead sends its viewers to
+    /// the others).
+    pub server: u32,
 }
 
 /// Asking for members again is throttled to this.
 pub(crate) const WANT_PEERS_INTERVAL: Duration = Duration::from_secs(5);
 
 impl PeerCore {
+    /// The signaling server to use for the connection asked for by the latest
+    /// [`Output::SignalConnect`] (see [`Session::server`]).
+    pub fn signal_server(&self) -> u32 {
+        self.session.server
+    }
+
     pub(crate) fn start_session(&mut self, now: Time) {
+        // From the seed, not the rng: a driver with one URL sees the same random sequence.
+        // Below 1024, so that counting up never wraps (which would skip a server).
+        self.session.server = (splitmix(self.cfg.seed) >> 54) as u32;
         if self.cfg.p2p || self.cfg.upload {
             self.connect_signaling(now);
         }
@@ -75,7 +90,13 @@ impl PeerCore {
         self.lose_link(now + delay);
     }
 
+    /// The next connection goes to the next server of the driver's list.
+    fn next_server(&mut self) {
+        self.session.server = self.session.server.wrapping_add(1);
+    }
+
     fn lose_link(&mut self, at: Time) {
+        self.next_server();
         if self.session.link == Link::Up || self.session.joined {
             self.stats.signal_reconnects += 1;
         }
@@ -215,4 +236,12 @@ impl PeerCore {
         self.session.joined = false;
         self.session.ping_at = None;
     }
+}
+
+/// splitmix64's finaliser (a fixed, well-mixed function of the seed).
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }

@@ -236,3 +236,38 @@ fn close_leaves() {
     h.input(Input::SignalClosed);
     assert_eq!(h.outputs.len(), n);
 }
+
+/// With a list of signaling URLs (the nodes of a cluster), each connection after a lost or
+/// failed one goes to the next server, and a `reconnect` moves on too; the first one depends on
+/// the seed, so viewers spread over the nodes.
+#[test]
+fn each_reconnect_tries_the_next_signaling_server() {
+    let mut starts = std::collections::HashSet::new();
+    for seed in 1..=8 {
+        let mut cfg = config();
+        cfg.seed = seed;
+        let mut h = Harness::unstarted(cfg);
+        let first = h.core.signal_server();
+        starts.insert(first % 3);
+        // Failures without a welcome: one server further each time.
+        for n in 1..=3u32 {
+            let k = h.server.connects.len();
+            h.input(Input::SignalClosed);
+            let closed = h.now;
+            h.run_while(closed + Duration::from_secs(60), |h| {
+                h.server.connects.len() == k
+            });
+            assert_eq!(h.core.signal_server(), first.wrapping_add(n));
+        }
+        // Welcomed, then the server says it is going away: the next node.
+        h.input(Input::SignalOpened);
+        h.input(welcome(7, 20_000));
+        let before = h.core.signal_server();
+        h.input(Input::SignalMessage(ServerMsg::Reconnect { after_ms: 100 }));
+        assert_eq!(h.core.signal_server(), before.wrapping_add(1));
+    }
+    assert!(
+        starts.len() >= 2,
+        "every seed starts on the same node: {starts:?}"
+    );
+}

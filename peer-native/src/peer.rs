@@ -50,6 +50,9 @@ pub const OPEN_GRACE: Duration = Duration::from_millis(300);
 pub struct PeerOptions {
     /// Signaling WebSocket URL, e.g. `ws://127.0.0.1:8080/ws`.
     pub signal_url: String,
+    /// The other nodes of a signaling cluster: with them, each connection goes to
+    /// `[signal_url, more...][core.signal_server() % n]` (the core moves on after a failure).
+    pub more_signal_urls: Vec<String>,
     /// Media playlist URL (its integrity sidecar `<name>.integrity.json` must exist).
     pub playlist_url: String,
     /// Rendition name in the swarm id (`""` for a media playlist played directly, as the
@@ -75,6 +78,7 @@ impl PeerOptions {
     pub fn new(signal_url: impl Into<String>, playlist_url: impl Into<String>) -> Self {
         PeerOptions {
             signal_url: signal_url.into(),
+            more_signal_urls: Vec::new(),
             playlist_url: playlist_url.into(),
             rendition: String::new(),
             core: Config::default(),
@@ -234,12 +238,12 @@ impl Driver {
                     let token = self.opts.token.current();
                     self.inputs.push_back(Input::SetToken { token });
                 }
-                let s = Signal::connect(
-                    &self.opts.signal_url,
-                    self.tls.clone(),
-                    self.signals,
-                    self.io.clone(),
-                );
+                let n = 1 + self.opts.more_signal_urls.len();
+                let url = match self.core.signal_server() as usize % n {
+                    0 => &self.opts.signal_url,
+                    i => &self.opts.more_signal_urls[i - 1],
+                };
+                let s = Signal::connect(url, self.tls.clone(), self.signals, self.io.clone());
                 self.signal = Some(s);
             }
             Output::SignalSend(msg) => {

@@ -21,6 +21,8 @@ use crate::token::TokenSource;
 #[derive(Clone)]
 pub struct SwarmOptions {
     pub signal_url: String,
+    /// Other nodes of a signaling cluster (`PeerOptions::more_signal_urls`).
+    pub more_signal_urls: Vec<String>,
     pub playlist_url: String,
     pub viewers: usize,
     pub seconds: f64,
@@ -97,6 +99,7 @@ impl SwarmOptions {
     ) -> Self {
         SwarmOptions {
             signal_url: signal_url.into(),
+            more_signal_urls: Vec::new(),
             playlist_url: playlist_url.into(),
             viewers,
             seconds,
@@ -658,6 +661,7 @@ fn spawn_viewer(
     index: usize,
 ) -> Running {
     let mut p = PeerOptions::new(opts.signal_url.clone(), opts.playlist_url.clone());
+    p.more_signal_urls = opts.more_signal_urls.clone();
     p.core = opts.core.clone();
     p.core.seed = schedule.core_seed(index);
     p.player = opts.player.clone();

@@ -12,8 +12,10 @@ export type FragmentLoaderClass = import("hls.js").FragmentLoaderConstructor;
 
 export interface PeerOptions {
   /** WebSocket URL of the signaling server (script tag: default its `data-signal`). Without
-   * one the peer is HTTP only. */
-  signal?: string;
+   * one the peer is HTTP only. The nodes of a signaling cluster: an array of URLs, or one
+   * comma-separated string; each connection goes to one of them, and after a failure to the
+   * next. */
+  signal?: string | string[];
   /** Swarm id override (default: the stream's URL without query, `|`, the media playlist's
    * path relative to it: one swarm per media playlist). */
   swarm?: string;

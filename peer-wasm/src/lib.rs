@@ -66,8 +66,32 @@ use rtc::Conn;
 type Shared = Rc<RefCell<Inner>>;
 type Cb = Closure<dyn FnMut(JsValue)>;
 
+/// Signaling URLs kept from the page's options (the nodes of one cluster).
+const MAX_SIGNAL_URLS: usize = 16;
+
+/// `signal`: one URL, a comma-separated list, or an array of URLs (the nodes of a cluster; the
+/// core picks which one each connection goes to, and moves on after a failure).
+fn signal_urls(v: &JsValue) -> Vec<String> {
+    let raw: Vec<String> = if js_sys::Array::is_array(v) {
+        js_sys::Array::from(v)
+            .iter()
+            .filter_map(|x| x.as_string())
+            .collect()
+    } else {
+        v.as_string()
+            .map(|s| s.split(',').map(str::to_owned).collect())
+            .unwrap_or_default()
+    };
+    raw.into_iter()
+        .map(|u| u.trim().to_owned())
+        .filter(|u| !u.is_empty())
+        .take(MAX_SIGNAL_URLS)
+        .collect()
+}
+
 struct Opts {
-    signal: Option<String>,
+    /// Signaling WebSocket URLs (empty: HTTP only).
+    signal: Vec<String>,
     swarm: Option<String>,
     /// The operator's integrity service (manifests for streams without a sidecar).
     integrity: Option<String>,
@@ -95,7 +119,7 @@ impl Opts {
         let text = |k: &str| get(k).as_string().filter(|s| !s.is_empty());
         let consent = get("consent").as_bool().unwrap_or(true);
         Opts {
-            signal: text("signal"),
+            signal: signal_urls(&get("signal")),
             swarm: text("swarm"),
             integrity: text("integrity"),
             fetch_setup: get("fetchSetup").dyn_into().ok(),
@@ -330,7 +354,7 @@ impl Inner {
         }
         let o = &self.opts;
         // No signaling server: HTTP only (the core then never asks for a WebSocket).
-        let p2p = o.p2p && o.signal.is_some();
+        let p2p = o.p2p && !o.signal.is_empty();
         let mut cfg = Config {
             swarm: o
                 .swarm
@@ -534,10 +558,10 @@ impl Inner {
 
     fn connect_ws(&mut self) {
         self.ws = None;
-        let Some(ws) = self
-            .opts
-            .signal
-            .as_deref()
+        let urls = &self.opts.signal;
+        let pick = self.core.as_ref().map_or(0, |c| c.signal_server() as usize);
+        let Some(ws) = urls
+            .get(pick % urls.len().max(1))
             .and_then(|u| WebSocket::new(u).ok())
         else {
             return self.feed(Input::SignalClosed);

@@ -150,6 +150,21 @@ pub struct Config {
     /// Lifetime of the TURN credentials handed out (seconds). A viewer reconnecting gets new ones.
     #[arg(long, env = "SIGNAL_TURN_TTL_S", default_value_t = 3600)]
     pub turn_ttl_s: u64,
+    /// NATS server URL (`nats://host:4222`) of a signaling cluster: nodes given the same URL
+    /// and `--cluster-prefix` share swarms (see `cluster.rs`). Without it the node runs alone.
+    #[arg(long, env = "SIGNAL_CLUSTER_NATS")]
+    pub cluster_nats: Option<String>,
+    /// Subject prefix of the cluster on NATS (several clusters can share one NATS server).
+    #[arg(long, env = "SIGNAL_CLUSTER_PREFIX", default_value = "p2pcdn.signal")]
+    pub cluster_prefix: String,
+    /// Interval of the cluster heartbeats; a node silent for 4 of them is considered dead and
+    /// its swarms move to the others.
+    #[arg(long, env = "SIGNAL_CLUSTER_HEARTBEAT_MS", default_value_t = 500)]
+    pub cluster_heartbeat_ms: u64,
+    /// Messages waiting to be published to other nodes; further ones are dropped (and counted
+    /// in `signaling_cluster_dropped_total`).
+    #[arg(long, env = "SIGNAL_CLUSTER_QUEUE", default_value_t = 65_536)]
+    pub cluster_queue: usize,
 }
 
 impl Default for Config {
@@ -192,6 +207,10 @@ impl Default for Config {
             ice_servers: Vec::new(),
             turn_secret: None,
             turn_ttl_s: 3600,
+            cluster_nats: None,
+            cluster_prefix: "p2pcdn.signal".to_owned(),
+            cluster_heartbeat_ms: 500,
+            cluster_queue: 65_536,
         }
     }
 }
@@ -267,6 +286,24 @@ impl Config {
             return bad(
                 "integrity_poll_ms must be in 50..=60000, integrity_idle_ms and integrity_max_playlists > 0",
             );
+        }
+        if self.cluster_nats.is_some() {
+            if !(20..=60_000).contains(&self.cluster_heartbeat_ms) || self.cluster_queue == 0 {
+                return bad("cluster_heartbeat_ms must be in 20..=60000 and cluster_queue > 0");
+            }
+            let p = &self.cluster_prefix;
+            if p.is_empty()
+                || p.len() > 64
+                || !p
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+                || p.starts_with('.')
+                || p.ends_with('.')
+            {
+                return bad(
+                    "cluster_prefix must be 1..=64 of [A-Za-z0-9._-], not starting or ending with '.'",
+                );
+            }
         }
         Ok(())
     }

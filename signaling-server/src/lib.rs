@@ -70,6 +70,7 @@
 //!
 //! Shutdown: every client gets `reconnect {after_ms}` (min + random jitter), then a close (1012).
 
+pub mod cluster;
 pub mod config;
 pub mod ice;
 pub mod integrity;
@@ -166,6 +167,9 @@ async fn metrics_handler(State(state): State<AppState>) -> Response {
         .metrics()
         .render(state.open_connections(), swarms, members);
     state.integrity().render_metrics(&mut body);
+    if let Some(c) = state.cluster() {
+        c.render_metrics(&mut body);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
@@ -185,8 +189,20 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     state.config().validate()?;
-    let sweeper = tokio::spawn(state.clone().run_sweeper());
-    let slot_notices = tokio::spawn(state.clone().run_slot_notices());
+    // Aborted when `serve` returns or its future is dropped (a `ServerHandle` dropped in a
+    // test): a cluster node must stop its heartbeats with its connections.
+    let mut tasks = AbortOnDrop(vec![
+        tokio::spawn(state.clone().run_sweeper()),
+        tokio::spawn(state.clone().run_slot_notices()),
+    ]);
+    if let Some(c) = state.cluster() {
+        let (c, st) = (c.clone(), state.clone());
+        tasks.0.push(tokio::spawn(async move {
+            if let Err(e) = c.run(st).await {
+                tracing::error!(error = %e, "cluster link failed: serving alone");
+            }
+        }));
+    }
     let st = state.clone();
     let graceful = async move {
         shutdown.await;
@@ -210,10 +226,19 @@ pub async fn serve(
     };
     let result =
         http_guard::serve(listener, router(state.clone()), timeouts, admit, graceful).await;
-    sweeper.abort();
-    slot_notices.abort();
+    drop(tasks);
     state.integrity().stop_all();
     result.map_err(Error::Serve)
+}
+
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
 }
 
 /// A server started by [`spawn`]; dropping it stops the server abruptly, [`Self::shutdown`]

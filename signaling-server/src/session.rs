@@ -479,9 +479,15 @@ impl Session {
                 if self.position(&swarm).is_none() {
                     return self.not_in_swarm(ws, &swarm).await;
                 }
-                let peers = self.state.introduce(&swarm, self.id);
-                self.send_or_close(ws, &ServerMsg::Peers { swarm, peers })
-                    .await
+                // In a cluster the swarm's owner may be another node: it answers through the
+                // outbox.
+                match self.state.introduce(&swarm, self.id) {
+                    Some(peers) => {
+                        self.send_or_close(ws, &ServerMsg::Peers { swarm, peers })
+                            .await
+                    }
+                    None => Flow::Continue,
+                }
             }
             ClientMsg::Leave { swarm } => {
                 let Some(i) = self.position(&swarm) else {
@@ -593,7 +599,11 @@ impl Session {
                 stats: None,
             });
         }
-        self.send_or_close(ws, &reply).await
+        match reply {
+            Some(reply) => self.send_or_close(ws, &reply).await,
+            // The owner is another node: `joined` comes through the outbox.
+            None => Flow::Continue,
+        }
     }
 
     /// Leaves every swarm (telling the partners) and forgets the connection.

@@ -22,6 +22,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use crate::cluster::{Cluster, Wire, node_of, owner_of, swarm_hash};
 use crate::config::Config;
 use crate::metrics::{Metrics, Reject, RelayRefused};
 use crate::registry::{Notices, Registry, RegistryConfig, Relay};
@@ -57,6 +58,15 @@ pub(crate) enum CloseReason {
     Shutdown = 1,
     Idle = 2,
     Slow = 3,
+}
+
+/// What became of a message for a connection of this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivered {
+    Queued,
+    /// Outbox full: dropped (a relay) or the connection is being closed (a notice).
+    Full,
+    NoConnection,
 }
 
 /// How much a message matters if the receiver's outbox is full.
@@ -248,6 +258,8 @@ pub struct Inner {
     shutting_down: AtomicBool,
     /// `/integrity` (disabled without `--integrity-origin`).
     integrity: Arc<crate::integrity::Service>,
+    /// This node's share of a cluster (`--cluster-nats`); None: a single node.
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// Cheap to clone; shared by the router, the connection tasks and the sweeper.
@@ -308,7 +320,20 @@ impl AppState {
             .collect();
         // Ids start at a random point so they do not reveal how many viewers came before; 2^40
         // leaves room for 2^53 - 2^40 connections before reaching JavaScript's exact range.
-        let first_id = seed.gen_range(1..(1u64 << 40));
+        let mut first_id = seed.gen_range(1..(1u64 << 40));
+        // In a cluster the id names its node (`cluster::node_of`): `node << 32 | counter`, the
+        // counter starting at a random point below 2^31.
+        let cluster = cfg.cluster_nats.as_ref().map(|url| {
+            let node = seed.gen_range(1..(1u32 << crate::cluster::NODE_BITS));
+            first_id = (u64::from(node) << 32) | seed.gen_range(0..(1u64 << 31));
+            Arc::new(Cluster::new(
+                url.clone(),
+                cfg.cluster_prefix.clone(),
+                Duration::from_millis(cfg.cluster_heartbeat_ms),
+                cfg.cluster_queue,
+                node,
+            ))
+        });
         let proxies = http_guard::TrustedProxies::new(cfg.trusted_proxies.iter().copied());
         let admin = http_guard::AdminAccess::new(cfg.admin_token.clone(), proxies.clone());
         let integrity = Arc::new(crate::integrity::Service::new(cfg.integrity_settings()));
@@ -327,11 +352,24 @@ impl AppState {
             proxies,
             swarms,
             shutting_down: AtomicBool::new(false),
+            cluster,
         }))
     }
 
     pub fn config(&self) -> &Config {
         &self.0.cfg
+    }
+
+    /// This node's share of the cluster (None: a single node).
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.0.cluster.as_ref()
+    }
+
+    /// The cluster node of `swarm`'s owner when it is another node (None: handled here).
+    fn remote_owner(&self, swarm: &str) -> Option<(&Cluster, u32)> {
+        let c = self.0.cluster.as_deref()?;
+        let owner = c.owner(swarm);
+        (owner != c.node()).then_some((c, owner))
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -489,10 +527,29 @@ impl AppState {
         lock(self.conn_shard(id)).remove(&id);
     }
 
-    /// Queues `text` for `to`. Returns false if it was dropped (full outbox or gone peer).
+    /// Queues `text` for `to` (on its node, in a cluster). Returns false if it was dropped here
+    /// (full outbox or gone peer); a message for another node counts as sent.
+    #[cfg(test)]
     pub(crate) fn deliver(&self, to: PeerId, text: String, class: Class) -> bool {
+        self.route(to, text, class, None)
+    }
+
+    /// [`Self::deliver`], naming the swarm the message is about (so that a node that no longer
+    /// holds `to` can tell the swarm's owner).
+    fn route(&self, to: PeerId, text: String, class: Class, swarm: Option<&str>) -> bool {
+        if let Some(c) = self.0.cluster.as_deref()
+            && node_of(to) != c.node()
+        {
+            c.forward(to, text, class, swarm);
+            return true;
+        }
+        self.deliver_local(to, text, class) == Delivered::Queued
+    }
+
+    /// Queues `text` for a connection of this node.
+    fn deliver_local(&self, to: PeerId, text: String, class: Class) -> Delivered {
         let Some(conn) = lock(self.conn_shard(to)).get(&to).cloned() else {
-            return false;
+            return Delivered::NoConnection;
         };
         let cfg = &self.0.cfg;
         {
@@ -505,23 +562,49 @@ impl AppState {
                     }
                     Class::Control => conn.close(CloseReason::Slow),
                 }
-                return false;
+                return Delivered::Full;
             }
             o.bytes += text.len();
             o.msgs.push_back(Utf8Bytes::from(text));
         }
         conn.wake();
-        true
+        Delivered::Queued
     }
 
     pub(crate) fn deliver_notices(&self, notices: Notices) {
         for (to, msg) in notices {
-            self.deliver(to, msg.to_json(), Class::Control);
+            let swarm = match &msg {
+                ServerMsg::Slot { swarm, .. } | ServerMsg::PeerLeft { swarm, .. } => {
+                    Some(swarm.as_str())
+                }
+                _ => None,
+            };
+            self.route(to, msg.to_json(), Class::Control, swarm);
         }
     }
 
-    /// Registry join; returns the `joined` reply (notices are delivered here).
-    pub(crate) fn join(&self, swarm: &str, peer: PeerId) -> ServerMsg {
+    /// Joins `peer` to `swarm`: returns the `joined` reply, or None when the swarm's owner is
+    /// another node (which sends the reply through the cluster).
+    pub(crate) fn join(&self, swarm: &str, peer: PeerId) -> Option<ServerMsg> {
+        if let Some(c) = self.0.cluster.as_deref() {
+            let owner = c.note_join(swarm, peer);
+            if owner != c.node() {
+                c.send(
+                    owner,
+                    &Wire::Join {
+                        swarm: swarm.to_owned(),
+                        peer,
+                    },
+                );
+                return None;
+            }
+        }
+        Some(self.join_owned(swarm, peer))
+    }
+
+    /// Registry join in a swarm this node owns; returns the `joined` reply (notices are
+    /// delivered here).
+    fn join_owned(&self, swarm: &str, peer: PeerId) -> ServerMsg {
         let joined = {
             let mut sh = lock(self.swarm_shard(swarm));
             let SwarmShard { reg, rng, .. } = &mut *sh;
@@ -531,7 +614,17 @@ impl AppState {
         joined.reply
     }
 
-    pub(crate) fn introduce(&self, swarm: &str, peer: PeerId) -> Vec<PeerId> {
+    /// More members for `peer`; None when the owner is another node (it sends `peers`).
+    pub(crate) fn introduce(&self, swarm: &str, peer: PeerId) -> Option<Vec<PeerId>> {
+        if let Some((c, owner)) = self.remote_owner(swarm) {
+            let (swarm, peer) = (swarm.to_owned(), peer);
+            c.send(owner, &Wire::WantPeers { swarm, peer });
+            return None;
+        }
+        Some(self.introduce_owned(swarm, peer))
+    }
+
+    fn introduce_owned(&self, swarm: &str, peer: PeerId) -> Vec<PeerId> {
         let mut sh = lock(self.swarm_shard(swarm));
         let SwarmShard { reg, rng, .. } = &mut *sh;
         reg.introduce(swarm, peer, rng)
@@ -540,6 +633,18 @@ impl AppState {
     /// Registry leave; `last_peers` is the member's latest reported `peers` (taken back out of
     /// the swarm's link sum).
     pub(crate) fn leave(&self, swarm: &str, peer: PeerId, last_peers: u32) {
+        if let Some(c) = self.0.cluster.as_deref() {
+            let owner = c.note_leave(swarm, peer);
+            if owner != c.node() {
+                let swarm = swarm.to_owned();
+                c.send(owner, &Wire::Leave { swarm, peer });
+                return;
+            }
+        }
+        self.leave_owned(swarm, peer, last_peers);
+    }
+
+    fn leave_owned(&self, swarm: &str, peer: PeerId, last_peers: u32) {
         let notices = {
             let mut sh = lock(self.swarm_shard(swarm));
             let notices = sh.reg.leave(swarm, peer);
@@ -555,7 +660,33 @@ impl AppState {
 
     /// Relays a handshake from `from` to `to` in `swarm`: only within a pair the server
     /// introduced (either direction), both still members. The data was checked by the caller.
+    /// In a cluster, when the swarm's owner is another node, the relay goes there to be
+    /// checked, and a refusal comes back to `from` as an `error` message.
     pub(crate) fn relay(
+        &self,
+        swarm: &str,
+        from: PeerId,
+        to: PeerId,
+        data: SignalData,
+    ) -> Result<(), RelayRefused> {
+        if let Some((c, owner)) = self.remote_owner(swarm) {
+            c.metrics.relays_forwarded.fetch_add(1, Relaxed);
+            let swarm = swarm.to_owned();
+            c.send(
+                owner,
+                &Wire::Relay {
+                    swarm,
+                    from,
+                    to,
+                    data,
+                },
+            );
+            return Ok(());
+        }
+        self.relay_owned(swarm, from, to, data)
+    }
+
+    fn relay_owned(
         &self,
         swarm: &str,
         from: PeerId,
@@ -573,10 +704,136 @@ impl AppState {
             data,
         }
         .to_json();
-        if self.deliver(to, text, Class::Relay) {
+        if self.route(to, text, Class::Relay, Some(swarm)) {
             self.0.metrics.relays.fetch_add(1, Relaxed);
         }
         Ok(())
+    }
+
+    /// A message from another node of the cluster.
+    pub(crate) fn on_cluster_msg(&self, c: &Cluster, msg: Wire) {
+        match msg {
+            Wire::Hb { .. } => {}
+            Wire::Join { swarm, peer } => {
+                let reply = self.join_owned(&swarm, peer);
+                self.route(peer, reply.to_json(), Class::Control, Some(&swarm));
+            }
+            Wire::WantPeers { swarm, peer } => {
+                let peers = self.introduce_owned(&swarm, peer);
+                let text = ServerMsg::Peers {
+                    swarm: swarm.clone(),
+                    peers,
+                }
+                .to_json();
+                self.route(peer, text, Class::Control, Some(&swarm));
+            }
+            Wire::Leave { swarm, peer } | Wire::Gone { swarm, peer } => {
+                self.leave_owned(&swarm, peer, 0);
+            }
+            Wire::Relay {
+                swarm,
+                from,
+                to,
+                data,
+            } => {
+                if let Err(why) = self.relay_owned(&swarm, from, to, data) {
+                    self.0.metrics.relay_refused(why);
+                    let err = ServerMsg::Error {
+                        code: protocol::signaling::ErrorCode::UnknownPeer,
+                        message: format!("peer {to} is not in this swarm or not introduced"),
+                        swarm: Some(swarm.clone()),
+                    };
+                    self.route(from, err.to_json(), Class::Relay, Some(&swarm));
+                }
+            }
+            Wire::Resync { swarm, peers } => self.resync_owned(&swarm, &peers),
+            Wire::Deliver {
+                to,
+                control,
+                text,
+                swarm,
+            } => {
+                if node_of(to) != c.node() {
+                    return;
+                }
+                let class = if control {
+                    Class::Control
+                } else {
+                    Class::Relay
+                };
+                if self.deliver_local(to, text, class) == Delivered::NoConnection
+                    && let Some(swarm) = swarm
+                {
+                    // The viewer left while the message was on its way, or its leave was lost:
+                    // the owner must not keep a ghost.
+                    let owner = c.owner(&swarm);
+                    if owner == c.node() {
+                        self.leave_owned(&swarm, to, 0);
+                    } else {
+                        c.send(owner, &Wire::Gone { swarm, peer: to });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Joins the `peers` (all of one node) this owner does not know yet to `swarm`, and sends
+    /// each of them a fresh `joined`.
+    pub(crate) fn resync_owned(&self, swarm: &str, peers: &[PeerId]) {
+        let mut out = Vec::new();
+        {
+            let mut sh = lock(self.swarm_shard(swarm));
+            let SwarmShard { reg, rng, .. } = &mut *sh;
+            for &p in peers {
+                if !reg.is_member(swarm, p) {
+                    let j = reg.join(swarm, p, rng);
+                    out.push((p, j));
+                }
+            }
+        }
+        for (p, j) in out {
+            self.deliver_notices(j.notices);
+            self.route(p, j.reply.to_json(), Class::Control, Some(swarm));
+        }
+    }
+
+    /// After a view change: forgets the swarms this node no longer owns, and the members of
+    /// `expired` nodes in the ones it owns (silently: see `cluster.rs`).
+    pub(crate) fn drop_unowned_and_purge(&self, view: &[u32], me: u32, expired: &[u32]) {
+        let mut notices = Vec::new();
+        for shard in self.0.swarms.iter() {
+            let mut sh = lock(shard);
+            let ids: Vec<String> = sh.reg.swarms().map(|(k, _)| k.to_owned()).collect();
+            for id in ids {
+                if owner_of(view, swarm_hash(&id)) != me {
+                    sh.reg.remove_swarm(&id);
+                    sh.stats.remove(&id);
+                    continue;
+                }
+                if expired.is_empty() {
+                    continue;
+                }
+                let dead: Vec<PeerId> = sh
+                    .reg
+                    .members(&id)
+                    .iter()
+                    .copied()
+                    .filter(|p| expired.contains(&node_of(*p)))
+                    .collect();
+                for p in dead {
+                    notices.extend(
+                        sh.reg
+                            .leave(&id, p)
+                            .into_iter()
+                            .filter(|(_, m)| !matches!(m, ServerMsg::PeerLeft { .. })),
+                    );
+                }
+                if sh.reg.member_count(&id) == 0 {
+                    sh.stats.remove(&id);
+                }
+            }
+        }
+        self.deliver_notices(notices);
     }
 
     /// Adds one viewer's stats delta to its swarm and to the global counters.

@@ -195,6 +195,17 @@ impl Registry {
         r
     }
 
+    /// The members of `swarm` (in slot order; empty if it has none).
+    pub fn members(&self, swarm: &str) -> &[PeerId] {
+        self.swarms.get(swarm).map_or(&[], |s| s.order.as_slice())
+    }
+
+    /// Forgets `swarm` and all its members at once, without notices (a signaling cluster
+    /// hands the swarm to another node, whose members are told by their new owner).
+    pub fn remove_swarm(&mut self, swarm: &str) -> bool {
+        self.swarms.remove(swarm).is_some()
+    }
+
     /// Swarm ids with their member counts.
     pub fn swarms(&self) -> impl Iterator<Item = (&str, usize)> {
         self.swarms.iter().map(|(k, s)| (k.as_str(), s.order.len()))

@@ -44,10 +44,10 @@ pub struct Args {
 }
 
 /// Clients per load-generator process (each needs one fd per client).
-const CLIENTS_PER_LOADGEN: u64 = 15_000;
+pub(crate) const CLIENTS_PER_LOADGEN: u64 = 15_000;
 
 /// Kills the children when the bench ends, however it ends.
-struct Children(Vec<Child>);
+pub(crate) struct Children(pub(crate) Vec<Child>);
 
 impl Drop for Children {
     fn drop(&mut self) {
@@ -58,7 +58,7 @@ impl Drop for Children {
     }
 }
 
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(d) => {
             let d = PathBuf::from(d);
@@ -72,7 +72,7 @@ fn target_dir() -> PathBuf {
     }
 }
 
-fn rss_kib(pid: u32) -> Result<u64> {
+pub(crate) fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
@@ -82,7 +82,7 @@ fn rss_kib(pid: u32) -> Result<u64> {
 }
 
 /// utime + stime of `pid`, in microseconds.
-fn cpu_us(pid: u32, ticks_per_s: u64) -> Result<u64> {
+pub(crate) fn cpu_us(pid: u32, ticks_per_s: u64) -> Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may contain spaces) start at field 3 (state).
     let rest = stat.rsplit_once(')').context("bad stat")?.1;
@@ -92,7 +92,7 @@ fn cpu_us(pid: u32, ticks_per_s: u64) -> Result<u64> {
     Ok((utime + stime) * 1_000_000 / ticks_per_s)
 }
 
-fn clock_ticks() -> u64 {
+pub(crate) fn clock_ticks() -> u64 {
     Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -103,7 +103,7 @@ fn clock_ticks() -> u64 {
 }
 
 /// Receives one JSON line with `"phase": phase` from each load generator.
-fn collect(
+pub(crate) fn collect(
     rx: &mpsc::Receiver<(usize, String)>,
     n: usize,
     phase: &str,
@@ -125,7 +125,7 @@ fn collect(
     Ok(got.into_values().collect())
 }
 
-fn percentile(hist: &BTreeMap<u64, u64>, q: f64) -> f64 {
+pub(crate) fn percentile(hist: &BTreeMap<u64, u64>, q: f64) -> f64 {
     let total: u64 = hist.values().sum();
     if total == 0 {
         return 0.0;

@@ -3,6 +3,7 @@
 
 mod bench_browser;
 mod bench_lab;
+mod bench_cluster;
 mod bench_origin;
 mod bench_signaling;
 mod bench_swarm;
@@ -65,6 +66,8 @@ enum Bench {
     /// What P2P costs a page: Chromium CPU per page-minute, startup, long tasks; P2P off vs on
     /// in one run (optionally a V8 profile of a P2P page).
     BrowserCpu(bench_browser::Args),
+    /// Signaling cluster: N nodes sharing swarms through NATS, under C connections.
+    Cluster(bench_cluster::Args),
 }
 
 fn main() -> Result<()> {
@@ -77,6 +80,7 @@ fn main() -> Result<()> {
         Cmd::Bench(Bench::Swarm(a)) => bench_swarm::run(a),
         Cmd::Bench(Bench::Lab(a)) => bench_lab::run(a),
         Cmd::Bench(Bench::BrowserCpu(a)) => bench_browser::run(a),
+        Cmd::Bench(Bench::Cluster(a)) => bench_cluster::run(a),
         Cmd::Wasm(a) => wasm::run(a),
         Cmd::BundleSize => wasm::bundle_size(),
         Cmd::Demo(a) => demo::run(a),

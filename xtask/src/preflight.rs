@@ -13,6 +13,9 @@
 //! - Chromium and chromedriver (Debian `chromium`, `chromium-driver`) and nginx (`nginx-light`,
 //!   the origin that is not ours, and the TLS reverse proxy) and coturn (the TURN server),
 //!   openssl (the proxy's test certificate) and curl for the browser tests;
+//! - nats-server (Debian `nats-server`), the message bus of the signaling cluster test
+//!   (signaling-server/tests/cluster.rs, which also installs it when run alone) and of
+//!   `cargo xtask bench cluster`;
 //! - `timeout` and `kill` (coreutils, procps), which every Debian has.
 //!
 //! Crates come from crates.io through cargo as usual.
@@ -37,7 +40,11 @@ pub struct Needs {
 /// Checks everything `needs` asks for, installing what is missing.
 pub fn ensure(needs: Needs) -> Result<()> {
     ensure_wasm_target()?;
-    let mut packages: Vec<(&str, &str)> = vec![("npm", "npm")];
+    let mut packages: Vec<(&str, &str)> = vec![
+        ("npm", "npm"),
+        // The signaling cluster test's message bus.
+        ("/usr/sbin/nats-server", "nats-server"),
+    ];
     if needs.browser {
         packages.push(("/usr/bin/chromium", "chromium"));
         packages.push(("/usr/bin/chromedriver", "chromium-driver"));

@@ -1,7 +1,8 @@
 //! `signal-load`: load generator for the signaling server (driven by `cargo xtask bench
 //! signaling`, which may start several of them to spread file descriptors).
 //!
-//! 1. Opens `--connections` WebSockets (client `--offset + i` binds to its own 127.x.y.1 source
+//! 1. Opens `--connections` WebSockets to the `--server`s (client `g = --offset + i` goes to
+//!    server `g % servers`: the nodes of a cluster, so each swarm spans them; client `g` binds to its own 127.x.y.1 source
 //!    address, ~1000 clients per address, so ephemeral ports never run out), each joins swarm
 //!    `bench-{(offset + i) / swarm_size}`. Prints `{"phase":"connected",...}`.
 //! 2. Waits for a line `go` on stdin, then every client sends offers to peers it knows at a steady
@@ -32,9 +33,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 #[derive(Parser, Clone)]
 struct Args {
-    /// Server address (loopback).
-    #[arg(long)]
-    server: SocketAddr,
+    /// Server address (loopback); repeat for the nodes of a cluster.
+    #[arg(long, required = true)]
+    server: Vec<SocketAddr>,
     #[arg(long, default_value_t = 1000)]
     connections: u64,
     /// Global index of this process's first client (several processes share one run).
@@ -65,6 +66,8 @@ struct Counters {
     errors: AtomicU64,
     offers_sent: AtomicU64,
     relays_received: AtomicU64,
+    /// Relays whose sender sits on another node (peer ids name their node: `id >> 32`).
+    cross_node: AtomicU64,
 }
 
 fn now_us() -> u64 {
@@ -83,14 +86,15 @@ type Ws = WebSocketStream<TcpStream>;
 async fn open(args: &Args, global: u64) -> Result<(Ws, PeerId, Vec<PeerId>)> {
     let sock = TcpSocket::new_v4()?;
     sock.bind(SocketAddr::V4(SocketAddrV4::new(source_ip(global), 0)))?;
-    let stream = sock.connect(args.server).await?;
+    let server = args.server[(global % args.server.len() as u64) as usize];
+    let stream = sock.connect(server).await?;
     stream.set_nodelay(true)?;
     // Small buffers: this process holds thousands of clients (tungstenite's default 128 KiB
     // read buffer is zero-filled, i.e. resident, per connection).
     let cfg = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
-    let url = format!("ws://{}/ws", args.server);
+    let url = format!("ws://{server}/ws");
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(cfg)).await?;
     let id = match next_msg(&mut ws).await? {
         ServerMsg::Welcome { peer_id, .. } => peer_id,
@@ -139,6 +143,7 @@ fn field_u64(text: &str, key: &str) -> Option<u64> {
 async fn client(
     args: Arc<Args>,
     global: u64,
+    me: PeerId,
     mut ws: Ws,
     mut known: Vec<PeerId>,
     mut go: watch::Receiver<bool>,
@@ -203,6 +208,9 @@ async fn client(
                     let b = ((lat / BUCKET_US) as usize).min(BUCKETS - 1);
                     hist[b].fetch_add(1, Relaxed);
                     counters.relays_received.fetch_add(1, Relaxed);
+                    if from >> 32 != me >> 32 {
+                        counters.cross_node.fetch_add(1, Relaxed);
+                    }
                     if !known.contains(&from) && known.len() < 32 {
                         known.push(from);
                     }
@@ -259,9 +267,9 @@ async fn run(args: Args) -> Result<()> {
                 return false;
             };
             match open(&args, global).await {
-                Ok((ws, _id, peers)) => {
+                Ok((ws, id, peers)) => {
                     drop(_permit);
-                    tokio::spawn(client(args, global, ws, peers, go, counters, hist, pad));
+                    tokio::spawn(client(args, global, id, ws, peers, go, counters, hist, pad));
                     true
                 }
                 Err(e) => {
@@ -301,9 +309,10 @@ async fn run(args: Args) -> Result<()> {
         })
         .collect();
     println!(
-        "{{\"phase\":\"done\",\"seconds\":{secs:.3},\"offers_sent\":{},\"relays_received\":{},\"errors\":{},\"hist_us\":[{}]}}",
+        "{{\"phase\":\"done\",\"seconds\":{secs:.3},\"offers_sent\":{},\"relays_received\":{},\"cross_node\":{},\"errors\":{},\"hist_us\":[{}]}}",
         counters.offers_sent.load(Relaxed),
         counters.relays_received.load(Relaxed),
+        counters.cross_node.load(Relaxed),
         counters.errors.load(Relaxed) + counters.connect_errors.load(Relaxed),
         sparse.join(",")
     );
