@@ -522,8 +522,7 @@ impl Inner {
         let now = self.now();
         let core_at = self.core.as_ref().and_then(|c| c.poll_timeout());
         // While a send buffer drains, wake within BUFFERED_POLL_MS to look at it.
-        let poll_at = (!self.draining.is_empty())
-            .then(|| Time(now.0 + BUFFERED_POLL_MS * 1000));
+        let poll_at = (!self.draining.is_empty()).then(|| Time(now.0 + BUFFERED_POLL_MS * 1000));
         let target = match (core_at, poll_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
