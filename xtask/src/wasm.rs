@@ -261,9 +261,10 @@ fn print_sizes() -> Result<(u64, u64)> {
 /// Most gzip bytes (wasm + JS) the script-tag bundle may have: `cargo xtask test` fails above
 /// it, so growth is caught when it happens. Issue 16's target is 46,080 (45 KB, what
 /// p2p-media-loader's core weighs); until the bundle gets there this is the size measured last
-/// (88,894 on branch issue16) rounded up by about 1 KB, lowered each time the bundle shrinks
-/// (docs/BUNDLE.md).
-pub const BUNDLE_BUDGET_GZIP: u64 = 89_900;
+/// rounded up by about 1 KB, lowered each time the bundle shrinks (docs/BUNDLE.md). Measured:
+/// 88,894 on branch issue16; 91,654 once merged with issue 17's uplink meter and `Status`
+/// frame, the wasm driver's send-buffer poll and the signaling URL list (+2,760).
+pub const BUNDLE_BUDGET_GZIP: u64 = 92_700;
 
 /// Fails when `wasm + js` gzip bytes exceed `budget`.
 pub(crate) fn within_budget(wasm: u64, js: u64, budget: u64) -> Result<()> {
