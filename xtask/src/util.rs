@@ -19,6 +19,25 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
+    // `cargo xtask` runs this binary through `cargo run`, which sets CARGO_PKG_NAME,
+    // CARGO_MANIFEST_DIR, CARGO_PKG_VERSION_* and the like to xtask's own. Inherited by the
+    // cargo started here, they differ from a shell's, and build scripts that watch them (ring's
+    // `rerun-if-env-changed=CARGO_PKG_NAME`, …) ran again: `cargo test` from the shell after
+    // `cargo xtask test` rebuilt ring → webrtc (10+ minutes here), and back.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .contains(&&*k)
+        {
+            c.env_remove(&*k);
+        }
+    }
     c
 }
 
