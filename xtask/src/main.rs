@@ -2,8 +2,8 @@
 //! Each subcommand lives in its own module.
 
 mod bench_browser;
-mod bench_lab;
 mod bench_cluster;
+mod bench_lab;
 mod bench_origin;
 mod bench_signaling;
 mod bench_swarm;
