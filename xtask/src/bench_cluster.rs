@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::bench_signaling::{
-    CLIENTS_PER_LOADGEN, Children, clock_ticks, collect, cpu_us, percentile, rss_kib, target_dir,
+    CLIENTS_PER_LOADGEN, Children, clock_ticks, collect, cpu_us, percentile, rss_kib, start_server,
+    target_dir,
 };
 use crate::{preflight, util};
 
@@ -113,36 +114,14 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     let mut nodes: Vec<(u32, String)> = Vec::new();
+    let nats_url = format!("nats://127.0.0.1:{nats_port}");
     for _ in 0..args.nodes {
-        let mut node = Command::new(&server_bin)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(["--cluster-nats", &format!("nats://127.0.0.1:{nats_port}")])
-            .args(["--max-connections", &(per_node + 1000).to_string()])
-            .args(["--max-conns-per-ip", "1000000"])
-            // No idle closes and no rate limiting of the load itself during the run.
-            .args([
-                "--heartbeat-ms",
-                "600000",
-                "--rate-per-s",
-                "10000",
-                "--rate-burst",
-                "10000",
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting signaling-server")?;
-        let pid = node.id();
-        let out = node.stdout.take().context("node stdout")?;
-        children.0.push(node);
-        let mut first = String::new();
-        BufReader::new(out).read_line(&mut first)?;
-        let addr = first
-            .trim()
-            .strip_prefix("listening on ")
-            .context("node did not start")?
-            .to_owned();
+        let (pid, addr) = start_server(
+            &mut children,
+            &server_bin,
+            per_node,
+            &["--cluster-nats", &nats_url],
+        )?;
         nodes.push((pid, addr));
     }
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -58,6 +58,46 @@ impl Drop for Children {
     }
 }
 
+/// Starts `signaling-server` for a load run (owned by `children`): limits above the load, no
+/// idle closes, no rate limiting of the load itself, plus `extra` flags. Returns its pid and
+/// the address it printed.
+pub(crate) fn start_server(
+    children: &mut Children,
+    bin: &std::path::Path,
+    connections: u64,
+    extra: &[&str],
+) -> Result<(u32, String)> {
+    let mut server = Command::new(bin)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
+        .args(["--max-connections", &(connections + 1000).to_string()])
+        .args(["--max-conns-per-ip", "1000000"])
+        .args([
+            "--heartbeat-ms",
+            "600000",
+            "--rate-per-s",
+            "10000",
+            "--rate-burst",
+            "10000",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting signaling-server")?;
+    let pid = server.id();
+    let out = server.stdout.take().context("server stdout")?;
+    children.0.push(server);
+    let mut first = String::new();
+    BufReader::new(out).read_line(&mut first)?;
+    let addr = first
+        .trim()
+        .strip_prefix("listening on ")
+        .context("server did not start")?
+        .to_owned();
+    Ok((pid, addr))
+}
+
 pub(crate) fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(d) => {
@@ -168,34 +208,7 @@ pub fn run(args: Args) -> Result<()> {
     };
 
     let mut children = Children(Vec::new());
-    let mut server = Command::new(&server_bin)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(["--max-connections", &(connections + 1000).to_string()])
-        .args(["--max-conns-per-ip", "1000000"])
-        // No idle closes and no rate limiting of the load itself during the run.
-        .args([
-            "--heartbeat-ms",
-            "600000",
-            "--rate-per-s",
-            "10000",
-            "--rate-burst",
-            "10000",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting signaling-server")?;
-    let pid = server.id();
-    let server_out = server.stdout.take().context("server stdout")?;
-    children.0.push(server);
-    let mut first = String::new();
-    BufReader::new(server_out).read_line(&mut first)?;
-    let addr = first
-        .trim()
-        .strip_prefix("listening on ")
-        .context("server did not start")?
-        .to_owned();
+    let (pid, addr) = start_server(&mut children, &server_bin, connections, &[])?;
     std::thread::sleep(Duration::from_millis(500));
     let rss_base = rss_kib(pid)?;
 
