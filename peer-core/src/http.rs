@@ -283,6 +283,9 @@ impl PeerCore {
                 for c in &mut s.chunks[a..b] {
                     if c.data.is_none() {
                         c.http = Some(id);
+                        if late {
+                            s.late_chunks = s.late_chunks.saturating_add(1);
+                        }
                     }
                 }
             }

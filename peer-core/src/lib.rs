@@ -58,6 +58,7 @@ pub mod remotes;
 pub mod replay;
 pub mod scheduler;
 pub mod session;
+pub mod share;
 pub mod sorted;
 mod stats;
 pub mod store;

@@ -150,7 +150,15 @@ impl PeerCore {
             let Some(s) = self.store.segments.get(&seq) else {
                 continue;
             };
-            let late = now >= self.cutoff(s, deadline);
+            let cutoff = self.cutoff(s, deadline);
+            let late = now >= cutoff;
+            if self.cfg.p2p && !late {
+                let fair = cutoff.since(now) >= self.cfg.backup_seed_delay;
+                self.fetch_share(now, seq, fair);
+            }
+            let Some(s) = self.store.segments.get(&seq) else {
+                continue;
+            };
             let peers = &self.remotes.peers;
             let any_peer_has = peers.values().any(|r| r.open && r.have.contains(seq));
             let open = peers.values().any(|r| r.open && r.hello);

@@ -22,6 +22,8 @@ pub enum HttpCause {
     Late,
     /// No open peer and nobody holds it.
     Alone,
+    /// This member's origin share (see [`crate::share`]), fetched when the segment appears.
+    Share,
 }
 
 /// Traffic and health counters of one peer (cumulative).
@@ -53,6 +55,7 @@ pub struct Stats {
     pub http_backup: u64,
     pub http_late: u64,
     pub http_alone: u64,
+    pub http_share: u64,
     /// Integrity manifest fetches.
     pub manifest_fetches: u64,
     /// Signaling connections lost (or closed on the server's `reconnect`).
@@ -108,6 +111,7 @@ impl Stats {
         self.http_backup += other.http_backup;
         self.http_late += other.http_late;
         self.http_alone += other.http_alone;
+        self.http_share += other.http_share;
         self.manifest_fetches += other.manifest_fetches;
         self.signal_reconnects += other.signal_reconnects;
         self.republished += other.republished;
@@ -130,6 +134,7 @@ impl Stats {
             HttpCause::Backup => self.http_backup,
             HttpCause::Late => self.http_late,
             HttpCause::Alone => self.http_alone,
+            HttpCause::Share => self.http_share,
         }
     }
 
@@ -139,6 +144,7 @@ impl Stats {
             HttpCause::Backup => self.http_backup += 1,
             HttpCause::Late => self.http_late += 1,
             HttpCause::Alone => self.http_alone += 1,
+            HttpCause::Share => self.http_share += 1,
         }
     }
 

@@ -54,6 +54,12 @@ pub struct Segment {
     /// [`PeerCore::add_segment`]): a peer that fetched the old manifest may still serve the old
     /// bytes, honestly.
     pub prev: Option<SegmentManifest>,
+    /// Our origin share of it was decided (fetched, or none: see [`crate::share`]), and
+    /// whether its outcome was counted.
+    pub share_decided: bool,
+    pub share_judged: bool,
+    /// Chunks fetched from the origin after the deadline cutoff.
+    pub late_chunks: u16,
 }
 
 impl Segment {
@@ -178,6 +184,9 @@ impl PeerCore {
                 reveal_at: None,
                 seeding: false,
                 prev: None,
+                share_decided: false,
+                share_judged: false,
+                late_chunks: 0,
             },
         );
         self.prune_known();
@@ -262,7 +271,11 @@ impl PeerCore {
         }
         s.have += 1;
         s.last_used = now;
+        let complete = s.complete();
         self.store.dirty_have.insert(seq);
+        if complete {
+            self.judge_share(seq);
+        }
         self.evict(seq);
     }
 

@@ -167,7 +167,7 @@ pub struct SwarmReport {
     pub banned_honest: usize,
     pub joins: usize,
     /// Origin segment requests by cause: designated seeder, backup seeder, deadline, no peers.
-    pub http_causes: [u64; 4],
+    pub http_causes: [u64; 5],
     pub peer_timeouts: u64,
     pub errors: Vec<String>,
     /// Process CPU seconds and peak RSS while the swarm ran (this process hosts only viewers).
@@ -286,6 +286,7 @@ impl SwarmReport {
                         "backup": p.http_causes[1],
                         "deadline": p.http_causes[2],
                         "alone": p.http_causes[3],
+                        "share": p.http_causes[4],
                     },
                     "peer_timeouts": p.peer_timeouts,
                     "fatal": p.fatal,
@@ -302,6 +303,7 @@ impl SwarmReport {
                 "backup": self.http_causes[1],
                 "deadline": self.http_causes[2],
                 "alone": self.http_causes[3],
+                "share": self.http_causes[4],
             },
             "peer_timeouts": self.peer_timeouts,
             "joins": self.joins,
@@ -452,11 +454,12 @@ impl SwarmReport {
             (
                 "origin requests",
                 format!(
-                    "{} designated, {} backup, {} deadline, {} alone; {} peer timeouts",
+                    "{} designated, {} backup, {} deadline, {} alone, {} share; {} peer timeouts",
                     self.http_causes[0],
                     self.http_causes[1],
                     self.http_causes[2],
                     self.http_causes[3],
+                    self.http_causes[4],
                     self.peer_timeouts
                 ),
             ),
@@ -1139,6 +1142,7 @@ fn aggregate(
         r.http_causes[1] += s.http_backup;
         r.http_causes[2] += s.http_late;
         r.http_causes[3] += s.http_alone;
+        r.http_causes[4] += s.http_share;
         r.peer_timeouts += s.peer_request_timeouts;
         if let Some(st) = p.startup {
             startups.push(st.as_secs_f64() * 1000.0);

@@ -172,6 +172,7 @@ impl Inner {
                     ("httpBackup", num(st.http_backup)),
                     ("httpLate", num(st.http_late)),
                     ("httpAlone", num(st.http_alone)),
+                    ("httpShare", num(st.http_share)),
                     ("peerRequestTimeouts", num(st.peer_request_timeouts)),
                 ],
             );

@@ -369,8 +369,9 @@ pub struct PageReport {
     pub uplink_bps: u64,
     /// Requests the page answered `Busy` (its uplink would not get them out in time).
     pub serve_busy: u64,
-    /// Origin requests by cause: designated seeder, backup seeder, deadline, no peers.
-    pub http_causes: [u64; 4],
+    /// Origin requests by cause: designated seeder, backup seeder, deadline, no peers, origin
+    /// share (peer-core's `HttpCause`).
+    pub http_causes: [u64; 5],
     pub peer_timeouts: u64,
     pub fatal: Vec<String>,
     pub errors: Vec<String>,
@@ -444,6 +445,7 @@ impl PageReport {
                 b(&["stats", "httpBackup"]),
                 b(&["stats", "httpLate"]),
                 b(&["stats", "httpAlone"]),
+                b(&["stats", "httpShare"]),
             ],
             peer_timeouts: b(&["stats", "peerRequestTimeouts"]),
             fatal: strings(&v["fatal"]),
