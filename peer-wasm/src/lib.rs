@@ -668,9 +668,17 @@ impl P2pPeer {
     pub fn new(opts: JsValue) -> P2pPeer {
         let opts = Opts::parse(&opts);
         // A bug must be visible: log panics (the module is unusable afterwards, and the JS
-        // side falls back to the player's own loader).
+        // side falls back to the player's own loader). The message and the location go to the
+        // console as separate values: `format!("{info}")` would link the hook's own
+        // formatting code into the bundle.
         std::panic::set_hook(Box::new(|info| {
-            web_sys::console::error_1(&JsValue::from_str(&format!("p2p-cdn: {info}")));
+            let (file, line) = info.location().map_or(("", 0), |l| (l.file(), l.line()));
+            web_sys::console::error_4(
+                &JsValue::from_str("p2p-cdn: panic"),
+                &JsValue::from_str(info.payload_as_str().unwrap_or("")),
+                &JsValue::from_str(file),
+                &JsValue::from_f64(line.into()),
+            );
         }));
         let inner = Rc::new_cyclic(|me: &Weak<RefCell<Inner>>| {
             RefCell::new(Inner {
