@@ -198,10 +198,12 @@ struct Inner {
     deferred_out: std::collections::VecDeque<Output>,
     /// The 0 ms timeout that drains them, and its callback.
     resume: Option<i32>,
-    resume_cb: Option<Closure<dyn FnMut()>>,
-    timer_cb: Option<Closure<dyn FnMut()>>,
+    // Timer callbacks ignore their argument: one closure type (`Cb`) for every callback, so
+    // the bundle holds one set of wasm-bindgen's closure shims instead of two.
+    resume_cb: Option<Cb>,
+    timer_cb: Option<Cb>,
     tick: Option<i32>,
-    tick_cb: Option<Closure<dyn FnMut()>>,
+    tick_cb: Option<Cb>,
     /// Peers banned (for the page's stats; bounded).
     banned: Vec<PeerId>,
     destroyed: bool,
@@ -715,7 +717,7 @@ impl P2pPeer {
         {
             let mut g = inner.borrow_mut();
             let me = g.me.clone();
-            g.timer_cb = Some(Closure::new(move || {
+            g.timer_cb = Some(Closure::new(move |_| {
                 with_weak(&me, |i| {
                     i.timer = None;
                     i.poll_buffered();
@@ -732,9 +734,9 @@ impl P2pPeer {
             }));
             let me = g.me.clone();
             // `with` drains the deferred outputs.
-            g.resume_cb = Some(Closure::new(move || with_weak(&me, |i| i.resume = None)));
+            g.resume_cb = Some(Closure::new(move |_| with_weak(&me, |i| i.resume = None)));
             let me = g.me.clone();
-            let tick: Closure<dyn FnMut()> = Closure::new(move || with_weak(&me, |i| i.on_tick()));
+            let tick: Cb = Closure::new(move |_| with_weak(&me, |i| i.on_tick()));
             if let Some(w) = window() {
                 g.tick = w
                     .set_interval_with_callback_and_timeout_and_arguments_0(
