@@ -269,11 +269,8 @@ impl Config {
         self.reconnect_max = self.reconnect_max.max(self.reconnect_min);
         self.max_chunks_per_request = self.max_chunks_per_request.clamp(1, MAX_REQUEST_CHUNKS);
         if self.swarm.len() > MAX_SWARM_ID_LEN {
-            let hex: String = sha256(self.swarm.as_bytes())
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            self.swarm = format!("sha256:{hex}");
+            // Written out, not `format!`: no formatting code in the browser bundle.
+            self.swarm = ["sha256:", &hex::encode(sha256(self.swarm.as_bytes()))].concat();
         }
         self
     }

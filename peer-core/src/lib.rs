@@ -310,7 +310,8 @@ pub fn sidecar_url(playlist: &str) -> Option<String> {
         None => (playlist, ""),
     };
     let stem = path.strip_suffix(".m3u8")?;
-    Some(format!("{stem}.integrity.json{query}"))
+    // `concat`, not `format!`: no formatting code in the browser bundle (docs/BUNDLE.md).
+    Some([stem, ".integrity.json", query].concat())
 }
 
 /// Where the integrity manifest of the media playlist `playlist` is fetched from: the

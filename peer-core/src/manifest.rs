@@ -286,16 +286,23 @@ pub fn url_path(url: &str) -> &str {
     url.split(['?', '#']).next().unwrap_or(url)
 }
 
+/// Where `://` first occurs in `url`: a byte search, because a `&str` pattern
+/// (`contains("://")`, `split_once("://")`) links std's two-way string searcher into the
+/// browser bundle (≈ 1 KB gzip, docs/BUNDLE.md).
+fn scheme_end(url: &str) -> Option<usize> {
+    url.as_bytes().windows(3).position(|w| w == b"://")
+}
+
 /// `rel` resolved against `base` (RFC 3986 for the forms playlists use: absolute,
 /// scheme-relative, absolute path, relative path with `.` and `..`).
 pub fn resolve(base: &str, rel: &str) -> String {
-    if rel.contains("://") {
+    if scheme_end(rel).is_some() {
         return rel.to_string();
     }
     let base = base.split(['?', '#']).next().unwrap_or(base);
-    let (scheme, rest) = base.split_once("://").unwrap_or(("", base));
+    let (scheme, rest) = scheme_end(base).map_or(("", base), |i| (&base[..i], &base[i + 3..]));
     if let Some(r) = rel.strip_prefix("//") {
-        return format!("{scheme}://{r}");
+        return [scheme, "://", r].concat();
     }
     let host_end = rest.find('/').unwrap_or(rest.len());
     let (host, path) = rest.split_at(host_end);
@@ -307,7 +314,7 @@ pub fn resolve(base: &str, rel: &str) -> String {
         rel_path.to_string()
     } else {
         let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
-        format!("{dir}{rel_path}")
+        [dir, rel_path].concat()
     };
     let mut out: Vec<&str> = Vec::new();
     let parts: Vec<&str> = joined.split('/').collect();
@@ -328,10 +335,11 @@ pub fn resolve(base: &str, rel: &str) -> String {
     }
     let path = out.join("/");
     let sep = if path.starts_with('/') { "" } else { "/" };
+    // `concat`, not `format!`: no formatting code in the browser bundle (docs/BUNDLE.md).
     if scheme.is_empty() {
-        format!("{host}{sep}{path}{query}")
+        [host, sep, &path, query].concat()
     } else {
-        format!("{scheme}://{host}{sep}{path}{query}")
+        [scheme, "://", host, sep, &path, query].concat()
     }
 }
 

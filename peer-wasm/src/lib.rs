@@ -198,10 +198,12 @@ struct Inner {
     deferred_out: std::collections::VecDeque<Output>,
     /// The 0 ms timeout that drains them, and its callback.
     resume: Option<i32>,
-    resume_cb: Option<Closure<dyn FnMut()>>,
-    timer_cb: Option<Closure<dyn FnMut()>>,
+    // Timer callbacks ignore their argument: one closure type (`Cb`) for every callback, so
+    // the bundle holds one set of wasm-bindgen's closure shims instead of two.
+    resume_cb: Option<Cb>,
+    timer_cb: Option<Cb>,
     tick: Option<i32>,
-    tick_cb: Option<Closure<dyn FnMut()>>,
+    tick_cb: Option<Cb>,
     /// Peers banned (for the page's stats; bounded).
     banned: Vec<PeerId>,
     destroyed: bool,
@@ -668,9 +670,17 @@ impl P2pPeer {
     pub fn new(opts: JsValue) -> P2pPeer {
         let opts = Opts::parse(&opts);
         // A bug must be visible: log panics (the module is unusable afterwards, and the JS
-        // side falls back to the player's own loader).
+        // side falls back to the player's own loader). The message and the location go to the
+        // console as separate values: `format!("{info}")` would link the hook's own
+        // formatting code into the bundle.
         std::panic::set_hook(Box::new(|info| {
-            web_sys::console::error_1(&JsValue::from_str(&format!("p2p-cdn: {info}")));
+            let (file, line) = info.location().map_or(("", 0), |l| (l.file(), l.line()));
+            web_sys::console::error_4(
+                &JsValue::from_str("p2p-cdn: panic"),
+                &JsValue::from_str(info.payload_as_str().unwrap_or("")),
+                &JsValue::from_str(file),
+                &JsValue::from_f64(line.into()),
+            );
         }));
         let inner = Rc::new_cyclic(|me: &Weak<RefCell<Inner>>| {
             RefCell::new(Inner {
@@ -707,7 +717,7 @@ impl P2pPeer {
         {
             let mut g = inner.borrow_mut();
             let me = g.me.clone();
-            g.timer_cb = Some(Closure::new(move || {
+            g.timer_cb = Some(Closure::new(move |_| {
                 with_weak(&me, |i| {
                     i.timer = None;
                     i.poll_buffered();
@@ -724,9 +734,9 @@ impl P2pPeer {
             }));
             let me = g.me.clone();
             // `with` drains the deferred outputs.
-            g.resume_cb = Some(Closure::new(move || with_weak(&me, |i| i.resume = None)));
+            g.resume_cb = Some(Closure::new(move |_| with_weak(&me, |i| i.resume = None)));
             let me = g.me.clone();
-            let tick: Closure<dyn FnMut()> = Closure::new(move || with_weak(&me, |i| i.on_tick()));
+            let tick: Cb = Closure::new(move |_| with_weak(&me, |i| i.on_tick()));
             if let Some(w) = window() {
                 g.tick = w
                     .set_interval_with_callback_and_timeout_and_arguments_0(

@@ -205,25 +205,27 @@ impl Manifest {
         if segments.len() > MAX_SEGMENTS {
             return Err(ManifestError::TooManySegments(segments.len()));
         }
-        let b64 = base64::engine::general_purpose::STANDARD;
         let encoded = segments;
         let mut segments = Vec::with_capacity(encoded.len());
-        // A BTreeSet: the browser bundle holds its code already (peer-core), no HashSet needed.
-        let mut seen = std::collections::BTreeSet::new();
+        // Unique `seq`s, checked on a sorted copy instead of a set: no B-tree or hash table
+        // code in the browser bundle for this one check (≈ 2 KB gzip, docs/BUNDLE.md), and
+        // O(n log n) whatever the order. Sorted by a heap: a `sort_unstable` of `u64` would
+        // add another instance of std's sort to the bundle (+1.5 KB gzip measured), a heap's
+        // code is a fraction of that. A duplicate is reported before any other error.
+        let seqs: std::collections::BinaryHeap<u64> = encoded.iter().map(|s| s.seq).collect();
+        let seqs = seqs.into_sorted_vec();
+        if let Some(w) = seqs.windows(2).find(|w| w[0] == w[1]) {
+            return Err(ManifestError::DuplicateSeq { seq: w[0] });
+        }
         for s in encoded {
             let seq = s.seq;
-            if !seen.insert(seq) {
-                return Err(ManifestError::DuplicateSeq { seq });
-            }
             if s.len > MAX_SEGMENT_LEN {
                 return Err(ManifestError::TooLong { seq, len: s.len });
             }
             let mut sha = [0u8; 32];
             hex::decode_to_slice(&s.sha256, &mut sha)
                 .map_err(|_| ManifestError::BadHash { seq })?;
-            let raw = b64
-                .decode(s.chunks.as_bytes())
-                .map_err(|_| ManifestError::BadHash { seq })?;
+            let raw = decode_base64(s.chunks.as_bytes()).ok_or(ManifestError::BadHash { seq })?;
             if !raw.len().is_multiple_of(32) {
                 return Err(ManifestError::BadHash { seq });
             }
@@ -252,9 +254,85 @@ impl Manifest {
     }
 }
 
+/// Standard base64 with `=` padding, canonical only: what base64's `STANDARD` engine decodes
+/// (padding required, no bits set past the last byte), written out because that engine's
+/// general-purpose decoder costs the browser bundle ≈ 1.5 KB gzip (docs/BUNDLE.md) for this
+/// one call. A proptest compares the two.
+fn decode_base64(s: &[u8]) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(4) {
+        return None;
+    }
+    let quads = s.len() / 4;
+    let mut out = Vec::with_capacity(quads * 3);
+    for (i, q) in s.chunks_exact(4).enumerate() {
+        // Only the last quad may end in one or two `=`; anywhere else `=` fails `sextet`.
+        let pad = if i + 1 == quads {
+            q.iter().rev().take_while(|c| **c == b'=').count()
+        } else {
+            0
+        };
+        if pad > 2 {
+            return None;
+        }
+        let mut n = 0u32;
+        for c in &q[..4 - pad] {
+            n = n << 6 | u32::from(sextet(*c)?);
+        }
+        n <<= 6 * pad;
+        // Canonical: the bits after the last whole byte are zero.
+        if n & ((1u32 << (8 * pad)) - 1) != 0 {
+            return None;
+        }
+        out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8][..3 - pad]);
+    }
+    Some(out)
+}
+
+/// The value of one base64 digit.
+fn sextet(c: u8) -> Option<u8> {
+    match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The hand-written decoder accepts and refuses exactly what base64's `STANDARD`
+        /// engine does, with the same bytes: encodings of random data, and random strings over
+        /// the alphabet plus `=` (mostly refused: padding, length, trailing bits).
+        #[test]
+        fn base64_decodes_like_the_crate(
+            data in proptest::collection::vec(any::<u8>(), 0..70),
+            text in "[A-Za-z0-9+/=]{0,12}",
+            junk in "[A-Za-z0-9+/=\\-_ .\n]{0,9}",
+        ) {
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let enc = b64.encode(&data);
+            prop_assert_eq!(decode_base64(enc.as_bytes()), Some(data));
+            for t in [text.as_str(), junk.as_str()] {
+                prop_assert_eq!(decode_base64(t.as_bytes()), b64.decode(t).ok(), "{:?}", t);
+            }
+        }
+    }
+
+    #[test]
+    fn base64_edge_cases() {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        for t in [
+            "", "AA==", "AB==", "AAA=", "AAB=", "A===", "====", "AA=A", "AAAA", "AA==AAAA", "QQ",
+        ] {
+            assert_eq!(decode_base64(t.as_bytes()), b64.decode(t).ok(), "{t:?}");
+        }
+    }
 
     #[test]
     fn compute_and_verify() {

@@ -413,13 +413,15 @@ impl ServerMsg {
 /// Swarm id for a stream: its URL without query or fragment, plus the rendition.
 pub fn swarm_id(stream_url: &str, rendition: &str) -> String {
     let base = stream_url.split(['?', '#']).next().unwrap_or_default();
-    let mut id = format!("{base}|{rendition}");
+    // `concat`, not `format!`: no formatting code in the browser bundle (docs/BUNDLE.md).
+    let mut id = [base, "|", rendition].concat();
     if id.len() > MAX_SWARM_ID_LEN {
         // Keep ids bounded: long URLs are replaced by their hash.
-        id = format!(
-            "sha256:{}",
-            hex::encode(crate::manifest::sha256(id.as_bytes()))
-        );
+        id = [
+            "sha256:",
+            &hex::encode(crate::manifest::sha256(id.as_bytes())),
+        ]
+        .concat();
     }
     id
 }
