@@ -9,9 +9,10 @@
 //! so every swarm spans the nodes. After the connect phase, offers/answers flow for `--seconds`.
 //! Ends with one JSON line:
 //! `{"connections","nodes","msgs_per_s","cpu_us_per_msg","relay_p50_ms","relay_p99_ms",
-//! "cross_node_relays","rss_kib_per_conn","errors", ...context}` where `cpu_us_per_msg` is the
-//! nodes' and nats-server's CPU per relayed message (the load generators' own CPU is reported
-//! apart, `loadgen_cpu_us_per_msg`).
+//! "cross_node_relays","rss_kib_per_conn","errors", ...context, "nodes_expired"}` where
+//! `cpu_us_per_msg` is the nodes' and nats-server's CPU per relayed message (the load
+//! generators' own CPU is reported apart, `loadgen_cpu_us_per_msg`) and `nodes_expired` counts
+//! false node deaths (every node lives through the run).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -232,6 +233,15 @@ pub fn run(args: Args) -> Result<()> {
         .iter()
         .filter_map(|(_, a)| metric(a, "signaling_cluster_dropped_total"))
         .sum();
+    // False deaths under load show here (a node that lives must never be expired).
+    let expired: f64 = nodes
+        .iter()
+        .filter_map(|(_, a)| metric(a, "signaling_cluster_nodes_expired_total"))
+        .sum();
+    let late: f64 = nodes
+        .iter()
+        .filter_map(|(_, a)| metric(a, "signaling_cluster_liveness_late_total"))
+        .sum();
     let rss_after: u64 = nodes.iter().map(|(p, _)| rss_kib(*p).unwrap_or(0)).sum();
     let done = collect(&rx, procs as usize, "done", Duration::from_secs(60))?;
 
@@ -278,7 +288,8 @@ pub fn run(args: Args) -> Result<()> {
          \"rss_kib_per_conn\":{:.2},\"errors\":{errors},\"nodes_cpu_us_per_msg\":{:.2},\
          \"nats_cpu_us_per_msg\":{:.2},\"loadgen_cpu_us_per_msg\":{:.2},\"relays\":{relays},\
          \"cluster_msgs_dropped\":{},\"requested_connections\":{},\"loadgens\":{procs},\
-         \"rss_kib_per_conn_after_traffic\":{:.2},\"seconds\":{secs:.1},\"loadavg_1m_at_start\":{loadavg}}}",
+         \"rss_kib_per_conn_after_traffic\":{:.2},\"seconds\":{secs:.1},\"loadavg_1m_at_start\":{loadavg},\
+         \"nodes_expired\":{expired},\"liveness_late_ticks\":{late}}}",
         args.nodes,
         per_msg(nodes_cpu + nats_cpu),
         percentile(&hist, 0.50),
