@@ -63,6 +63,9 @@
 //! * Outgoing messages wait in one queue of `--cluster-queue` messages; when it is full the
 //!   message is dropped and counted (`signaling_cluster_dropped_total`): a dropped relay is
 //!   retried by the viewers, a dropped notice is healed by the next resync or `gone`.
+//! * A cross-node relay that waited over [`STALE_RELAY`] (5 s, from the stamp the sender's node
+//!   put on it) is dropped by the next node it reaches and counted
+//!   (`signaling_cluster_relays_stale_total`): load shedding, see the constant.
 //! * Incoming messages wait in async-nats' subscription buffer (its default, 65,536); a
 //!   subscriber that falls behind loses messages there (NATS "slow consumer"), same policy.
 //! * The view holds at most [`MAX_NODES`] nodes (heartbeats of further ones are ignored).
@@ -97,6 +100,12 @@ const RESYNC_CHUNK: usize = 512;
 /// Proxied `/integrity` requests an owner serves at once; beyond, it answers "at cap" (503,
 /// retry later) at once rather than queueing: each may wait for a first pass.
 pub const MAX_INTEGRITY_REQUESTS: usize = 256;
+/// A cross-node relay older than this (from its `t0`) is dropped by the owner or the
+/// receiver's node instead of being passed on (`signaling_cluster_relays_stale_total`). Load
+/// shedding for a saturated cluster: serving the oldest relays first makes every relay late,
+/// while one this old leaves its handshake at most half of peer-core's 10 s `connect_timeout`;
+/// the viewers retry, and the relays behind it get through sooner.
+pub const STALE_RELAY: Duration = Duration::from_secs(5);
 /// How long a node waits for the owner's `/integrity` answer (the owner waits up to
 /// `integrity::FIRST_PASS_WAIT` for a first pass) before answering itself.
 const INTEGRITY_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -194,6 +203,8 @@ pub struct ClusterMetrics {
     pub resyncs: Counter,
     pub nodes_expired: Counter,
     pub heartbeats_sent: Counter,
+    /// Cross-node relays dropped for being older than [`STALE_RELAY`].
+    pub relays_stale: Counter,
     /// `/integrity` requests answered by the playlist's owner on another node.
     pub integrity_proxied: Counter,
     /// Liveness ticks that ran late (this node stalled): no expiry in those.
@@ -250,6 +261,11 @@ impl ClusterMetrics {
                 "signaling_cluster_nodes_expired",
                 "Nodes seen dying (missed heartbeats).",
                 &self.nodes_expired,
+            ),
+            (
+                "signaling_cluster_relays_stale",
+                "Cross-node relays dropped for waiting over 5 s (load shedding).",
+                &self.relays_stale,
             ),
             (
                 "signaling_cluster_integrity_proxied",
@@ -758,6 +774,17 @@ impl Cluster {
             self.rebuild_view();
             self.reconcile(state, &[]);
         }
+    }
+
+    /// True (and counted) if a relay stamped `t0` is older than [`STALE_RELAY`].
+    pub(crate) fn shed_stale(&self, t0: Option<u64>) -> bool {
+        let Some(t0) = t0 else { return false };
+        let stale = crate::metrics::unix_us().saturating_sub(t0)
+            > u64::try_from(STALE_RELAY.as_micros()).unwrap_or(u64::MAX);
+        if stale {
+            self.metrics.relays_stale.inc();
+        }
+        stale
     }
 
     /// Sends `text` to viewer `to` on another node; `t0`: a relay's stamp.

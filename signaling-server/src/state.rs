@@ -784,6 +784,9 @@ impl AppState {
                 data,
                 t0,
             } => {
+                if c.shed_stale(t0) {
+                    return;
+                }
                 if let Err(why) = self.relay_owned(&swarm, from, to, data, t0, RelayPath::Cluster) {
                     self.0.metrics.relay_refused(why);
                     let err = ServerMsg::Error {
@@ -802,7 +805,7 @@ impl AppState {
                 swarm,
                 t0,
             } => {
-                if node_of(to) != c.node() {
+                if node_of(to) != c.node() || c.shed_stale(t0) {
                     return;
                 }
                 let class = if control {
@@ -1100,6 +1103,45 @@ mod tests {
         // Gone peers: dropped silently.
         state.unregister(id2);
         assert!(!state.deliver(id2, "z".into(), Class::Relay));
+    }
+
+    #[test]
+    fn stale_cross_node_relays_are_shed() {
+        let state = AppState::new(Config {
+            cluster_nats: Some("nats://127.0.0.1:1".into()),
+            ..Config::default()
+        });
+        let Some(c) = state.cluster().cloned() else {
+            panic!("a cluster node has a Cluster");
+        };
+        let (id, conn) = state.register();
+        let deliver = |t0| Wire::Deliver {
+            to: id,
+            control: false,
+            text: "{}".into(),
+            swarm: None,
+            t0: Some(t0),
+        };
+        let now = crate::metrics::unix_us();
+        let stale = now - crate::cluster::STALE_RELAY.as_micros() as u64 - 1_000_000;
+        state.on_cluster_msg(&c, deliver(stale));
+        assert!(conn.pop().is_none(), "a stale relay was delivered");
+        assert_eq!(c.metrics.relays_stale.get(), 1);
+        state.on_cluster_msg(&c, deliver(now));
+        assert!(conn.pop().is_some());
+        // Without a stamp (a node that predates it): delivered.
+        state.on_cluster_msg(
+            &c,
+            Wire::Deliver {
+                to: id,
+                control: false,
+                text: "{}".into(),
+                swarm: None,
+                t0: None,
+            },
+        );
+        assert!(conn.pop().is_some());
+        assert_eq!(c.metrics.relays_stale.get(), 1);
     }
 
     #[test]

@@ -280,6 +280,10 @@ pub fn run(args: Args) -> Result<()> {
         .iter()
         .filter_map(|(_, a)| metric(a, "signaling_cluster_nodes_expired_total"))
         .sum();
+    let stale: f64 = nodes
+        .iter()
+        .filter_map(|(_, a)| metric(a, "signaling_cluster_relays_stale_total"))
+        .sum();
     let late: f64 = nodes
         .iter()
         .filter_map(|(_, a)| metric(a, "signaling_cluster_liveness_late_total"))
@@ -343,7 +347,7 @@ pub fn run(args: Args) -> Result<()> {
          \"nats_cpu_us_per_msg\":{:.2},\"loadgen_cpu_us_per_msg\":{:.2},\"relays\":{relays},\
          \"cluster_msgs_dropped\":{},\"requested_connections\":{},\"loadgens\":{procs},\
          \"rss_kib_per_conn_after_traffic\":{:.2},\"seconds\":{secs:.1},\"loadavg_1m_at_start\":{loadavg},\
-         \"nodes_expired\":{expired},\"liveness_late_ticks\":{late},\
+         \"nodes_expired\":{expired},\"liveness_late_ticks\":{late},\"relays_shed_stale\":{stale},\
          \"server_relay_local_p50_p99_ms\":[{local_p50},{local_p99}],\
          \"server_relay_cluster_p50_p99_ms\":[{cluster_p50},{cluster_p99}]}}",
         args.nodes,
