@@ -575,4 +575,47 @@ async fn one_node_follows_each_playlist() {
     );
     let (proxied, _) = metric_everywhere(&addrs, "signaling_cluster_integrity_proxied_total").await;
     assert!(proxied >= PLAYLISTS as f64, "{proxied} requests proxied");
+
+    // A following node dies: the others still answer for every playlist (the asked node
+    // follows it itself until the view moves the playlist to a live owner).
+    let mut nodes = nodes;
+    let mut victim = None;
+    for (i, &a) in addrs.iter().enumerate() {
+        if metric(a, "signaling_integrity_playlists")
+            .await
+            .unwrap_or(0.0)
+            > 0.0
+        {
+            victim = Some(i);
+            break;
+        }
+    }
+    let victim = victim.unwrap();
+    drop(nodes.remove(victim).proc);
+    let live: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    for i in 0..PLAYLISTS {
+        let playlist = format!("http://{origin_addr}/live/{i}.m3u8?token=t{i}");
+        for &a in &live {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let resp = http
+                    .get(format!("http://{a}/integrity"))
+                    .query(&[("playlist", &playlist)])
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 200, "{a} {playlist} after a node died");
+                let m =
+                    protocol::manifest::Manifest::from_json(&resp.text().await.unwrap()).unwrap();
+                if m.segments.len() == SEGMENTS {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{a}: {playlist} after a node died"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
