@@ -13,6 +13,22 @@
 //!   node silent for [`EXPIRY_FACTOR`] heartbeats is dead. Each node also keeps, per swarm, the
 //!   ids of its own members and the owner it last told (`Local`), so it can re-announce them.
 //!
+//! ## Liveness apart from the traffic
+//! Heartbeats are sent and read on an OS thread of their own (`cluster-liveness`, a
+//! current-thread tokio runtime) over a NATS connection of their own. At 30,000 connections a
+//! saturated node's tokio workers ran thousands of ready tasks before a heartbeat task, and its
+//! heartbeats waited in the same outgoing queue and NATS connection as the relays: nodes
+//! missed 4 heartbeats in a row, declared each other dead and moved swarms back and forth
+//! (10,326 `unknown_peer` errors in `cargo xtask bench cluster`). A thread is scheduled by the
+//! kernel however busy the workers are, and its connection carries nothing else, so a heartbeat
+//! no longer waits behind relays at the sender, in NATS, or at the receiver. Two more guards:
+//! * a node only claims to be alive while its main connection (the one that carries the
+//!   traffic) is connected, so the others do not route to a node that cannot hear them;
+//! * a liveness tick that itself ran more than a heartbeat late (the node was stalled:
+//!   swapped, stopped, starved) first reads the heartbeats waiting for it and skips expiry
+//!   once (`signaling_cluster_liveness_late_total`): the others were not silent, this node was
+//!   deaf.
+//!
 //! ## When the set of live nodes changes ([`Cluster::reconcile`])
 //! * A node drops the swarms it no longer owns (without notices: their new owner tells the
 //!   members);
@@ -33,22 +49,38 @@
 //! heartbeats bring the view back, ownership moves back, and the resync above rebuilds each
 //! swarm at its owner.
 //!
+//! ## The integrity service: one node per playlist
+//! `/integrity?playlist=` may be asked of any node, but only the playlist's owner (the same
+//! rendezvous hash, over the playlist URL without query) follows it and fetches its segments;
+//! the others ask it with a NATS request on `<prefix>.integrity.<node>` and answer with its
+//! manifest (ETag and `If-None-Match` handled by the node that was asked). So the origin sees
+//! one fetch per segment for the whole cluster. A node answers itself when the owner does not
+//! (NATS away, owner just died, no answer within 3 s): the service stays up, at the cost of a
+//! second follower until the views agree again. A view change stops the followers a node no
+//! longer owns (`reconcile`).
+//!
 //! ## Bounds
 //! * Outgoing messages wait in one queue of `--cluster-queue` messages; when it is full the
 //!   message is dropped and counted (`signaling_cluster_dropped_total`): a dropped relay is
 //!   retried by the viewers, a dropped notice is healed by the next resync or `gone`.
+//! * A cross-node relay that waited over [`STALE_RELAY`] (5 s, from the stamp the sender's node
+//!   put on it) is dropped by the next node it reaches and counted
+//!   (`signaling_cluster_relays_stale_total`): load shedding, see the constant.
 //! * Incoming messages wait in async-nats' subscription buffer (its default, 65,536); a
 //!   subscriber that falls behind loses messages there (NATS "slow consumer"), same policy.
 //! * The view holds at most [`MAX_NODES`] nodes (heartbeats of further ones are ignored).
+//! * An owner serves at most [`MAX_INTEGRITY_REQUESTS`] proxied `/integrity` requests at once;
+//!   further ones are answered "at cap" (HTTP 503 with `Retry-After` to the viewer) at once.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use protocol::PeerId;
 use protocol::signaling::SignalData;
 use serde::{Deserialize, Serialize};
@@ -65,6 +97,18 @@ pub const NODE_BITS: u32 = 20;
 const LOCAL_SHARDS: usize = 16;
 /// Members per `resync` message (an owner change for a large swarm becomes several messages).
 const RESYNC_CHUNK: usize = 512;
+/// Proxied `/integrity` requests an owner serves at once; beyond, it answers "at cap" (503,
+/// retry later) at once rather than queueing: each may wait for a first pass.
+pub const MAX_INTEGRITY_REQUESTS: usize = 256;
+/// A cross-node relay older than this (from its `t0`) is dropped by the owner or the
+/// receiver's node instead of being passed on (`signaling_cluster_relays_stale_total`). Load
+/// shedding for a saturated cluster: serving the oldest relays first makes every relay late,
+/// while one this old leaves its handshake at most half of peer-core's 10 s `connect_timeout`;
+/// the viewers retry, and the relays behind it get through sooner.
+pub const STALE_RELAY: Duration = Duration::from_secs(5);
+/// How long a node waits for the owner's `/integrity` answer (the owner waits up to
+/// `integrity::FIRST_PASS_WAIT` for a first pass) before answering itself.
+const INTEGRITY_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Errors of the cluster link.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +117,8 @@ pub enum ClusterError {
     Connect { url: String, reason: String },
     #[error("cannot subscribe to {subject}: {reason}")]
     Subscribe { subject: String, reason: String },
+    #[error("cannot start the liveness thread: {0}")]
+    Liveness(String),
 }
 
 /// The node a peer id was issued by (0 for ids of a server not in a cluster).
@@ -106,6 +152,10 @@ pub(crate) enum Wire {
         from: PeerId,
         to: PeerId,
         data: SignalData,
+        /// `metrics::unix_us` when the sender's node parsed the `signal` (for the latency
+        /// histogram; absent from nodes that predate it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        t0: Option<u64>,
     },
     /// These members (all of the sender's node) are in the swarm: join those not known.
     Resync {
@@ -124,6 +174,9 @@ pub(crate) enum Wire {
         text: String,
         /// The swarm the message is about (for `gone`).
         swarm: Option<String>,
+        /// For a relayed `signal`: `t0` of its `relay`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        t0: Option<u64>,
     },
 }
 
@@ -138,16 +191,101 @@ struct Local {
 /// This node's viewers per swarm (one shard).
 type LocalShard = Mutex<HashMap<Box<str>, Local>>;
 
-/// Counters of the cluster link (rendered in `/metrics`).
+/// Series of the cluster link, registered in the server's `/metrics` registry
+/// ([`ClusterMetrics::register`]).
 #[derive(Debug, Default)]
 pub struct ClusterMetrics {
-    pub sent: AtomicU64,
-    pub received: AtomicU64,
-    pub dropped: AtomicU64,
-    pub bad: AtomicU64,
-    pub relays_forwarded: AtomicU64,
-    pub resyncs: AtomicU64,
-    pub nodes_expired: AtomicU64,
+    pub sent: Counter,
+    pub received: Counter,
+    pub dropped: Counter,
+    pub bad: Counter,
+    pub relays_forwarded: Counter,
+    pub resyncs: Counter,
+    pub nodes_expired: Counter,
+    pub heartbeats_sent: Counter,
+    /// Cross-node relays dropped for being older than [`STALE_RELAY`].
+    pub relays_stale: Counter,
+    /// `/integrity` requests answered by the playlist's owner on another node.
+    pub integrity_proxied: Counter,
+    /// Liveness ticks that ran late (this node stalled): no expiry in those.
+    pub liveness_late: Counter,
+    nodes: Gauge,
+    queued: Gauge,
+}
+
+impl ClusterMetrics {
+    /// Adds the series to `reg` (counter names without `_total`: the encoder appends it).
+    pub fn register(&self, reg: &mut Registry) {
+        reg.register(
+            "signaling_cluster_nodes",
+            "Live signaling nodes this node sees (itself included).",
+            self.nodes.clone(),
+        );
+        reg.register(
+            "signaling_cluster_queued",
+            "Messages waiting in the outgoing queue to other nodes (bounded by --cluster-queue).",
+            self.queued.clone(),
+        );
+        for (name, help, c) in [
+            (
+                "signaling_cluster_sent",
+                "Messages published to other nodes (heartbeats apart).",
+                &self.sent,
+            ),
+            (
+                "signaling_cluster_received",
+                "Messages received from other nodes (heartbeats apart).",
+                &self.received,
+            ),
+            (
+                "signaling_cluster_dropped",
+                "Messages to other nodes dropped (queue full or NATS away).",
+                &self.dropped,
+            ),
+            (
+                "signaling_cluster_bad",
+                "Undecodable messages from the cluster.",
+                &self.bad,
+            ),
+            (
+                "signaling_cluster_relays_forwarded",
+                "Handshake relays sent to another node.",
+                &self.relays_forwarded,
+            ),
+            (
+                "signaling_cluster_resyncs",
+                "Swarms re-announced to a new owner.",
+                &self.resyncs,
+            ),
+            (
+                "signaling_cluster_nodes_expired",
+                "Nodes seen dying (missed heartbeats).",
+                &self.nodes_expired,
+            ),
+            (
+                "signaling_cluster_relays_stale",
+                "Cross-node relays dropped for waiting over 5 s (load shedding).",
+                &self.relays_stale,
+            ),
+            (
+                "signaling_cluster_integrity_proxied",
+                "/integrity requests answered by the playlist's owner on another node.",
+                &self.integrity_proxied,
+            ),
+            (
+                "signaling_cluster_heartbeats_sent",
+                "Heartbeats this node published.",
+                &self.heartbeats_sent,
+            ),
+            (
+                "signaling_cluster_liveness_late",
+                "Liveness ticks over a heartbeat late (this node stalled): expiry skipped.",
+                &self.liveness_late,
+            ),
+        ] {
+            reg.register(name, help, c.clone());
+        }
+    }
 }
 
 /// One node's share of the cluster.
@@ -165,11 +303,22 @@ pub struct Cluster {
     out_rx: Mutex<Option<mpsc::Receiver<(u32, Bytes)>>>,
     /// This node's members per swarm, sharded like the registry.
     local: Box<[LocalShard]>,
+    /// The main NATS connection, once made (for `/integrity` requests to a playlist's owner).
+    client: OnceLock<async_nats::Client>,
     pub metrics: ClusterMetrics,
 }
 
-/// The `to` of heartbeats in the outgoing queue.
+/// The node number that stands for the heartbeat subject in [`Cluster::subject`].
 const HB_SUBJECT: u32 = 0;
+
+/// Aborts a task when dropped (with the future of [`Cluster::run`]).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 fn mix(mut x: u64) -> u64 {
     // splitmix64's finaliser.
@@ -199,6 +348,8 @@ pub fn owner_of(view: &[u32], swarm_hash: u64) -> u32 {
 impl Cluster {
     pub fn new(url: String, prefix: String, heartbeat: Duration, queue: usize, node: u32) -> Self {
         let (out, out_rx) = mpsc::channel(queue.max(1));
+        let metrics = ClusterMetrics::default();
+        metrics.nodes.set(1);
         Cluster {
             node,
             url,
@@ -211,7 +362,8 @@ impl Cluster {
             local: (0..LOCAL_SHARDS)
                 .map(|_| Mutex::new(HashMap::new()))
                 .collect(),
-            metrics: ClusterMetrics::default(),
+            client: OnceLock::new(),
+            metrics,
         }
     }
 
@@ -241,7 +393,7 @@ impl Cluster {
             Err(_) => return,
         };
         if self.out.try_send((to, bytes)).is_err() {
-            self.metrics.dropped.fetch_add(1, Relaxed);
+            self.metrics.dropped.inc();
         }
     }
 
@@ -302,6 +454,9 @@ impl Cluster {
         let mut v: Vec<u32> = lock(&self.seen).keys().copied().collect();
         v.push(self.node);
         v.sort_unstable();
+        self.metrics
+            .nodes
+            .set(i64::try_from(v.len()).unwrap_or(i64::MAX));
         *self
             .view
             .write()
@@ -313,6 +468,9 @@ impl Cluster {
     fn reconcile(&self, state: &AppState, expired: &[u32]) {
         let view = self.view();
         state.drop_unowned_and_purge(&view, self.node, expired);
+        state
+            .integrity()
+            .stop_where(|key| owner_of(&view, swarm_hash(key)) != self.node);
         let mut resyncs: Vec<(u32, String, Vec<PeerId>)> = Vec::new();
         for shard in self.local.iter() {
             for (swarm, l) in lock(shard).iter_mut() {
@@ -324,7 +482,7 @@ impl Cluster {
             }
         }
         for (owner, swarm, peers) in resyncs {
-            self.metrics.resyncs.fetch_add(1, Relaxed);
+            self.metrics.resyncs.inc();
             if owner == self.node {
                 state.resync_owned(&swarm, &peers);
             } else {
@@ -341,6 +499,74 @@ impl Cluster {
         }
     }
 
+    /// Where node `to` takes `/integrity` requests (NATS request/reply).
+    fn integrity_subject(&self, to: u32) -> String {
+        format!("{}.integrity.{to}", self.prefix)
+    }
+
+    /// Asks node `owner` for its integrity answer on `url` (Err: not connected, no answer in
+    /// time, or an undecodable one; the caller then answers itself).
+    pub(crate) async fn integrity_request(
+        &self,
+        owner: u32,
+        url: &reqwest::Url,
+    ) -> Result<crate::integrity::Lookup, String> {
+        let client = self.client.get().ok_or("not connected to NATS yet")?;
+        if client.connection_state() != async_nats::connection::State::Connected {
+            return Err("NATS connection down".into());
+        }
+        let req = client.request(
+            self.integrity_subject(owner),
+            Bytes::copy_from_slice(url.as_str().as_bytes()),
+        );
+        let msg = tokio::time::timeout(INTEGRITY_REQUEST_TIMEOUT, req)
+            .await
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        self.metrics.integrity_proxied.inc();
+        serde_json::from_slice::<crate::integrity::WireLookup>(&msg.payload)
+            .map(crate::integrity::WireLookup::into_lookup)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Answers the `/integrity` requests other nodes send this one (the owner of their
+    /// playlists), at most [`MAX_INTEGRITY_REQUESTS`] at once.
+    async fn serve_integrity(
+        client: async_nats::Client,
+        mut requests: async_nats::Subscriber,
+        state: AppState,
+    ) {
+        use crate::integrity::{AtCap, WireLookup};
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_INTEGRITY_REQUESTS));
+        while let Some(msg) = requests.next().await {
+            let Some(reply) = msg.reply else { continue };
+            let svc = state.integrity().clone();
+            let client = client.clone();
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                let busy = WireLookup::from_lookup(Err(AtCap));
+                if let Ok(b) = serde_json::to_vec(&busy) {
+                    let _ = client.publish(reply, Bytes::from(b)).await;
+                }
+                continue;
+            };
+            tokio::spawn(async move {
+                let _permit = permit;
+                // The asking node checked the URL; checked again: NATS is not trusted more
+                // than a client.
+                let found = match std::str::from_utf8(&msg.payload)
+                    .map_err(|_| "not UTF-8")
+                    .and_then(|raw| svc.check_url(raw).map_err(|(_, why)| why))
+                {
+                    Ok(url) => svc.lookup(&url).await,
+                    Err(why) => Ok(crate::integrity::Published::Failed(why.to_owned())),
+                };
+                if let Ok(b) = serde_json::to_vec(&WireLookup::from_lookup(found)) {
+                    let _ = client.publish(reply, Bytes::from(b)).await;
+                }
+            });
+        }
+    }
+
     fn subject(&self, to: u32) -> String {
         if to == HB_SUBJECT {
             format!("{}.hb", self.prefix)
@@ -349,11 +575,9 @@ impl Cluster {
         }
     }
 
-    /// Connects to NATS and runs the node's side of the cluster until aborted. Until the first
-    /// connection, and while NATS is away, the node serves alone (module docs).
-    pub async fn run(self: Arc<Self>, state: AppState) -> Result<(), ClusterError> {
-        let client = async_nats::ConnectOptions::new()
-            .name(format!("signaling-node-{}", self.node))
+    fn connect_options(&self, role: &str) -> async_nats::ConnectOptions {
+        async_nats::ConnectOptions::new()
+            .name(format!("signaling-node-{}{role}", self.node))
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(2))
             .max_reconnects(None::<usize>)
@@ -362,31 +586,58 @@ impl Cluster {
             .reconnect_delay_callback(|attempts| {
                 Duration::from_millis((50u64 << attempts.min(5)).min(1_000))
             })
+    }
+
+    /// Connects to NATS and runs the node's side of the cluster until aborted (dropping this
+    /// future stops its tasks and the liveness thread). Until the first connection, and while
+    /// NATS is away, the node serves alone (module docs).
+    pub async fn run(self: Arc<Self>, state: AppState) -> Result<(), ClusterError> {
+        let client = self
+            .connect_options("")
             .connect(self.url.as_str())
             .await
             .map_err(|e| ClusterError::Connect {
                 url: self.url.clone(),
                 reason: e.to_string(),
             })?;
-        let sub = |subject: String| {
-            let client = client.clone();
-            async move {
-                client
-                    .subscribe(subject.clone())
-                    .await
-                    .map_err(|e| ClusterError::Subscribe {
-                        subject,
-                        reason: e.to_string(),
-                    })
-            }
-        };
-        let mut inbox = sub(self.subject(self.node)).await?;
-        let mut hbs = sub(self.subject(HB_SUBJECT)).await?;
+        let subject = self.subject(self.node);
+        let mut inbox =
+            client
+                .subscribe(subject.clone())
+                .await
+                .map_err(|e| ClusterError::Subscribe {
+                    subject,
+                    reason: e.to_string(),
+                })?;
+        let subject = self.integrity_subject(self.node);
+        let integrity_requests =
+            client
+                .subscribe(subject.clone())
+                .await
+                .map_err(|e| ClusterError::Subscribe {
+                    subject,
+                    reason: e.to_string(),
+                })?;
+        let _ = self.client.set(client.clone());
         tracing::info!(node = self.node, url = %self.url, "joined the signaling cluster");
+        let _integrity = AbortOnDrop(tokio::spawn(Self::serve_integrity(
+            client.clone(),
+            integrity_requests,
+            state.clone(),
+        )));
 
         let Some(mut out_rx) = lock(&self.out_rx).take() else {
             return Ok(());
         };
+        // Dropped with this future: the liveness thread's runtime then ends its loop.
+        let (_stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        {
+            let (me, state, main) = (self.clone(), state.clone(), client.clone());
+            std::thread::Builder::new()
+                .name("cluster-liveness".into())
+                .spawn(move || me.run_liveness(state, main, stop_rx))
+                .map_err(|e| ClusterError::Liveness(e.to_string()))?;
+        }
         let publisher = {
             let me = self.clone();
             let client = client.clone();
@@ -403,69 +654,148 @@ impl Cluster {
                             .or_insert_with(|| me.subject(to).into())
                             .clone();
                         if client.publish(subject, bytes).await.is_ok() {
-                            me.metrics.sent.fetch_add(1, Relaxed);
+                            me.metrics.sent.inc();
                         } else {
-                            me.metrics.dropped.fetch_add(1, Relaxed);
+                            me.metrics.dropped.inc();
                         }
                     }
                 }
             })
         };
-        let inbound = {
-            let me = self.clone();
-            let state = state.clone();
-            tokio::spawn(async move {
-                while let Some(msg) = inbox.next().await {
-                    me.metrics.received.fetch_add(1, Relaxed);
-                    match serde_json::from_slice::<Wire>(&msg.payload) {
-                        Ok(w) => state.on_cluster_msg(&me, w),
-                        Err(e) => {
-                            me.metrics.bad.fetch_add(1, Relaxed);
-                            tracing::warn!(error = %e, "bad message from the cluster");
-                        }
-                    }
-                }
-            })
-        };
-        let mut tick = tokio::time::interval(self.heartbeat);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // A periodic pass catches views that changed while a resync was in flight.
-        let settle_every = 10u32;
-        let mut ticks = 0u32;
-        loop {
-            tokio::select! {
-                m = hbs.next() => {
-                    let Some(m) = m else { break };
-                    if let Ok(Wire::Hb { node }) = serde_json::from_slice::<Wire>(&m.payload)
-                        && self.heard(node, Instant::now())
-                    {
-                        tracing::info!(node, "cluster node joined");
-                        self.rebuild_view();
-                        self.reconcile(&state, &[]);
-                    }
-                }
-                _ = tick.tick() => {
-                    self.send(HB_SUBJECT, &Wire::Hb { node: self.node });
-                    let gone = self.expire(Instant::now());
-                    ticks = ticks.wrapping_add(1);
-                    if !gone.is_empty() {
-                        tracing::warn!(nodes = ?gone, "cluster nodes expired");
-                        self.metrics.nodes_expired.fetch_add(gone.len() as u64, Relaxed);
-                        self.rebuild_view();
-                        self.reconcile(&state, &gone);
-                    } else if ticks.is_multiple_of(settle_every) {
-                        self.reconcile(&state, &[]);
-                    }
+        let _publisher = AbortOnDrop(publisher);
+        while let Some(msg) = inbox.next().await {
+            self.metrics.received.inc();
+            match serde_json::from_slice::<Wire>(&msg.payload) {
+                Ok(w) => state.on_cluster_msg(&self, w),
+                Err(e) => {
+                    self.metrics.bad.inc();
+                    tracing::warn!(error = %e, "bad message from the cluster");
                 }
             }
         }
-        publisher.abort();
-        inbound.abort();
         Ok(())
     }
 
-    /// Sends `text` to viewer `to` on another node.
-    pub(crate) fn forward(&self, to: PeerId, text: String, class: Class, swarm: Option<&str>) {
+    /// The liveness thread (module docs): its own runtime and NATS connection; publishes this
+    /// node's heartbeats while `main` is connected, reads the others', expires the silent ones
+    /// and reconciles on every view change. Returns when `stop` fires or is dropped.
+    fn run_liveness(
+        self: Arc<Self>,
+        state: AppState,
+        main: async_nats::Client,
+        mut stop: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "cluster liveness runtime failed: serving alone");
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let connect = self.connect_options("-liveness").connect(self.url.as_str());
+            let client = tokio::select! {
+                c = connect => match c {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cluster liveness link failed: serving alone");
+                        return;
+                    }
+                },
+                _ = &mut stop => return,
+            };
+            let hb_subject: async_nats::Subject = self.subject(HB_SUBJECT).into();
+            let mut hbs = match client.subscribe(hb_subject.clone()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot subscribe to heartbeats: serving alone");
+                    return;
+                }
+            };
+            let hb = match serde_json::to_vec(&Wire::Hb { node: self.node }) {
+                Ok(b) => Bytes::from(b),
+                Err(_) => return,
+            };
+            let mut tick = tokio::time::interval(self.heartbeat);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // A periodic pass catches views that changed while a resync was in flight.
+            let settle_every = 10u32;
+            let mut ticks = 0u32;
+            let mut last_tick = Instant::now();
+            loop {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    m = hbs.next() => {
+                        let Some(m) = m else { break };
+                        self.on_heartbeat(&state, &m.payload);
+                    }
+                    _ = tick.tick() => {
+                        if main.connection_state() == async_nats::connection::State::Connected
+                            && client.publish(hb_subject.clone(), hb.clone()).await.is_ok()
+                        {
+                            self.metrics.heartbeats_sent.inc();
+                        }
+                        let now = Instant::now();
+                        let late = now.duration_since(last_tick) > self.heartbeat * 2;
+                        last_tick = now;
+                        if late {
+                            // Heard nothing because this thread did not run: read what
+                            // waited, and judge the others at the next tick.
+                            self.metrics.liveness_late.inc();
+                            while let Some(Some(m)) = hbs.next().now_or_never() {
+                                self.on_heartbeat(&state, &m.payload);
+                            }
+                            continue;
+                        }
+                        let gone = self.expire(now);
+                        ticks = ticks.wrapping_add(1);
+                        if !gone.is_empty() {
+                            tracing::warn!(nodes = ?gone, "cluster nodes expired");
+                            self.metrics.nodes_expired.inc_by(gone.len() as u64);
+                            self.rebuild_view();
+                            self.reconcile(&state, &gone);
+                        } else if ticks.is_multiple_of(settle_every) {
+                            self.reconcile(&state, &[]);
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    fn on_heartbeat(&self, state: &AppState, payload: &[u8]) {
+        if let Ok(Wire::Hb { node }) = serde_json::from_slice::<Wire>(payload)
+            && self.heard(node, Instant::now())
+        {
+            tracing::info!(node, "cluster node joined");
+            self.rebuild_view();
+            self.reconcile(state, &[]);
+        }
+    }
+
+    /// True (and counted) if a relay stamped `t0` is older than [`STALE_RELAY`].
+    pub(crate) fn shed_stale(&self, t0: Option<u64>) -> bool {
+        let Some(t0) = t0 else { return false };
+        let stale = crate::metrics::unix_us().saturating_sub(t0)
+            > u64::try_from(STALE_RELAY.as_micros()).unwrap_or(u64::MAX);
+        if stale {
+            self.metrics.relays_stale.inc();
+        }
+        stale
+    }
+
+    /// Sends `text` to viewer `to` on another node; `t0`: a relay's stamp.
+    pub(crate) fn forward(
+        &self,
+        to: PeerId,
+        text: String,
+        class: Class,
+        swarm: Option<&str>,
+        t0: Option<u64>,
+    ) {
         self.send(
             node_of(to),
             &Wire::Deliver {
@@ -473,62 +803,17 @@ impl Cluster {
                 control: class == Class::Control,
                 text,
                 swarm: swarm.map(str::to_owned),
+                t0,
             },
         );
     }
 
-    pub(crate) fn render_metrics(&self, o: &mut String) {
-        use std::fmt::Write;
-        let m = &self.metrics;
-        let view = self.view();
-        let _ = writeln!(
-            o,
-            "# HELP signaling_cluster_nodes Live signaling nodes this node sees (itself included).\n# TYPE signaling_cluster_nodes gauge\nsignaling_cluster_nodes {}",
-            view.len()
-        );
-        for (name, help, v) in [
-            (
-                "signaling_cluster_sent_total",
-                "Messages published to other nodes.",
-                &m.sent,
-            ),
-            (
-                "signaling_cluster_received_total",
-                "Messages received from other nodes.",
-                &m.received,
-            ),
-            (
-                "signaling_cluster_dropped_total",
-                "Messages to other nodes dropped (queue full or NATS away).",
-                &m.dropped,
-            ),
-            (
-                "signaling_cluster_bad_total",
-                "Undecodable messages from the cluster.",
-                &m.bad,
-            ),
-            (
-                "signaling_cluster_relays_forwarded_total",
-                "Handshake relays sent to another node.",
-                &m.relays_forwarded,
-            ),
-            (
-                "signaling_cluster_resyncs_total",
-                "Swarms re-announced to a new owner.",
-                &m.resyncs,
-            ),
-            (
-                "signaling_cluster_nodes_expired_total",
-                "Nodes seen dying (missed heartbeats).",
-                &m.nodes_expired,
-            ),
-        ] {
-            let _ = writeln!(
-                o,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Relaxed)
-            );
-        }
+    /// Sets the link's live metrics, before a scrape.
+    pub fn refresh_metrics(&self) {
+        let queued = self.out.max_capacity() - self.out.capacity();
+        self.metrics
+            .queued
+            .set(i64::try_from(queued).unwrap_or(i64::MAX));
     }
 }
 

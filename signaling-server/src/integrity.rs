@@ -60,7 +60,6 @@
 //! segment (bounded by [`MAX_SEGMENTS`]) until it goes idle.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -71,9 +70,13 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use protocol::manifest::{MAX_SEGMENT_LEN, MAX_SEGMENTS, Manifest, SegmentManifest};
 use reqwest::Url;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::AppState;
@@ -405,7 +408,7 @@ impl Window {
 
 /// What a follower answers.
 #[derive(Debug, Clone)]
-enum Published {
+pub(crate) enum Published {
     /// Before the first pass ended.
     Pending,
     Ready {
@@ -413,6 +416,55 @@ enum Published {
         etag: HeaderValue,
     },
     Failed(String),
+}
+
+/// What [`Service::lookup`] found: the follower's state, or the cap reached.
+pub(crate) type Lookup = Result<Published, AtCap>;
+
+/// `--integrity-max-playlists` followers run already.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AtCap;
+
+/// A [`Lookup`] between nodes (the owner's answer to a proxied `/integrity`; JSON on NATS).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
+pub(crate) enum WireLookup {
+    AtCap,
+    Pending,
+    Ready { body: String, etag: String },
+    Failed { msg: String },
+}
+
+impl WireLookup {
+    pub(crate) fn from_lookup(l: Lookup) -> Self {
+        match l {
+            Err(AtCap) => WireLookup::AtCap,
+            Ok(Published::Pending) => WireLookup::Pending,
+            Ok(Published::Failed(msg)) => WireLookup::Failed { msg },
+            Ok(Published::Ready { body, etag }) => WireLookup::Ready {
+                // Our own JSON: always UTF-8.
+                body: String::from_utf8_lossy(&body).into_owned(),
+                etag: etag.to_str().unwrap_or_default().to_owned(),
+            },
+        }
+    }
+
+    /// Back to a [`Lookup`]; an ETag that is not a header value (only from a broken or
+    /// hostile node) is left out.
+    pub(crate) fn into_lookup(self) -> Lookup {
+        match self {
+            WireLookup::AtCap => Err(AtCap),
+            WireLookup::Pending => Ok(Published::Pending),
+            WireLookup::Failed { msg } => Ok(Published::Failed(msg)),
+            WireLookup::Ready { body, etag } => Ok(match HeaderValue::from_str(&etag) {
+                Ok(etag) => Published::Ready {
+                    body: Bytes::from(body),
+                    etag,
+                },
+                Err(_) => Published::Failed("bad answer from the cluster".into()),
+            }),
+        }
+    }
 }
 
 /// One followed playlist: shared by its task and the request handlers.
@@ -428,33 +480,45 @@ struct Follower {
     task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
-/// Counters of the service, rendered into `/metrics`.
-#[derive(Debug, Default)]
+/// Series of the service, registered in the server's `/metrics` registry
+/// ([`IntegrityMetrics::register`]).
+#[derive(Debug)]
 pub struct IntegrityMetrics {
-    pub playlist_fetches: AtomicU64,
-    pub playlist_errors: AtomicU64,
-    pub segment_fetches: AtomicU64,
-    pub segment_bytes: AtomicU64,
-    pub segment_errors: AtomicU64,
-    latency_buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
-    latency_sum_us: AtomicU64,
-    latency_count: AtomicU64,
+    pub playlist_fetches: Counter,
+    pub playlist_errors: Counter,
+    pub segment_fetches: Counter,
+    pub segment_bytes: Counter,
+    pub segment_errors: Counter,
+    latency: Histogram,
+    /// Largest publish latency seen, in µs (a gauge has no atomic max: copied to
+    /// `latency_max` at each scrape).
     latency_max_us: AtomicU64,
+    latency_max: Gauge<f64, AtomicU64>,
+    playlists: Gauge,
 }
 
 const LATENCY_BUCKETS_S: [f64; 9] = [0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0];
 
+impl Default for IntegrityMetrics {
+    fn default() -> Self {
+        IntegrityMetrics {
+            playlist_fetches: Counter::default(),
+            playlist_errors: Counter::default(),
+            segment_fetches: Counter::default(),
+            segment_bytes: Counter::default(),
+            segment_errors: Counter::default(),
+            latency: Histogram::new(LATENCY_BUCKETS_S),
+            latency_max_us: AtomicU64::new(0),
+            latency_max: Gauge::default(),
+            playlists: Gauge::default(),
+        }
+    }
+}
+
 impl IntegrityMetrics {
     fn publish_latency(&self, d: Duration) {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        let s = d.as_secs_f64();
-        for (b, a) in LATENCY_BUCKETS_S.iter().zip(&self.latency_buckets) {
-            if s <= *b {
-                a.fetch_add(1, Relaxed);
-            }
-        }
-        self.latency_sum_us.fetch_add(us, Relaxed);
-        self.latency_count.fetch_add(1, Relaxed);
+        self.latency.observe(d.as_secs_f64());
         self.latency_max_us.fetch_max(us, Relaxed);
     }
 
@@ -463,66 +527,60 @@ impl IntegrityMetrics {
         Duration::from_micros(self.latency_max_us.load(Relaxed))
     }
 
-    fn render(&self, o: &mut String, followed: usize) {
-        let c = |a: &AtomicU64| a.load(Relaxed);
-        let _ = writeln!(
-            o,
-            "# HELP signaling_integrity_playlists Playlists the integrity service follows.\n# TYPE signaling_integrity_playlists gauge\nsignaling_integrity_playlists {followed}"
+    /// Adds the series to `reg` (counter names without `_total`: the encoder appends it).
+    pub fn register(&self, reg: &mut Registry) {
+        reg.register(
+            "signaling_integrity_playlists",
+            "Playlists the integrity service follows.",
+            self.playlists.clone(),
         );
-        let counters: [(&str, &str, &AtomicU64); 5] = [
+        for (name, help, c) in [
             (
-                "signaling_integrity_playlist_fetches_total",
+                "signaling_integrity_playlist_fetches",
                 "Playlist fetches by the integrity service.",
                 &self.playlist_fetches,
             ),
             (
-                "signaling_integrity_playlist_errors_total",
+                "signaling_integrity_playlist_errors",
                 "Playlist fetches that failed or did not parse.",
                 &self.playlist_errors,
             ),
             (
-                "signaling_integrity_segment_fetches_total",
+                "signaling_integrity_segment_fetches",
                 "Segment fetches by the integrity service.",
                 &self.segment_fetches,
             ),
             (
-                "signaling_integrity_segment_bytes_total",
+                "signaling_integrity_segment_bytes",
                 "Segment bytes fetched by the integrity service.",
                 &self.segment_bytes,
             ),
             (
-                "signaling_integrity_segment_errors_total",
+                "signaling_integrity_segment_errors",
                 "Segment fetches that failed (retried up to 3 times) or were too large.",
                 &self.segment_errors,
             ),
-        ];
-        for (name, help, a) in counters {
-            let _ = writeln!(
-                o,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                c(a)
-            );
+        ] {
+            reg.register(name, help, c.clone());
         }
-        let name = "signaling_integrity_publish_seconds";
-        let _ = writeln!(
-            o,
-            "# HELP {name} From the playlist fetch that first listed a segment to its hash being served.\n# TYPE {name} histogram"
+        reg.register(
+            "signaling_integrity_publish_seconds",
+            "From the playlist fetch that first listed a segment to its hash being served.",
+            self.latency.clone(),
         );
-        for (b, a) in LATENCY_BUCKETS_S.iter().zip(&self.latency_buckets) {
-            let _ = writeln!(o, "{name}_bucket{{le=\"{b}\"}} {}", c(a));
-        }
-        let count = c(&self.latency_count);
-        let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            o,
-            "{name}_sum {}\n{name}_count {count}",
-            c(&self.latency_sum_us) as f64 / 1e6
+        reg.register(
+            "signaling_integrity_publish_seconds_max",
+            "Largest publish latency seen.",
+            self.latency_max.clone(),
         );
-        let _ = writeln!(
-            o,
-            "# HELP {name}_max Largest publish latency seen.\n# TYPE {name}_max gauge\n{name}_max {}",
-            c(&self.latency_max_us) as f64 / 1e6
-        );
+    }
+
+    /// The live values, set before a scrape.
+    fn refresh(&self, followed: usize) {
+        self.playlists
+            .set(i64::try_from(followed).unwrap_or(i64::MAX));
+        self.latency_max
+            .set(self.latency_max_us.load(Relaxed) as f64 / 1e6);
     }
 }
 
@@ -590,9 +648,61 @@ impl Service {
         lock(&self.followers).len()
     }
 
-    /// Appends the service's metrics to a Prometheus exposition.
-    pub fn render_metrics(&self, o: &mut String) {
-        self.metrics.render(o, self.followed());
+    /// Sets the service's live metrics, before a scrape.
+    pub fn refresh_metrics(&self) {
+        self.metrics.refresh(self.followed());
+    }
+
+    /// Stops the followers of the playlists `unowned` names (keys: URLs without query): in a
+    /// cluster, the ones another node follows now.
+    pub(crate) fn stop_where(&self, unowned: impl Fn(&str) -> bool) {
+        let stopped: Vec<Arc<Follower>> = {
+            let mut map = lock(&self.followers);
+            let keys: Vec<String> = map.keys().filter(|k| unowned(k)).cloned().collect();
+            keys.iter().filter_map(|k| map.remove(k)).collect()
+        };
+        for f in stopped {
+            tracing::info!(playlist = %f.key, "integrity: another node follows it now");
+            if let Some(t) = lock(&f.task).take() {
+                t.abort();
+            }
+        }
+    }
+
+    /// A playlist URL as `/integrity` accepts it: absolute http(s), not too long, under an
+    /// allowed prefix. Err: the HTTP status and why.
+    pub(crate) fn check_url(&self, raw: &str) -> Result<Url, (StatusCode, &'static str)> {
+        if raw.len() > MAX_URL_LEN {
+            return Err((StatusCode::BAD_REQUEST, "playlist URL too long"));
+        }
+        let url = match Url::parse(raw) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => u,
+            _ => {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    "playlist must be an absolute http(s) URL",
+                ));
+            }
+        };
+        if !self.settings.prefixes.allows(&url) {
+            return Err((
+                StatusCode::FORBIDDEN,
+                "playlist URL is not under an origin this service follows (--integrity-origin)",
+            ));
+        }
+        Ok(url)
+    }
+
+    /// The follower's state for `url` (started if new), after waiting up to
+    /// [`FIRST_PASS_WAIT`] for its first pass.
+    pub(crate) async fn lookup(self: &Arc<Self>, url: &Url) -> Lookup {
+        let (f, _new) = self.follower(url).map_err(|()| AtCap)?;
+        let mut rx = f.first_pass.subscribe();
+        if !*rx.borrow() {
+            let _ = tokio::time::timeout(FIRST_PASS_WAIT, rx.wait_for(|done| *done)).await;
+        }
+        let published = lock(&f.published).clone();
+        Ok(published)
     }
 
     /// Stops every follower (server shutdown).
@@ -665,7 +775,7 @@ impl Service {
                         }
                     }
                     Err(e) => {
-                        self.metrics.playlist_errors.fetch_add(1, Relaxed);
+                        self.metrics.playlist_errors.inc();
                         tracing::debug!(playlist = %f.key, "integrity: playlist: {e}");
                         if !ever_ok {
                             *lock(&f.published) = Published::Failed(e.to_string());
@@ -710,7 +820,7 @@ impl Service {
                     }
                 }
                 Err(e) => {
-                    self.metrics.segment_errors.fetch_add(1, Relaxed);
+                    self.metrics.segment_errors.inc();
                     tracing::debug!(seq = job.seq, url = %job.url, "integrity: segment: {e}");
                     window.failed(&job, matches!(e, FetchError::TooLarge(_)));
                 }
@@ -754,7 +864,7 @@ impl Service {
     }
 
     async fn fetch_playlist(&self, url: &Url) -> Result<MediaPlaylist, FetchError> {
-        self.metrics.playlist_fetches.fetch_add(1, Relaxed);
+        self.metrics.playlist_fetches.inc();
         let resp = self
             .client()?
             .get(url.clone())
@@ -767,7 +877,7 @@ impl Service {
     }
 
     async fn fetch_segment(&self, job: &Job) -> Result<SegmentManifest, FetchError> {
-        self.metrics.segment_fetches.fetch_add(1, Relaxed);
+        self.metrics.segment_fetches.inc();
         let resp = self
             .client()?
             .get(job.url.clone())
@@ -777,9 +887,7 @@ impl Service {
             .map_err(|e| FetchError::Http(e.without_url().to_string()))?;
         let body = read_body(resp, MAX_SEGMENT_LEN).await;
         let body = body?;
-        self.metrics
-            .segment_bytes
-            .fetch_add(body.len() as u64, Relaxed);
+        self.metrics.segment_bytes.inc_by(body.len() as u64);
         let uri = job.uri.clone();
         let seq = job.seq;
         // Hashing 64 MiB takes ~0.2 s: off the async workers.
@@ -831,7 +939,10 @@ fn common_headers(h: &mut HeaderMap) {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
 }
 
-/// `GET /integrity?playlist=<URL>`.
+/// `GET /integrity?playlist=<URL>`. In a cluster, the node that owns the playlist (rendezvous
+/// hash of its URL without query, as for swarms) follows it; the others ask it over NATS, so
+/// the origin sees one fetch of each segment however many nodes are asked. When the owner
+/// cannot be reached (NATS away, owner just died), this node answers itself.
 pub async fn handler(
     State(state): State<AppState>,
     query: Result<Query<IntegrityQuery>, QueryRejection>,
@@ -847,49 +958,51 @@ pub async fn handler(
             "missing ?playlist=<media playlist URL>",
         );
     };
-    if raw.len() > MAX_URL_LEN {
-        return answer(StatusCode::BAD_REQUEST, "playlist URL too long");
-    }
-    let url = match Url::parse(&raw) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => u,
-        _ => {
-            return answer(
-                StatusCode::BAD_REQUEST,
-                "playlist must be an absolute http(s) URL",
-            );
+    let url = match svc.check_url(&raw) {
+        Ok(u) => u,
+        Err((status, why)) => return answer(status, why),
+    };
+    let mut found = None;
+    if let Some(c) = state.cluster() {
+        let owner = c.owner(&owner_key(&url));
+        if owner != c.node() {
+            match c.integrity_request(owner, &url).await {
+                Ok(l) => found = Some(l),
+                Err(e) => {
+                    tracing::debug!(owner, error = %e, "integrity: owner unreachable, answering here");
+                }
+            }
         }
-    };
-    if !svc.settings.prefixes.allows(&url) {
-        return answer(
-            StatusCode::FORBIDDEN,
-            "playlist URL is not under an origin this service follows (--integrity-origin)",
-        );
     }
-    let Ok((f, _new)) = svc.follower(&url) else {
-        let mut r = answer(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "integrity service follows its maximum of playlists; retry later",
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
-        return r;
+    let found = match found {
+        Some(l) => l,
+        None => svc.lookup(&url).await,
     };
-    let mut rx = f.first_pass.subscribe();
-    if !*rx.borrow() {
-        let _ = tokio::time::timeout(FIRST_PASS_WAIT, rx.wait_for(|done| *done)).await;
-    }
-    let published = lock(&f.published).clone();
-    match published {
-        Published::Failed(msg) => answer(
+    match found {
+        Err(AtCap) => {
+            let mut r = answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "integrity service follows its maximum of playlists; retry later",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
+            r
+        }
+        Ok(Published::Failed(msg)) => answer(
             StatusCode::BAD_GATEWAY,
             format!("cannot follow this playlist: {msg}"),
         ),
-        Published::Pending => {
+        Ok(Published::Pending) => {
             // First pass still running: an empty manifest (clients poll again).
             json(Bytes::from(Manifest::default().to_json()), None, &headers)
         }
-        Published::Ready { body, etag } => json(body, Some(etag), &headers),
+        Ok(Published::Ready { body, etag }) => json(body, Some(etag), &headers),
     }
+}
+
+/// The key a playlist's owner is chosen by (its URL without query and fragment).
+pub(crate) fn owner_key(url: &Url) -> String {
+    strip(url).to_string()
 }
 
 fn json(body: Bytes, etag: Option<HeaderValue>, req: &HeaderMap) -> Response {

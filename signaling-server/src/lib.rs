@@ -162,15 +162,15 @@ async fn healthz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> Response {
-    let (swarms, members) = state.swarm_totals();
-    let mut body = state
-        .metrics()
-        .render(state.open_connections(), swarms, members);
-    state.integrity().render_metrics(&mut body);
-    if let Some(c) = state.cluster() {
-        c.render_metrics(&mut body);
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+    let body = state.render_metrics();
+    (
+        [(
+            header::CONTENT_TYPE,
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn api_swarms(State(state): State<AppState>) -> Response {

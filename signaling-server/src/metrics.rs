@@ -1,10 +1,25 @@
-//! Process-wide counters, rendered as Prometheus text. A fixed set of atomics (no labels chosen by
-//! clients, so the exposition stays bounded); hand-rendered because ~40 lines of text do not
-//! justify a metrics registry dependency.
+//! Metrics, exposed at `/metrics` in the Prometheus text format (0.0.4) through
+//! `prometheus-client`.
+//!
+//! Every series exists from the start: labels come from fixed enums here, never from clients,
+//! so the exposition stays bounded (about 150 series). Hot paths hold clones of the series
+//! (`Counter` is an `Arc<AtomicU64>`): counting is one atomic add, never a family lookup.
+//!
+//! Values that are a state rather than an event (connections, swarms, members) are set just
+//! before each scrape ([`Metrics::set_live`]); the `process_*` series are read from `/proc` at
+//! each scrape ([`ProcessCollector`]).
+//!
+//! Ratios are not exported: a since-start ratio hides what happens now. Offload is
+//! `rate(signaling_p2p_bytes_total[5m]) / (rate(signaling_p2p_bytes_total[5m]) +
+//! rate(signaling_http_bytes_total[5m]))` in PromQL (`deploy/grafana/signaling.json`).
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use protocol::signaling::ErrorCode;
 
 pub const MSG_KINDS: [&str; 7] = [
@@ -64,23 +79,92 @@ pub enum RelayRefused {
 
 pub const RELAY_REFUSED_NAMES: [&str; 3] = ["unknown_peer", "not_introduced", "bad_data"];
 
-#[derive(Debug, Default)]
+/// Which way a relayed `signal` went, for the latency histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayPath {
+    /// Received and queued for the receiver on the same node (the owner's check there too).
+    Local = 0,
+    /// Crossed NATS once or twice (sender's node → owner → receiver's node).
+    Cluster,
+}
+
+pub const RELAY_PATH_NAMES: [&str; 2] = ["local", "cluster"];
+
+/// Bounds of `signaling_relay_latency_seconds`: 50 µs (a local relay on an idle node) to 5 s
+/// (a saturated cluster), about ×2.5 apart.
+pub const RELAY_LATENCY_BUCKETS_S: [f64; 13] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+];
+const RELAY_LATENCY_TOP_BUCKETS_S: [f64; 3] = [1.0, 2.5, 5.0];
+
+/// Microseconds since the Unix epoch: the stamp a relay carries from the node that received
+/// it. Wall clock, not `Instant`, because it is compared on another node; on different hosts
+/// the cluster path's latency is off by their clock offset (NTP keeps it to about a
+/// millisecond), and a stamp from the future counts as 0.
+pub fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+/// Registers a counter family over fixed label values; returns one handle per value.
+fn counters<const N: usize>(
+    reg: &mut Registry,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    values: [&'static str; N],
+) -> [Counter; N] {
+    let family = Family::<Labels, Counter>::default();
+    reg.register(name, help, family.clone());
+    values.map(|v| family.get_or_create(&vec![(label, v)]).clone())
+}
+
+fn counter(reg: &mut Registry, name: &str, help: &str) -> Counter {
+    let c = Counter::default();
+    reg.register(name, help, c.clone());
+    c
+}
+
+fn gauge(reg: &mut Registry, name: &str, help: &str) -> Gauge {
+    let g = Gauge::default();
+    reg.register(name, help, g.clone());
+    g
+}
+
+fn relay_histogram() -> Histogram {
+    Histogram::new(
+        RELAY_LATENCY_BUCKETS_S
+            .into_iter()
+            .chain(RELAY_LATENCY_TOP_BUCKETS_S),
+    )
+}
+
+/// The server's own series (the integrity service and the cluster register theirs next to
+/// them, `AppState::new`).
+#[derive(Debug)]
 pub struct Metrics {
-    pub connections_total: AtomicU64,
-    pub messages_in: [AtomicU64; 7],
-    pub messages_out: AtomicU64,
-    pub relays: AtomicU64,
-    pub relays_dropped: AtomicU64,
-    pub relays_refused: [AtomicU64; 3],
-    pub stats_rejected: [AtomicU64; 3],
-    pub errors: [AtomicU64; 12],
-    pub rejects: [AtomicU64; 8],
-    pub binary_frames: AtomicU64,
-    pub http_bytes: AtomicU64,
-    pub p2p_bytes: AtomicU64,
-    pub uploaded_bytes: AtomicU64,
-    pub stalls: AtomicU64,
-    pub integrity_failures: AtomicU64,
+    pub connections_total: Counter,
+    pub messages_in: [Counter; 7],
+    pub messages_out: Counter,
+    pub relays: Counter,
+    pub relays_dropped: Counter,
+    relays_refused: [Counter; 3],
+    stats_rejected: [Counter; 3],
+    errors: [Counter; 12],
+    rejects: [Counter; 8],
+    pub binary_frames: Counter,
+    pub http_bytes: Counter,
+    pub p2p_bytes: Counter,
+    pub uploaded_bytes: Counter,
+    pub stalls: Counter,
+    pub integrity_failures: Counter,
+    relay_latency: [Histogram; 2],
+    connections: Gauge,
+    swarms: Gauge,
+    members: Gauge,
 }
 
 pub fn kind_index(kind: &str) -> usize {
@@ -95,177 +179,165 @@ pub fn code_index(code: ErrorCode) -> usize {
 }
 
 impl Metrics {
+    /// Creates the series and registers them in `reg`. Counter names are given without
+    /// `_total`: the encoder appends it.
+    pub fn new(reg: &mut Registry) -> Self {
+        let connections = gauge(reg, "signaling_connections", "Open WebSocket connections.");
+        let swarms = gauge(
+            reg,
+            "signaling_swarms",
+            "Swarms with at least one member (in a cluster: the swarms this node owns).",
+        );
+        let members = gauge(
+            reg,
+            "signaling_members",
+            "Swarm memberships (a connection may hold several; in a cluster: in the swarms this node owns).",
+        );
+        let connections_total = counter(
+            reg,
+            "signaling_connections",
+            "Connections accepted since start.",
+        );
+        let messages_in = counters(
+            reg,
+            "signaling_messages_in",
+            "Client messages by type.",
+            "type",
+            MSG_KINDS,
+        );
+        let messages_out = counter(reg, "signaling_messages_out", "Messages sent to clients.");
+        let relays = counter(
+            reg,
+            "signaling_relays",
+            "Signal messages relayed (queued for the receiver, or sent to its node).",
+        );
+        let relays_dropped = counter(
+            reg,
+            "signaling_relays_dropped",
+            "Relays dropped because the receiver's outbox was full.",
+        );
+        let binary_frames = counter(reg, "signaling_binary_frames", "Binary frames refused.");
+        let http_bytes = counter(
+            reg,
+            "signaling_http_bytes",
+            "Bytes viewers fetched over HTTP (reported; plausible deltas only).",
+        );
+        let p2p_bytes = counter(
+            reg,
+            "signaling_p2p_bytes",
+            "Bytes viewers got from peers (reported).",
+        );
+        let uploaded_bytes = counter(
+            reg,
+            "signaling_uploaded_bytes",
+            "Bytes viewers uploaded (reported).",
+        );
+        let stalls = counter(reg, "signaling_stalls", "Playback stalls (reported).");
+        let integrity_failures = counter(
+            reg,
+            "signaling_integrity_failures",
+            "Chunks that failed verification (reported).",
+        );
+        let relays_refused = counters(
+            reg,
+            "signaling_relays_refused",
+            "Signals not relayed, by reason.",
+            "reason",
+            RELAY_REFUSED_NAMES,
+        );
+        let stats_rejected = counters(
+            reg,
+            "signaling_stats_rejected",
+            "Implausible stats reports ignored, by reason.",
+            "reason",
+            crate::reports::REJECTED_NAMES,
+        );
+        let errors = counters(
+            reg,
+            "signaling_errors",
+            "Error messages sent, by code.",
+            "code",
+            ERROR_CODES.map(ErrorCode::as_str),
+        );
+        let rejects = counters(
+            reg,
+            "signaling_rejects",
+            "Connections refused or closed by the server, by reason.",
+            "reason",
+            REJECT_NAMES,
+        );
+        let latency =
+            Family::<Labels, Histogram>::new_with_constructor(relay_histogram as fn() -> Histogram);
+        reg.register(
+            "signaling_relay_latency_seconds",
+            "From a signal parsed on the sender's node to its relay queued in the receiver's outbox; path=cluster crossed NATS (wall clocks of two hosts).",
+            latency.clone(),
+        );
+        let relay_latency =
+            RELAY_PATH_NAMES.map(|p| latency.get_or_create(&vec![("path", p)]).clone());
+        Metrics {
+            connections_total,
+            messages_in,
+            messages_out,
+            relays,
+            relays_dropped,
+            relays_refused,
+            stats_rejected,
+            errors,
+            rejects,
+            binary_frames,
+            http_bytes,
+            p2p_bytes,
+            uploaded_bytes,
+            stalls,
+            integrity_failures,
+            relay_latency,
+            connections,
+            swarms,
+            members,
+        }
+    }
+
     pub fn error(&self, code: ErrorCode) {
-        self.errors[code_index(code)].fetch_add(1, Relaxed);
+        self.errors[code_index(code)].inc();
     }
 
     pub fn reject(&self, r: Reject) {
-        self.rejects[r as usize].fetch_add(1, Relaxed);
+        self.rejects[r as usize].inc();
     }
 
     pub fn rejected(&self, r: Reject) -> u64 {
-        self.rejects[r as usize].load(Relaxed)
+        self.rejects[r as usize].get()
     }
 
     pub fn relay_refused(&self, r: RelayRefused) {
-        self.relays_refused[r as usize].fetch_add(1, Relaxed);
+        self.relays_refused[r as usize].inc();
     }
 
     pub fn stats_rejected(&self, r: crate::reports::Rejected) {
-        self.stats_rejected[r as usize].fetch_add(1, Relaxed);
+        self.stats_rejected[r as usize].inc();
     }
 
     pub fn relays_refused(&self, r: RelayRefused) -> u64 {
-        self.relays_refused[r as usize].load(Relaxed)
+        self.relays_refused[r as usize].get()
     }
 
     pub fn errors_sent(&self, code: ErrorCode) -> u64 {
-        self.errors[code_index(code)].load(Relaxed)
+        self.errors[code_index(code)].get()
     }
 
-    /// Prometheus text exposition; `gauges` are the live values (connections, swarms, members).
-    pub fn render(&self, connections: usize, swarms: usize, members: usize) -> String {
-        let mut o = String::with_capacity(4096);
-        let mut metric = |name: &str, kind: &str, help: &str| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
-        metric(
-            "signaling_connections",
-            "gauge",
-            "Open WebSocket connections.",
-        );
-        metric(
-            "signaling_swarms",
-            "gauge",
-            "Swarms with at least one member.",
-        );
-        metric(
-            "signaling_members",
-            "gauge",
-            "Swarm memberships (a connection may hold several).",
-        );
-        let _ = writeln!(
-            o,
-            "signaling_connections {connections}\nsignaling_swarms {swarms}\nsignaling_members {members}"
-        );
-        let c = |a: &AtomicU64| a.load(Relaxed);
-        let _ = writeln!(
-            o,
-            "# HELP signaling_connections_total Connections accepted since start.\n# TYPE signaling_connections_total counter\nsignaling_connections_total {}",
-            c(&self.connections_total)
-        );
-        let _ = writeln!(
-            o,
-            "# HELP signaling_messages_in_total Client messages by type.\n# TYPE signaling_messages_in_total counter"
-        );
-        for (k, a) in MSG_KINDS.iter().zip(&self.messages_in) {
-            let _ = writeln!(o, "signaling_messages_in_total{{type=\"{k}\"}} {}", c(a));
-        }
-        let simple: [(&str, &str, &AtomicU64); 9] = [
-            (
-                "signaling_messages_out_total",
-                "Messages sent to clients.",
-                &self.messages_out,
-            ),
-            (
-                "signaling_relays_total",
-                "Signal messages relayed.",
-                &self.relays,
-            ),
-            (
-                "signaling_relays_dropped_total",
-                "Relays dropped because the receiver's outbox was full.",
-                &self.relays_dropped,
-            ),
-            (
-                "signaling_binary_frames_total",
-                "Binary frames refused.",
-                &self.binary_frames,
-            ),
-            (
-                "signaling_http_bytes_total",
-                "Bytes viewers fetched over HTTP (reported; plausible deltas only).",
-                &self.http_bytes,
-            ),
-            (
-                "signaling_p2p_bytes_total",
-                "Bytes viewers got from peers (reported).",
-                &self.p2p_bytes,
-            ),
-            (
-                "signaling_uploaded_bytes_total",
-                "Bytes viewers uploaded (reported).",
-                &self.uploaded_bytes,
-            ),
-            (
-                "signaling_stalls_total",
-                "Playback stalls (reported).",
-                &self.stalls,
-            ),
-            (
-                "signaling_integrity_failures_total",
-                "Chunks that failed verification (reported).",
-                &self.integrity_failures,
-            ),
-        ];
-        for (name, help, a) in simple {
-            let _ = writeln!(
-                o,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                c(a)
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP signaling_relays_refused_total Signals not relayed, by reason.\n# TYPE signaling_relays_refused_total counter"
-        );
-        for (r, a) in RELAY_REFUSED_NAMES.iter().zip(&self.relays_refused) {
-            let _ = writeln!(
-                o,
-                "signaling_relays_refused_total{{reason=\"{r}\"}} {}",
-                c(a)
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP signaling_stats_rejected_total Implausible stats reports ignored, by reason.\n# TYPE signaling_stats_rejected_total counter"
-        );
-        for (r, a) in crate::reports::REJECTED_NAMES
-            .iter()
-            .zip(&self.stats_rejected)
-        {
-            let _ = writeln!(
-                o,
-                "signaling_stats_rejected_total{{reason=\"{r}\"}} {}",
-                c(a)
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP signaling_errors_total Error messages sent, by code.\n# TYPE signaling_errors_total counter"
-        );
-        for (code, a) in ERROR_CODES.iter().zip(&self.errors) {
-            let _ = writeln!(
-                o,
-                "signaling_errors_total{{code=\"{}\"}} {}",
-                code.as_str(),
-                c(a)
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP signaling_rejects_total Connections refused or closed by the server, by reason.\n# TYPE signaling_rejects_total counter"
-        );
-        for (r, a) in REJECT_NAMES.iter().zip(&self.rejects) {
-            let _ = writeln!(o, "signaling_rejects_total{{reason=\"{r}\"}} {}", c(a));
-        }
-        let (p2p, http) = (c(&self.p2p_bytes), c(&self.http_bytes));
-        let _ = writeln!(
-            o,
-            "# HELP signaling_offload_ratio p2p / (p2p + http) over all reported bytes.\n# TYPE signaling_offload_ratio gauge\nsignaling_offload_ratio {}",
-            offload(p2p, http)
-        );
-        o
+    /// A relay queued for its receiver now; `t0_us`: [`unix_us`] when its `signal` was parsed.
+    pub fn relay_delivered(&self, path: RelayPath, t0_us: u64) {
+        let us = unix_us().saturating_sub(t0_us);
+        self.relay_latency[path as usize].observe(Duration::from_micros(us).as_secs_f64());
+    }
+
+    /// The live values, set before a scrape.
+    pub fn set_live(&self, connections: usize, swarms: usize, members: usize) {
+        let g = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.connections.set(g(connections));
+        self.swarms.set(g(swarms));
+        self.members.set(g(members));
     }
 }
 
@@ -275,5 +347,98 @@ pub fn offload(p2p: u64, http: u64) -> f64 {
         0.0
     } else {
         p2p as f64 / total as f64
+    }
+}
+
+/// `process_*` series, read from `/proc/self` at each scrape (through the `procfs` crate:
+/// clock ticks and page size need `sysconf`, which std does not expose and this crate may not
+/// call itself without `unsafe`). Names and meanings are those of the Prometheus client
+/// libraries' process collectors, so stock dashboards work. On other systems: none.
+#[derive(Debug, Default)]
+pub struct ProcessCollector;
+
+#[cfg(target_os = "linux")]
+impl prometheus_client::collector::Collector for ProcessCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+
+        // A failed read leaves its series out of this scrape (Prometheus shows a gap) rather
+        // than failing the whole exposition.
+        let Ok(me) = procfs::process::Process::myself() else {
+            return Ok(());
+        };
+        let mut gauge = |name: &str, help: &str, v: f64| -> Result<(), std::fmt::Error> {
+            let g = ConstGauge::new(v);
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+        };
+        if let Ok(stat) = me.stat() {
+            let tps = procfs::ticks_per_second() as f64;
+            let rss = stat.rss.saturating_mul(procfs::page_size());
+            gauge(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                rss as f64,
+            )?;
+            gauge(
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+                stat.vsize as f64,
+            )?;
+            gauge(
+                "process_threads",
+                "Number of OS threads in the process.",
+                stat.num_threads as f64,
+            )?;
+            if let Ok(boot) = procfs::boot_time_secs() {
+                gauge(
+                    "process_start_time_seconds",
+                    "Start time of the process since unix epoch in seconds.",
+                    boot as f64 + stat.starttime as f64 / tps,
+                )?;
+            }
+            let cpu = ConstCounter::new((stat.utime + stat.stime) as f64 / tps);
+            cpu.encode(encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds.",
+                None,
+                cpu.metric_type(),
+            )?)?;
+        }
+        let mut gauge = |name: &str, help: &str, v: f64| -> Result<(), std::fmt::Error> {
+            let g = ConstGauge::new(v);
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+        };
+        if let Ok(n) = me.fd_count() {
+            gauge(
+                "process_open_fds",
+                "Number of open file descriptors.",
+                n as f64,
+            )?;
+        }
+        if let Ok(limits) = me.limits()
+            && let procfs::process::LimitValue::Value(max) = limits.max_open_files.soft_limit
+        {
+            gauge(
+                "process_max_fds",
+                "Maximum number of open file descriptors.",
+                max as f64,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+impl prometheus_client::collector::Collector for ProcessCollector {
+    fn encode(
+        &self,
+        _encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        Ok(())
     }
 }

@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use futures_util::StreamExt;
-use std::sync::atomic::Ordering::Relaxed;
 
 use crate::metrics::{Reject, RelayRefused, kind_index};
 use crate::reports;
@@ -275,7 +274,7 @@ impl Session {
         let timeout = Duration::from_millis(self.state.config().write_timeout_ms);
         match tokio::time::timeout(timeout, ws.send(Message::Text(text))).await {
             Ok(Ok(())) => {
-                self.state.metrics().messages_out.fetch_add(1, Relaxed);
+                self.state.metrics().messages_out.inc();
                 true
             }
             Ok(Err(_)) => false,
@@ -447,17 +446,17 @@ impl Session {
             return Flow::Continue;
         }
         if binary {
-            self.state.metrics().binary_frames.fetch_add(1, Relaxed);
+            self.state.metrics().binary_frames.inc();
             let m = "binary frames are not part of the protocol".to_owned();
             return self.fail(ws, ErrorCode::BinaryFrame, m, None).await;
         }
         match ClientMsg::from_json(text.as_str(), cfg.max_message_bytes) {
             Ok(msg) => {
-                self.state.metrics().messages_in[kind_index(msg.kind())].fetch_add(1, Relaxed);
+                self.state.metrics().messages_in[kind_index(msg.kind())].inc();
                 self.on_message(ws, msg).await
             }
             Err(e) => {
-                self.state.metrics().messages_in[kind_index("other")].fetch_add(1, Relaxed);
+                self.state.metrics().messages_in[kind_index("other")].inc();
                 self.fail(ws, e.code(), e.to_string(), None).await
             }
         }
@@ -498,6 +497,7 @@ impl Session {
                 Flow::Continue
             }
             ClientMsg::Signal { swarm, to, data } => {
+                let t0 = crate::metrics::unix_us();
                 if self.position(&swarm).is_none() {
                     return self.not_in_swarm(ws, &swarm).await;
                 }
@@ -505,7 +505,7 @@ impl Session {
                     self.state.metrics().relay_refused(RelayRefused::BadData);
                     return self.fail(ws, e.code(), e.to_string(), Some(&swarm)).await;
                 }
-                match self.state.relay(&swarm, self.id, to, data) {
+                match self.state.relay(&swarm, self.id, to, data, t0) {
                     Ok(()) => Flow::Continue,
                     Err(why) => {
                         self.state.metrics().relay_refused(why);

@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use crate::cluster::{Cluster, Wire, node_of, owner_of, swarm_hash};
 use crate::config::Config;
-use crate::metrics::{Metrics, Reject, RelayRefused};
+use crate::metrics::{Metrics, Reject, RelayPath, RelayRefused};
 use crate::registry::{Notices, Registry, RegistryConfig, Relay};
 
 const CONN_SHARDS: usize = 16;
@@ -242,6 +242,8 @@ type ConnShard = Mutex<HashMap<PeerId, Arc<Conn>>>;
 pub struct Inner {
     pub(crate) cfg: Config,
     pub(crate) metrics: Metrics,
+    /// Every series of `/metrics`: ours, the integrity service's, the cluster's, `process_*`.
+    registry: prometheus_client::registry::Registry,
     started: Instant,
     next_id: AtomicU64,
     conns: Box<[ConnShard]>,
@@ -337,10 +339,18 @@ impl AppState {
         let proxies = http_guard::TrustedProxies::new(cfg.trusted_proxies.iter().copied());
         let admin = http_guard::AdminAccess::new(cfg.admin_token.clone(), proxies.clone());
         let integrity = Arc::new(crate::integrity::Service::new(cfg.integrity_settings()));
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        integrity.metrics.register(&mut registry);
+        if let Some(c) = &cluster {
+            c.metrics.register(&mut registry);
+        }
+        registry.register_collector(Box::new(crate::metrics::ProcessCollector));
         AppState(Arc::new(Inner {
             integrity,
             cfg,
-            metrics: Metrics::default(),
+            metrics,
+            registry,
             started: Instant::now(),
             next_id: AtomicU64::new(first_id),
             conns: (0..CONN_SHARDS)
@@ -374,6 +384,27 @@ impl AppState {
 
     pub fn metrics(&self) -> &Metrics {
         &self.0.metrics
+    }
+
+    /// The `/metrics` exposition (Prometheus text format 0.0.4), live values read now.
+    pub fn render_metrics(&self) -> String {
+        let (swarms, members) = self.swarm_totals();
+        self.0
+            .metrics
+            .set_live(self.open_connections(), swarms, members);
+        self.0.integrity.refresh_metrics();
+        if let Some(c) = &self.0.cluster {
+            c.refresh_metrics();
+        }
+        let mut body = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail; an encoder error would be a bug in a collector,
+        // which then shows as a truncated exposition rather than a dead endpoint.
+        if let Err(e) =
+            prometheus_client::encoding::prometheus_text::encode(&mut body, &self.0.registry)
+        {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        body
     }
 
     /// The integrity service (`/integrity`).
@@ -516,7 +547,7 @@ impl AppState {
         let id = self.0.next_id.fetch_add(1, Relaxed);
         let conn = Arc::new(Conn::new(self.now_ms()));
         lock(self.conn_shard(id)).insert(id, conn.clone());
-        self.0.metrics.connections_total.fetch_add(1, Relaxed);
+        self.0.metrics.connections_total.inc();
         if self.is_shutting_down() {
             conn.close(CloseReason::Shutdown);
         }
@@ -540,7 +571,7 @@ impl AppState {
         if let Some(c) = self.0.cluster.as_deref()
             && node_of(to) != c.node()
         {
-            c.forward(to, text, class, swarm);
+            c.forward(to, text, class, swarm, None);
             return true;
         }
         self.deliver_local(to, text, class) == Delivered::Queued
@@ -558,7 +589,7 @@ impl AppState {
                 drop(o);
                 match class {
                     Class::Relay => {
-                        self.0.metrics.relays_dropped.fetch_add(1, Relaxed);
+                        self.0.metrics.relays_dropped.inc();
                     }
                     Class::Control => conn.close(CloseReason::Slow),
                 }
@@ -662,15 +693,17 @@ impl AppState {
     /// introduced (either direction), both still members. The data was checked by the caller.
     /// In a cluster, when the swarm's owner is another node, the relay goes there to be
     /// checked, and a refusal comes back to `from` as an `error` message.
+    /// `t0`: `metrics::unix_us` when the `signal` was parsed (relay latency).
     pub(crate) fn relay(
         &self,
         swarm: &str,
         from: PeerId,
         to: PeerId,
         data: SignalData,
+        t0: u64,
     ) -> Result<(), RelayRefused> {
         if let Some((c, owner)) = self.remote_owner(swarm) {
-            c.metrics.relays_forwarded.fetch_add(1, Relaxed);
+            c.metrics.relays_forwarded.inc();
             let swarm = swarm.to_owned();
             c.send(
                 owner,
@@ -679,19 +712,24 @@ impl AppState {
                     from,
                     to,
                     data,
+                    t0: Some(t0),
                 },
             );
             return Ok(());
         }
-        self.relay_owned(swarm, from, to, data)
+        self.relay_owned(swarm, from, to, data, Some(t0), RelayPath::Local)
     }
 
+    /// The owner's relay check, then the relay queued (or sent to the receiver's node). `path`:
+    /// [`RelayPath::Cluster`] when the relay already crossed NATS to get here.
     fn relay_owned(
         &self,
         swarm: &str,
         from: PeerId,
         to: PeerId,
         data: SignalData,
+        t0: Option<u64>,
+        path: RelayPath,
     ) -> Result<(), RelayRefused> {
         match lock(self.swarm_shard(swarm)).reg.relay(swarm, from, to) {
             Relay::Allowed => {}
@@ -704,8 +742,17 @@ impl AppState {
             data,
         }
         .to_json();
-        if self.route(to, text, Class::Relay, Some(swarm)) {
-            self.0.metrics.relays.fetch_add(1, Relaxed);
+        let m = &self.0.metrics;
+        if let Some(c) = self.0.cluster.as_deref()
+            && node_of(to) != c.node()
+        {
+            c.forward(to, text, Class::Relay, Some(swarm), t0);
+            m.relays.inc();
+        } else if self.deliver_local(to, text, Class::Relay) == Delivered::Queued {
+            m.relays.inc();
+            if let Some(t0) = t0 {
+                m.relay_delivered(path, t0);
+            }
         }
         Ok(())
     }
@@ -735,8 +782,12 @@ impl AppState {
                 from,
                 to,
                 data,
+                t0,
             } => {
-                if let Err(why) = self.relay_owned(&swarm, from, to, data) {
+                if c.shed_stale(t0) {
+                    return;
+                }
+                if let Err(why) = self.relay_owned(&swarm, from, to, data, t0, RelayPath::Cluster) {
                     self.0.metrics.relay_refused(why);
                     let err = ServerMsg::Error {
                         code: protocol::signaling::ErrorCode::UnknownPeer,
@@ -752,8 +803,9 @@ impl AppState {
                 control,
                 text,
                 swarm,
+                t0,
             } => {
-                if node_of(to) != c.node() {
+                if node_of(to) != c.node() || c.shed_stale(t0) {
                     return;
                 }
                 let class = if control {
@@ -761,7 +813,13 @@ impl AppState {
                 } else {
                     Class::Relay
                 };
-                if self.deliver_local(to, text, class) == Delivered::NoConnection
+                let delivered = self.deliver_local(to, text, class);
+                if delivered == Delivered::Queued
+                    && let Some(t0) = t0
+                {
+                    self.0.metrics.relay_delivered(RelayPath::Cluster, t0);
+                }
+                if delivered == Delivered::NoConnection
                     && let Some(swarm) = swarm
                 {
                     // The viewer left while the message was on its way, or its leave was lost:
@@ -839,12 +897,11 @@ impl AppState {
     /// Adds one viewer's stats delta to its swarm and to the global counters.
     pub(crate) fn add_stats(&self, swarm: &str, d: &StatsReport, peers_delta: i64) {
         let m = &self.0.metrics;
-        m.http_bytes.fetch_add(d.http_bytes, Relaxed);
-        m.p2p_bytes.fetch_add(d.p2p_bytes, Relaxed);
-        m.uploaded_bytes.fetch_add(d.uploaded_bytes, Relaxed);
-        m.stalls.fetch_add(u64::from(d.stalls), Relaxed);
-        m.integrity_failures
-            .fetch_add(u64::from(d.integrity_failures), Relaxed);
+        m.http_bytes.inc_by(d.http_bytes);
+        m.p2p_bytes.inc_by(d.p2p_bytes);
+        m.uploaded_bytes.inc_by(d.uploaded_bytes);
+        m.stalls.inc_by(u64::from(d.stalls));
+        m.integrity_failures.inc_by(u64::from(d.integrity_failures));
         let mut sh = lock(self.swarm_shard(swarm));
         if sh.reg.member_count(swarm) == 0 {
             return;
@@ -903,13 +960,13 @@ impl AppState {
         top.sort_unstable_by(|a, b| b.peers.cmp(&a.peers).then(a.swarm.cmp(&b.swarm)));
         top.truncate(API_TOP_SWARMS);
         let m = &self.0.metrics;
-        let (http, p2p) = (m.http_bytes.load(Relaxed), m.p2p_bytes.load(Relaxed));
+        let (http, p2p) = (m.http_bytes.get(), m.p2p_bytes.get());
         Overview {
             connections: self.open_connections(),
             swarms,
             members,
-            relays: m.relays.load(Relaxed),
-            relays_dropped: m.relays_dropped.load(Relaxed),
+            relays: m.relays.get(),
+            relays_dropped: m.relays_dropped.get(),
             http_bytes: http,
             p2p_bytes: p2p,
             offload: crate::metrics::offload(p2p, http),
@@ -1030,7 +1087,7 @@ mod tests {
         assert!(state.deliver(id, "a".into(), Class::Relay));
         assert!(state.deliver(id, "b".into(), Class::Relay));
         assert!(!state.deliver(id, "c".into(), Class::Relay));
-        assert_eq!(state.metrics().relays_dropped.load(Relaxed), 1);
+        assert_eq!(state.metrics().relays_dropped.get(), 1);
         assert_eq!(conn.close_reason(), None);
         assert!(!state.deliver(id, "notice".into(), Class::Control));
         assert_eq!(conn.close_reason(), Some(CloseReason::Slow));
@@ -1046,6 +1103,45 @@ mod tests {
         // Gone peers: dropped silently.
         state.unregister(id2);
         assert!(!state.deliver(id2, "z".into(), Class::Relay));
+    }
+
+    #[test]
+    fn stale_cross_node_relays_are_shed() {
+        let state = AppState::new(Config {
+            cluster_nats: Some("nats://127.0.0.1:1".into()),
+            ..Config::default()
+        });
+        let Some(c) = state.cluster().cloned() else {
+            panic!("a cluster node has a Cluster");
+        };
+        let (id, conn) = state.register();
+        let deliver = |t0| Wire::Deliver {
+            to: id,
+            control: false,
+            text: "{}".into(),
+            swarm: None,
+            t0: Some(t0),
+        };
+        let now = crate::metrics::unix_us();
+        let stale = now - crate::cluster::STALE_RELAY.as_micros() as u64 - 1_000_000;
+        state.on_cluster_msg(&c, deliver(stale));
+        assert!(conn.pop().is_none(), "a stale relay was delivered");
+        assert_eq!(c.metrics.relays_stale.get(), 1);
+        state.on_cluster_msg(&c, deliver(now));
+        assert!(conn.pop().is_some());
+        // Without a stamp (a node that predates it): delivered.
+        state.on_cluster_msg(
+            &c,
+            Wire::Deliver {
+                to: id,
+                control: false,
+                text: "{}".into(),
+                swarm: None,
+                t0: None,
+            },
+        );
+        assert!(conn.pop().is_some());
+        assert_eq!(c.metrics.relays_stale.get(), 1);
     }
 
     #[test]

@@ -78,8 +78,9 @@ struct Node {
     proc: Proc,
 }
 
-fn start_node(nats_port: u16, prefix: &str) -> Node {
+fn start_node(nats_port: u16, prefix: &str, extra: &[String]) -> Node {
     let mut child = Command::new(BIN)
+        .args(extra)
         .args([
             "--listen",
             "127.0.0.1:0",
@@ -141,9 +142,13 @@ async fn wait_for_view(nodes: &[SocketAddr], n: usize, within: Duration) {
 }
 
 async fn cluster(prefix: &str) -> (Proc, u16, Vec<Node>) {
+    cluster_with(prefix, &[]).await
+}
+
+async fn cluster_with(prefix: &str, extra: &[String]) -> (Proc, u16, Vec<Node>) {
     let port = free_port();
     let nats = start_nats(port);
-    let nodes: Vec<Node> = (0..3).map(|_| start_node(port, prefix)).collect();
+    let nodes: Vec<Node> = (0..3).map(|_| start_node(port, prefix, extra)).collect();
     let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
     wait_for_view(&addrs, 3, Duration::from_secs(10)).await;
     (nats, port, nodes)
@@ -435,5 +440,182 @@ async fn assert_cross_node_relay(viewers: &mut [(usize, String, Client)], swarm:
             Err(e) => panic!("no relay {from} -> {to} across nodes: {e}"),
         }
         assert!(Instant::now() < deadline, "no relay {from} -> {to}");
+    }
+}
+
+/// An origin in memory: VOD playlists `/live/<i>.m3u8` of three segments each; counts the
+/// requests per path.
+#[derive(Clone, Default)]
+struct Origin {
+    hits: std::sync::Arc<std::sync::Mutex<HashMap<String, u32>>>,
+}
+
+const PLAYLISTS: usize = 4;
+const SEGMENTS: usize = 3;
+
+impl Origin {
+    async fn start() -> (Origin, SocketAddr) {
+        use axum::extract::{Request, State};
+        async fn serve(State(o): State<Origin>, req: Request) -> axum::response::Response {
+            use axum::response::IntoResponse;
+            let path = req.uri().path().to_owned();
+            *o.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
+            if path.ends_with(".m3u8") {
+                let name = path.trim_start_matches("/live/").trim_end_matches(".m3u8");
+                let mut pl = String::from(
+                    "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n",
+                );
+                for s in 0..SEGMENTS {
+                    pl.push_str(&format!("#EXTINF:2.0,\n{name}-{s}.ts\n"));
+                }
+                pl.push_str("#EXT-X-ENDLIST\n");
+                pl.into_response()
+            } else {
+                // 40 KiB of bytes that differ per path.
+                let seed = path
+                    .bytes()
+                    .fold(7u8, |a, b| a.wrapping_mul(31).wrapping_add(b));
+                (0..40_000u32)
+                    .map(|i| seed.wrapping_add(i as u8))
+                    .collect::<Vec<u8>>()
+                    .into_response()
+            }
+        }
+        let o = Origin::default();
+        let app = axum::Router::new().fallback(serve).with_state(o.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (o, addr)
+    }
+
+    fn hits(&self, path: &str) -> u32 {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+}
+
+/// A metric summed over the nodes, and how many nodes have it above 0.
+async fn metric_everywhere(nodes: &[SocketAddr], name: &str) -> (f64, usize) {
+    let (mut sum, mut nonzero) = (0.0, 0);
+    for &a in nodes {
+        let v = metric(a, name).await.unwrap_or(0.0);
+        sum += v;
+        if v > 0.0 {
+            nonzero += 1;
+        }
+    }
+    (sum, nonzero)
+}
+
+/// The integrity service in a cluster: every node answers `/integrity` for every playlist,
+/// with the same manifest, but only the playlist's owner follows it, so the origin serves each
+/// playlist and each segment exactly once for the whole cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_follows_each_playlist() {
+    let (origin, origin_addr) = Origin::start().await;
+    let extra = vec![
+        "--integrity-origin".to_owned(),
+        format!("http://{origin_addr}/live/"),
+    ];
+    let (_nats, _port, nodes) = cluster_with(&format!("i{}", std::process::id()), &extra).await;
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let http = reqwest::Client::new();
+    for i in 0..PLAYLISTS {
+        let playlist = format!("http://{origin_addr}/live/{i}.m3u8?token=t{i}");
+        let mut bodies = HashSet::new();
+        // Each node is asked (twice: the second answer comes from memory) until it has all
+        // segments.
+        for &a in addrs.iter().chain(&addrs) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let resp = http
+                    .get(format!("http://{a}/integrity"))
+                    .query(&[("playlist", &playlist)])
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 200, "{a} {playlist}");
+                let body = resp.text().await.unwrap();
+                let m = protocol::manifest::Manifest::from_json(&body).unwrap();
+                if m.segments.len() == SEGMENTS {
+                    bodies.insert(body);
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{a}: {playlist} not hashed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        assert_eq!(
+            bodies.len(),
+            1,
+            "nodes answer different manifests for {playlist}"
+        );
+        assert_eq!(origin.hits(&format!("/live/{i}.m3u8")), 1, "playlist {i}");
+        for s in 0..SEGMENTS {
+            assert_eq!(
+                origin.hits(&format!("/live/{i}-{s}.ts")),
+                1,
+                "segment {i}-{s} fetched by more than one node"
+            );
+        }
+    }
+    // One follower per playlist over the cluster; with 4 playlists over 3 nodes, others than
+    // the first node asked did the following, and requests crossed nodes.
+    assert_eq!(
+        metric_everywhere(&addrs, "signaling_integrity_playlists")
+            .await
+            .0,
+        PLAYLISTS as f64
+    );
+    assert_eq!(
+        metric_everywhere(&addrs, "signaling_integrity_segment_fetches_total")
+            .await
+            .0,
+        (PLAYLISTS * SEGMENTS) as f64
+    );
+    let (proxied, _) = metric_everywhere(&addrs, "signaling_cluster_integrity_proxied_total").await;
+    assert!(proxied >= PLAYLISTS as f64, "{proxied} requests proxied");
+
+    // A following node dies: the others still answer for every playlist (the asked node
+    // follows it itself until the view moves the playlist to a live owner).
+    let mut nodes = nodes;
+    let mut victim = None;
+    for (i, &a) in addrs.iter().enumerate() {
+        if metric(a, "signaling_integrity_playlists")
+            .await
+            .unwrap_or(0.0)
+            > 0.0
+        {
+            victim = Some(i);
+            break;
+        }
+    }
+    let victim = victim.unwrap();
+    drop(nodes.remove(victim).proc);
+    let live: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    for i in 0..PLAYLISTS {
+        let playlist = format!("http://{origin_addr}/live/{i}.m3u8?token=t{i}");
+        for &a in &live {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let resp = http
+                    .get(format!("http://{a}/integrity"))
+                    .query(&[("playlist", &playlist)])
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 200, "{a} {playlist} after a node died");
+                let m =
+                    protocol::manifest::Manifest::from_json(&resp.text().await.unwrap()).unwrap();
+                if m.segments.len() == SEGMENTS {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{a}: {playlist} after a node died"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 }

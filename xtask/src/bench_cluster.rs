@@ -9,9 +9,10 @@
 //! so every swarm spans the nodes. After the connect phase, offers/answers flow for `--seconds`.
 //! Ends with one JSON line:
 //! `{"connections","nodes","msgs_per_s","cpu_us_per_msg","relay_p50_ms","relay_p99_ms",
-//! "cross_node_relays","rss_kib_per_conn","errors", ...context}` where `cpu_us_per_msg` is the
-//! nodes' and nats-server's CPU per relayed message (the load generators' own CPU is reported
-//! apart, `loadgen_cpu_us_per_msg`).
+//! "cross_node_relays","rss_kib_per_conn","errors", ...context, "nodes_expired"}` where
+//! `cpu_us_per_msg` is the nodes' and nats-server's CPU per relayed message (the load
+//! generators' own CPU is reported apart, `loadgen_cpu_us_per_msg`) and `nodes_expired` counts
+//! false node deaths (every node lives through the run).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -61,16 +62,58 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-/// One value of a node's `/metrics` (HTTP/1.0, so the reply ends with the connection).
-fn metric(addr: &str, name: &str) -> Option<f64> {
+/// A node's `/metrics` (HTTP/1.0, so the reply ends with the connection).
+fn scrape(addr: &str) -> Option<String> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
         .ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
-    body.lines()
+    Some(body)
+}
+
+/// One value of a node's `/metrics`.
+fn metric(addr: &str, name: &str) -> Option<f64> {
+    scrape(addr)?
+        .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The nodes' own relay latency (`signaling_relay_latency_seconds{path}`, summed over the
+/// nodes): the upper bounds, in ms, of the buckets holding the 50th and 99th percentiles.
+/// Unlike the load generators' figure it stops where the relay is queued for the receiver
+/// (not written to it) and is not capped at 200 ms.
+fn server_latency(nodes: &[(u32, String)], path: &str) -> (f64, f64) {
+    let prefix = format!("signaling_relay_latency_seconds_bucket{{path=\"{path}\",le=\"");
+    let mut buckets: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
+    for (_, addr) in nodes {
+        let Some(text) = scrape(addr) else { continue };
+        for (i, l) in text
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .enumerate()
+        {
+            let Some((le, count)) = l.split_once("\"} ") else {
+                continue;
+            };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::INFINITY)
+            };
+            let e = buckets.entry(i as u64).or_insert((le, 0.0));
+            e.1 += count.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    let total = buckets.values().last().map_or(0.0, |b| b.1);
+    let q = |q: f64| {
+        buckets
+            .values()
+            .find(|(_, c)| total > 0.0 && *c >= total * q)
+            .map_or(0.0, |(le, _)| le * 1000.0)
+    };
+    (q(0.50), q(0.99))
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -232,7 +275,32 @@ pub fn run(args: Args) -> Result<()> {
         .iter()
         .filter_map(|(_, a)| metric(a, "signaling_cluster_dropped_total"))
         .sum();
+    // False deaths under load show here (a node that lives must never be expired).
+    let expired: f64 = nodes
+        .iter()
+        .filter_map(|(_, a)| metric(a, "signaling_cluster_nodes_expired_total"))
+        .sum();
+    let stale: f64 = nodes
+        .iter()
+        .filter_map(|(_, a)| metric(a, "signaling_cluster_relays_stale_total"))
+        .sum();
+    let late: f64 = nodes
+        .iter()
+        .filter_map(|(_, a)| metric(a, "signaling_cluster_liveness_late_total"))
+        .sum();
     let rss_after: u64 = nodes.iter().map(|(p, _)| rss_kib(*p).unwrap_or(0)).sum();
+    // Over the top bucket (5 s): null.
+    let ms = |v: f64| {
+        if v.is_finite() {
+            format!("{v}")
+        } else {
+            "null".to_owned()
+        }
+    };
+    let (local_p50, local_p99) = server_latency(&nodes, "local");
+    let (cluster_p50, cluster_p99) = server_latency(&nodes, "cluster");
+    let (local_p50, local_p99) = (ms(local_p50), ms(local_p99));
+    let (cluster_p50, cluster_p99) = (ms(cluster_p50), ms(cluster_p99));
     let done = collect(&rx, procs as usize, "done", Duration::from_secs(60))?;
 
     let (mut relays, mut cross, mut errors) = (0u64, 0u64, 0u64);
@@ -278,7 +346,10 @@ pub fn run(args: Args) -> Result<()> {
          \"rss_kib_per_conn\":{:.2},\"errors\":{errors},\"nodes_cpu_us_per_msg\":{:.2},\
          \"nats_cpu_us_per_msg\":{:.2},\"loadgen_cpu_us_per_msg\":{:.2},\"relays\":{relays},\
          \"cluster_msgs_dropped\":{},\"requested_connections\":{},\"loadgens\":{procs},\
-         \"rss_kib_per_conn_after_traffic\":{:.2},\"seconds\":{secs:.1},\"loadavg_1m_at_start\":{loadavg}}}",
+         \"rss_kib_per_conn_after_traffic\":{:.2},\"seconds\":{secs:.1},\"loadavg_1m_at_start\":{loadavg},\
+         \"nodes_expired\":{expired},\"liveness_late_ticks\":{late},\"relays_shed_stale\":{stale},\
+         \"server_relay_local_p50_p99_ms\":[{local_p50},{local_p99}],\
+         \"server_relay_cluster_p50_p99_ms\":[{cluster_p50},{cluster_p99}]}}",
         args.nodes,
         per_msg(nodes_cpu + nats_cpu),
         percentile(&hist, 0.50),
