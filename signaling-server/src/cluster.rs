@@ -600,24 +600,8 @@ impl Cluster {
                 url: self.url.clone(),
                 reason: e.to_string(),
             })?;
-        let subject = self.subject(self.node);
-        let mut inbox =
-            client
-                .subscribe(subject.clone())
-                .await
-                .map_err(|e| ClusterError::Subscribe {
-                    subject,
-                    reason: e.to_string(),
-                })?;
-        let subject = self.integrity_subject(self.node);
-        let integrity_requests =
-            client
-                .subscribe(subject.clone())
-                .await
-                .map_err(|e| ClusterError::Subscribe {
-                    subject,
-                    reason: e.to_string(),
-                })?;
+        let mut inbox = subscribe(&client, self.subject(self.node)).await?;
+        let integrity_requests = subscribe(&client, self.integrity_subject(self.node)).await?;
         let _ = self.client.set(client.clone());
         tracing::info!(node = self.node, url = %self.url, "joined the signaling cluster");
         let _integrity = AbortOnDrop(tokio::spawn(Self::serve_integrity(
@@ -815,6 +799,20 @@ impl Cluster {
             .queued
             .set(i64::try_from(queued).unwrap_or(i64::MAX));
     }
+}
+
+/// Subscribes to `subject`, naming it in the error.
+async fn subscribe(
+    client: &async_nats::Client,
+    subject: String,
+) -> Result<async_nats::Subscriber, ClusterError> {
+    client
+        .subscribe(subject.clone())
+        .await
+        .map_err(|e| ClusterError::Subscribe {
+            subject,
+            reason: e.to_string(),
+        })
 }
 
 #[cfg(test)]

@@ -526,24 +526,7 @@ async fn one_node_follows_each_playlist() {
         // Each node is asked (twice: the second answer comes from memory) until it has all
         // segments.
         for &a in addrs.iter().chain(&addrs) {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let resp = http
-                    .get(format!("http://{a}/integrity"))
-                    .query(&[("playlist", &playlist)])
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(resp.status(), 200, "{a} {playlist}");
-                let body = resp.text().await.unwrap();
-                let m = protocol::manifest::Manifest::from_json(&body).unwrap();
-                if m.segments.len() == SEGMENTS {
-                    bodies.insert(body);
-                    break;
-                }
-                assert!(Instant::now() < deadline, "{a}: {playlist} not hashed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            bodies.insert(whole_manifest(&http, a, &playlist, "").await);
         }
         assert_eq!(
             bodies.len(),
@@ -596,26 +579,37 @@ async fn one_node_follows_each_playlist() {
     for i in 0..PLAYLISTS {
         let playlist = format!("http://{origin_addr}/live/{i}.m3u8?token=t{i}");
         for &a in &live {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let resp = http
-                    .get(format!("http://{a}/integrity"))
-                    .query(&[("playlist", &playlist)])
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(resp.status(), 200, "{a} {playlist} after a node died");
-                let m =
-                    protocol::manifest::Manifest::from_json(&resp.text().await.unwrap()).unwrap();
-                if m.segments.len() == SEGMENTS {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{a}: {playlist} after a node died"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            whole_manifest(&http, a, &playlist, " after a node died").await;
         }
+    }
+}
+
+/// Asks node `a` for `playlist`'s manifest until it lists all [`SEGMENTS`] (10 s at most), and
+/// returns its body; `when` goes into the failure messages.
+async fn whole_manifest(
+    http: &reqwest::Client,
+    a: SocketAddr,
+    playlist: &str,
+    when: &str,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = http
+            .get(format!("http://{a}/integrity"))
+            .query(&[("playlist", playlist)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{a} {playlist}{when}");
+        let body = resp.text().await.unwrap();
+        let m = protocol::manifest::Manifest::from_json(&body).unwrap();
+        if m.segments.len() == SEGMENTS {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{a}: {playlist} not hashed{when}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
