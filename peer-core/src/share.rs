@@ -104,7 +104,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn settles_where_few_chunks_come_late() {
+    fn rises_with_late_chunks_and_falls_without() {
         let mut s = OriginShare::default();
         for _ in 0..10 {
             s.judge(0, 32);

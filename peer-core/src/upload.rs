@@ -233,8 +233,8 @@ impl PeerCore {
     /// seed 1), origin saved / waste: at 1 Mbit/s up, 80–300 ms RTT, 3 % loss, 0.29 / 3.5 %
     /// with the floor only during a 1 s probe every 10 s (before), 0.367 / 5.8 % with it always,
     /// 0.338 / 4.9 % with this rule; at 1 Mbit/s, 20–100 ms, 1 %: 0.417 / 2.8 %, 0.397 / 5.6 %,
-    /// 0.420 / 2.2 %; at 4 Mbit/s, 80–300 ms, 3 %: 0.57 (share 0.5/0.01) / -, 0.757 / 3.5 %,
-    /// 0.758 / 3.6 %.
+    /// 0.420 / 2.2 %; at 4 Mbit/s, 80–300 ms, 3 %: always 0.757 / 3.5 %, this rule 0.758 /
+    /// 3.6 %.
     pub(crate) fn send_windows(&self) -> (usize, usize) {
         let all = match self.upload.meter.bps {
             Some(bps) => {

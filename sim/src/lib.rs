@@ -1061,7 +1061,6 @@ impl Sim {
         let vw = &mut self.viewers[from];
         let t_up = self.now.max(vw.up_free) + dur(len as f64 / up);
         vw.up_free = t_up;
-        let sent = t_up;
         let packets = (len / 1200 + 1) as u32;
         let mut lost = 0;
         for _ in 0..packets {
@@ -1072,10 +1071,10 @@ impl Sim {
         let Some(link) = self.links.get_mut(&key) else {
             return;
         };
-        let arrive = (sent + dur(rtt / 2.0 + lost as f64 * rtt)).max(link.last_arrive[dir]);
+        let arrive = (t_up + dur(rtt / 2.0 + lost as f64 * rtt)).max(link.last_arrive[dir]);
         link.last_arrive[dir] = arrive;
         self.at(
-            sent,
+            t_up,
             Ev::Sent {
                 v: from,
                 peer: to,
