@@ -223,8 +223,8 @@ fn manifest_polling_with_wants_finds_the_edge() {
 
 /// A segment that appears after the player's newest want is fetched before the player asks:
 /// from the origin by its designated seeder, from a peer that holds it otherwise. Segments the
-/// player is past, or a core without wants, are not prefetched; a later want is answered at
-/// once from the store.
+/// player is past, a core without wants, or one without a neighbour to serve are not
+/// prefetched; a later want is answered at once from the store.
 #[test]
 fn new_segments_are_prefetched() {
     // Designated for segment 11 (slot 11 of 1000), not for 10 or 9.
@@ -237,8 +237,18 @@ fn new_segments_are_prefetched() {
     h.run_until(at_ms(6_000));
     assert!(h.http.is_empty(), "{:?}", h.http);
 
-    // With a want for 10: 11 is fetched as soon as it is seen; 9 (behind the want) is not.
+    // Control: a want, but no neighbour to serve: 11 waits for the player's want.
     let mut h = Harness::listing(config(), &segs, &[10], 11, 1000);
+    h.want_at(at_ms(0), 10, at_ms(6_000));
+    h.run_until(at_ms(3_000));
+    h.origin.list(11);
+    h.run_until(at_ms(6_000));
+    assert!(h.http_for(11).is_empty(), "{:?}", h.http);
+
+    // With a want for 10 and a neighbour (holding nothing): 11 is fetched as soon as it is
+    // seen; 9 (behind the want) is not.
+    let mut h = Harness::listing(config(), &segs, &[10], 11, 1000);
+    assert!(h.connect(100, FakePeer::new(PeerBehaviour::Honest, [])));
     h.want_at(at_ms(0), 10, at_ms(6_000));
     h.run_while(at_ms(6_000), |h| h.delivered.is_empty());
     assert_eq!(h.delivered.get(&10).map(Vec::len), Some(1));

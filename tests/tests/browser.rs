@@ -126,6 +126,11 @@ fn ladder_truth(url: &str) -> Option<String> {
 /// playlist) or `<rendition>/<init>` of the ladder published live (our origin's `--live ladder`
 /// and the tests' static live writer name segments alike).
 fn ladder_file_truth(rest: &str) -> Option<String> {
+    ladder_file(rest).map(|data| hex::encode(Sha256::digest(data)))
+}
+
+/// The bytes of the ladder's file that `rest` (a URL path under the origin) names.
+fn ladder_file(rest: &str) -> Option<Vec<u8>> {
     let (dir, name) = rest.rsplit_once('/')?;
     let base = root().join("media/ladder").join(dir);
     let file = match name.strip_prefix("seg_") {
@@ -140,8 +145,7 @@ fn ladder_file_truth(rest: &str) -> Option<String> {
         }
         None => name.to_string(),
     };
-    let data = std::fs::read(base.join(file)).ok()?;
-    Some(hex::encode(Sha256::digest(data)))
+    std::fs::read(base.join(file)).ok()
 }
 
 /// SHA-256 (hex) of the file in `dir` that a fragment URL names (its last path segment).
@@ -390,7 +394,7 @@ async fn run(run: Run) -> Result<RunResult> {
             if let Some(v) = r.get(id) {
                 let p = parse(id, v, &truth);
                 line += &format!(
-                    " | {id} ct={:.0} p2p={}k http={}k up={}k wait={} peers={} conns={} fb={} dead={}",
+                    " | {id} ct={:.0} p2p={}k http={}k up={}k wait={} peers={} conns={} fb={} dead={} http d/b/l/a/s={}/{}/{}/{}/{}",
                     p.current_time,
                     p.p2p / 1000,
                     p.http / 1000,
@@ -399,7 +403,13 @@ async fn run(run: Run) -> Result<RunResult> {
                     num(v, &["stats", "peers"]),
                     num(v, &["stats", "connections"]),
                     num(v, &["fallbacks"]),
-                    v["borrowed"]
+                    v["borrowed"],
+                    // HTTP requests by cause (designated, backup, late, alone, origin share).
+                    num(v, &["stats", "httpDesignated"]),
+                    num(v, &["stats", "httpBackup"]),
+                    num(v, &["stats", "httpLate"]),
+                    num(v, &["stats", "httpAlone"]),
+                    num(v, &["stats", "httpShare"]),
                 );
             }
         }
@@ -639,9 +649,9 @@ fn abr_ladder_never_gets_another_renditions_bytes() -> Result<()> {
 /// refuses a segment request without the playlist's query token). Every fragment hls.js is given is
 /// nginx's file for its own rendition and sequence number, no page has a fatal error or stalls
 /// more than the HTTP-only pages did, and each swarm (each video rendition watched by several
-/// pages, and the audio rendition all pages watch) takes at least half of its bytes off the
-/// origin, counted from nginx's access log against what the pages' players received (printed
-/// beside the issue's bound 0.8 × (1 − 1/n)).
+/// pages, and the audio rendition all pages watch) takes at least 0.65 × (1 − 1/n) of its bytes
+/// off the origin, n the pages watching it on average: counted from nginx's access log against
+/// what the pages' players received (printed beside the issue's bound 0.8 × (1 − 1/n)).
 #[test]
 fn ladder_from_a_third_party_origin_with_the_integrity_service() -> Result<()> {
     let Some(_serial) = browser_case()? else {
@@ -724,6 +734,26 @@ fn ladder_from_a_third_party_origin_with_the_integrity_service() -> Result<()> {
             checked += 1;
         }
     }
+    // One copy of each rendition over the P2P run: the distinct media segments its pages were
+    // given. What the pages received over it is how many pages watched it on average (ABR
+    // moves pages between renditions, and a page that passed through one for a few fragments
+    // is not a viewer of it all along).
+    let mut copy: std::collections::BTreeMap<String, u64> = Default::default();
+    let distinct: std::collections::BTreeSet<&str> = p2p
+        .pages
+        .iter()
+        .flat_map(|p| &p.fragments)
+        .filter_map(|(url, _)| {
+            let path = url.split(['?', '#']).next()?.strip_prefix("http://")?;
+            let (_, rest) = path.split_once('/')?;
+            rest.rsplit('/').next()?.starts_with("seg_").then_some(rest)
+        })
+        .collect();
+    for rest in distinct {
+        let dir = rest.rsplit_once('/').map_or("", |(d, _)| d);
+        let len = ladder_file(rest).map_or(0, |d| d.len() as u64);
+        *copy.entry(dir.to_string()).or_default() += len;
+    }
     ensure!(checked > 100, "only {checked} fragments checked");
     let stalls = |r: &RunResult| r.pages.iter().map(|p| p.waiting).sum::<u64>();
     ensure!(
@@ -732,7 +762,12 @@ fn ladder_from_a_third_party_origin_with_the_integrity_service() -> Result<()> {
         stalls(&p2p),
         stalls(&http)
     );
-    const SWARM_FLOOR: f64 = 0.5;
+    // Asserted per swarm: offload ≥ FLOOR × (1 − 1/n), n the pages watching it on average
+    // (delivered ÷ one copy). The issue asks for 0.8 × (1 − 1/n); printed beside it as
+    // `of_bound` (offload ÷ (1 − 1/n)). Not asserted at 0.8: in a 60 s run each page's first
+    // segments come over HTTP (playback never waits for peers), about a third of a small
+    // swarm's origin bytes, and measured runs scatter around it (docs/ARCHITECTURE.md).
+    const FLOOR: f64 = 0.65;
     let mut swarms = 0;
     let mut json = Vec::new();
     let mut short = Vec::new();
@@ -746,9 +781,13 @@ fn ladder_from_a_third_party_origin_with_the_integrity_service() -> Result<()> {
         let delivered: u64 = watching.iter().sum();
         let n = watching.len();
         let offload = 1.0 - *origin_bytes as f64 / delivered.max(1) as f64;
-        let bound = 0.8 * (1.0 - 1.0 / n.max(1) as f64);
+        let one = copy.get(dir).copied().unwrap_or(0);
+        let n_avg = delivered as f64 / one.max(1) as f64;
+        let ideal = 1.0 - 1.0 / n_avg.max(1.0);
+        let of_bound = offload / ideal.max(f64::EPSILON);
         json.push(format!(
-            "{{\"swarm\":\"{dir}\",\"pages\":{n},\"delivered\":{delivered},\"origin\":{origin_bytes},\"offload\":{offload:.3},\"bound\":{bound:.3}}}"
+            "{{\"swarm\":\"{dir}\",\"pages\":{n},\"pages_avg\":{n_avg:.2},\"delivered\":{delivered},\"one_copy\":{one},\"origin\":{origin_bytes},\"offload\":{offload:.3},\"bound\":{:.3},\"of_bound\":{of_bound:.3}}}",
+            0.8 * ideal
         ));
         // A rendition a page only passed through (a forced switch's few fragments) is not a
         // swarm of n viewers: judged are those that carried a real share of the bytes.
@@ -762,14 +801,10 @@ fn ladder_from_a_third_party_origin_with_the_integrity_service() -> Result<()> {
             continue;
         }
         swarms += 1;
-        // Asserted: P2P carries most of every swarm's bytes. The issue's bound
-        // 0.8 × (1 − 1/n) is printed beside it, not asserted: in a 60 s run each page's first
-        // segments come over HTTP (playback never waits for peers), about a third of a small
-        // swarm's origin bytes, and measured runs scatter around it (audio 0.61–0.79 over 9
-        // runs; docs/ARCHITECTURE.md).
-        if offload < SWARM_FLOOR {
+        if offload < FLOOR * ideal {
             short.push(format!(
-                "swarm {dir}: offload {offload:.3} < {SWARM_FLOOR} (issue bound 0.8 × (1 − 1/{n}) = {bound:.3})"
+                "swarm {dir}: offload {offload:.3} < {FLOOR} × (1 − 1/{n_avg:.2}) = {:.3}",
+                FLOOR * ideal
             ));
         }
     }
