@@ -19,6 +19,8 @@ pub mod browser;
 pub mod cdp;
 pub mod cpu;
 pub mod gate;
+#[cfg(feature = "harness")]
+pub mod nats;
 pub mod process;
 #[cfg(feature = "harness")]
 pub mod static_origin;
