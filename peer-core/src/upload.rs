@@ -34,8 +34,14 @@ const BACKLOGGED: usize = CHUNK_SIZE / 2;
 /// send windows then keep a chunk per waiting requester (see [`PeerCore::send_windows`]).
 const UNDER_USED: f64 = 0.8;
 
-/// Length of one uplink measurement window.
-const METER_WINDOW: Duration = Duration::from_millis(500);
+/// Length of one uplink measurement window. Long enough that what the transport below the send
+/// buffers absorbs in a burst (a browser's SCTP stack takes data faster than the link carries
+/// it, up to its congestion window) is a small part of the window's drain: with 500 ms windows,
+/// pages behind a 1,000 kbit/s tbf read 1,140–2,000 kbit/s (`cargo xtask bench lab --pages 6
+/// --upload-kbit 1000 --seconds 60`); with 2 s, 797–1,061. The simulator's figures did not
+/// move (20 viewers, seed 1: up 1 Mbit/s 0.836 → 0.834 of the bound; 4 Mbit/s, 80–300 ms,
+/// 3 % loss 0.798 → 0.795).
+const METER_WINDOW: Duration = Duration::from_millis(2000);
 /// Per-window decay of the uplink estimate (see [`UplinkMeter::drained`]).
 const METER_DECAY: f64 = 0.995;
 
