@@ -274,6 +274,9 @@ impl PeerCore {
         if self.session.joined {
             at(self.stats_at);
         }
+        if !self.store.dirty_have.is_empty() {
+            at(self.store.have_sent_at + crate::store::HAVE_EVERY);
+        }
         self.scheduler_timeouts(&mut at);
         self.remote_timeouts(&mut at);
         self.upload_timeouts(&mut at);
