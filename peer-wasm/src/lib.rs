@@ -394,6 +394,11 @@ impl Inner {
     /// Performs every pending output, reports the send buffers written to, then re-arms the
     /// timer.
     fn drain(&mut self) {
+        // After `destroy` nothing may arm a browser timer: `free()` follows and drops the
+        // callback it points to ("closure invoked after being dropped").
+        if self.destroyed {
+            return;
+        }
         // At most one `RTCPeerConnection` is made per task: a `peers` message can ask for a
         // dozen, and each costs the main thread milliseconds (more on a busy machine; measured
         // with `cargo xtask bench browser-cpu`: one signaling message held it for over a
@@ -627,6 +632,8 @@ impl Inner {
         self.destroyed = true;
         self.ws = None;
         self.conns.clear();
+        self.draining.clear();
+        self.sent.clear();
         self.deferred_out.clear();
         for (_, c) in self.http.take_all() {
             c.abort();
