@@ -86,7 +86,7 @@ use protocol::signaling::SignalData;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::state::{AppState, Class, lock};
+use crate::state::{AppState, Class, Overview, lock};
 
 /// Heartbeats a node may miss before the others consider it dead.
 pub const EXPIRY_FACTOR: u32 = 4;
@@ -109,6 +109,8 @@ pub const STALE_RELAY: Duration = Duration::from_secs(5);
 /// How long a node waits for the owner's `/integrity` answer (the owner waits up to
 /// `integrity::FIRST_PASS_WAIT` for a first pass) before answering itself.
 const INTEGRITY_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long `/api/swarms` waits for the other nodes' overviews.
+const OVERVIEW_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Errors of the cluster link.
 #[derive(Debug, thiserror::Error)]
@@ -499,6 +501,66 @@ impl Cluster {
         }
     }
 
+    /// Where node `to` answers overview requests (`/api/swarms` of the cluster).
+    fn overview_subject(&self, to: u32) -> String {
+        format!("{}.overview.{to}", self.prefix)
+    }
+
+    /// The cluster's `/api/swarms`: this node's overview merged with every other live node's,
+    /// asked over NATS at once (a node that does not answer within
+    /// [`OVERVIEW_REQUEST_TIMEOUT`] is listed in `nodes_missing`).
+    pub(crate) async fn overview(&self, state: &AppState) -> Overview {
+        let view = self.view();
+        let others: Vec<u32> = view.iter().copied().filter(|&n| n != self.node).collect();
+        let client = self.client.get().cloned();
+        let asks = others.iter().map(|&n| {
+            let client = client.clone();
+            let subject = self.overview_subject(n);
+            async move {
+                let client = client?;
+                let msg = tokio::time::timeout(
+                    OVERVIEW_REQUEST_TIMEOUT,
+                    client.request(subject, Bytes::new()),
+                )
+                .await
+                .ok()?
+                .ok()?;
+                // A node's answer is not trusted more than a client's: undecodable is missing.
+                serde_json::from_slice::<Overview>(&msg.payload).ok()
+            }
+        });
+        let answers = futures_util::future::join_all(asks).await;
+        let mut parts = vec![state.overview()];
+        let mut missing = Vec::new();
+        for (n, a) in others.into_iter().zip(answers) {
+            match a {
+                // One node's figures: a bigger claim is a confused or hostile node.
+                Some(mut o) => {
+                    o.nodes = 1;
+                    o.nodes_missing.clear();
+                    o.top.truncate(crate::state::API_TOP_SWARMS);
+                    parts.push(o);
+                }
+                None => missing.push(n),
+            }
+        }
+        Overview::merge(parts, missing)
+    }
+
+    /// Answers other nodes' overview requests with this node's own overview.
+    async fn serve_overview(
+        client: async_nats::Client,
+        mut requests: async_nats::Subscriber,
+        state: AppState,
+    ) {
+        while let Some(msg) = requests.next().await {
+            let Some(reply) = msg.reply else { continue };
+            if let Ok(b) = serde_json::to_vec(&state.overview()) {
+                let _ = client.publish(reply, Bytes::from(b)).await;
+            }
+        }
+    }
+
     /// Where node `to` takes `/integrity` requests (NATS request/reply).
     fn integrity_subject(&self, to: u32) -> String {
         format!("{}.integrity.{to}", self.prefix)
@@ -602,11 +664,17 @@ impl Cluster {
             })?;
         let mut inbox = subscribe(&client, self.subject(self.node)).await?;
         let integrity_requests = subscribe(&client, self.integrity_subject(self.node)).await?;
+        let overview_requests = subscribe(&client, self.overview_subject(self.node)).await?;
         let _ = self.client.set(client.clone());
         tracing::info!(node = self.node, url = %self.url, "joined the signaling cluster");
         let _integrity = AbortOnDrop(tokio::spawn(Self::serve_integrity(
             client.clone(),
             integrity_requests,
+            state.clone(),
+        )));
+        let _overview = AbortOnDrop(tokio::spawn(Self::serve_overview(
+            client.clone(),
+            overview_requests,
             state.clone(),
         )));
 

@@ -8,7 +8,7 @@
 //! | `/ws`          | the signaling WebSocket (JSON text messages, `protocol::signaling`) |
 //! | `/healthz`     | `ok` (503 while shutting down)                                      |
 //! | `/metrics`     | Prometheus text                                                     |
-//! | `/api/swarms`  | admin: JSON overview: totals and the largest swarms                 |
+//! | `/api/swarms`  | admin: JSON overview: totals and the largest swarms (a cluster's; `?scope=node`) |
 //! | `/`, `/dashboard` | admin: HTML dashboard polling `/api/swarms`                      |
 //! | `/integrity`   | integrity manifests for third-party HLS origins ([`integrity`]; 404 without `--integrity-origin`) |
 //!
@@ -173,8 +173,22 @@ async fn metrics_handler(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn api_swarms(State(state): State<AppState>) -> Response {
-    axum::Json(state.overview()).into_response()
+/// `/api/swarms`: on a cluster node, the whole cluster's (every live node asked over NATS);
+/// `?scope=node`: this node's alone.
+async fn api_swarms(
+    State(state): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<ApiSwarmsQuery>,
+) -> Response {
+    let o = match (state.cluster(), q.scope.as_deref()) {
+        (Some(c), None | Some("cluster")) => c.overview(&state).await,
+        _ => state.overview(),
+    };
+    axum::Json(o).into_response()
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ApiSwarmsQuery {
+    scope: Option<String>,
 }
 
 async fn dashboard() -> Html<&'static str> {

@@ -20,7 +20,7 @@ use protocol::PeerId;
 use protocol::signaling::{ServerMsg, SignalData, StatsReport};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cluster::{Cluster, Wire, node_of, owner_of, swarm_hash};
 use crate::config::Config;
@@ -171,7 +171,7 @@ impl Conn {
 }
 
 /// Traffic totals of one swarm, summed from its viewers' `stats` deltas.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct SwarmStats {
     pub http_bytes: u64,
     pub p2p_bytes: u64,
@@ -277,7 +277,7 @@ impl std::fmt::Debug for AppState {
 }
 
 /// One swarm as shown by `/api/swarms`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SwarmView {
     pub swarm: String,
     pub peers: usize,
@@ -286,9 +286,15 @@ pub struct SwarmView {
     pub offload: f64,
 }
 
-/// `/api/swarms`.
-#[derive(Debug, Clone, Serialize)]
+/// `/api/swarms`: one node's, or a cluster's ([`Overview::merge`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Overview {
+    /// Nodes whose figures these are.
+    #[serde(default = "one")]
+    pub nodes: usize,
+    /// Live nodes that did not answer in time (their figures are missing).
+    #[serde(default)]
+    pub nodes_missing: Vec<u32>,
     pub connections: usize,
     pub swarms: usize,
     pub members: usize,
@@ -299,6 +305,70 @@ pub struct Overview {
     pub offload: f64,
     /// The largest swarms (at most [`API_TOP_SWARMS`]).
     pub top: Vec<SwarmView>,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl Overview {
+    /// A cluster's overview from its nodes'. Each swarm's registry lives at one node (its
+    /// owner), so swarms and members add up without double counting; connections, relays and
+    /// bytes are per node and add up too. A swarm listed by several nodes (an ownership move
+    /// in flight) counts its largest member count, and its traffic summed.
+    pub fn merge(parts: Vec<Overview>, missing: Vec<u32>) -> Overview {
+        let mut o = Overview {
+            nodes: 0,
+            nodes_missing: missing,
+            connections: 0,
+            swarms: 0,
+            members: 0,
+            relays: 0,
+            relays_dropped: 0,
+            http_bytes: 0,
+            p2p_bytes: 0,
+            offload: 0.0,
+            top: Vec::new(),
+        };
+        let mut top: HashMap<String, SwarmView> = HashMap::new();
+        for p in parts {
+            o.nodes += p.nodes;
+            o.connections += p.connections;
+            o.swarms += p.swarms;
+            o.members += p.members;
+            o.relays += p.relays;
+            o.relays_dropped += p.relays_dropped;
+            o.http_bytes += p.http_bytes;
+            o.p2p_bytes += p.p2p_bytes;
+            // Bounded: each part lists at most API_TOP_SWARMS, and at most MAX_NODES answer.
+            for v in p.top {
+                match top.get_mut(&v.swarm) {
+                    Some(t) => {
+                        t.peers = t.peers.max(v.peers);
+                        let (a, b) = (&mut t.stats, v.stats);
+                        a.http_bytes += b.http_bytes;
+                        a.p2p_bytes += b.p2p_bytes;
+                        a.uploaded_bytes += b.uploaded_bytes;
+                        a.stalls += b.stalls;
+                        a.integrity_failures += b.integrity_failures;
+                        a.peer_links += b.peer_links;
+                    }
+                    None => {
+                        top.insert(v.swarm.clone(), v);
+                    }
+                }
+            }
+        }
+        o.offload = crate::metrics::offload(o.p2p_bytes, o.http_bytes);
+        let mut top: Vec<SwarmView> = top.into_values().collect();
+        for v in &mut top {
+            v.offload = crate::metrics::offload(v.stats.p2p_bytes, v.stats.http_bytes);
+        }
+        top.sort_unstable_by(|a, b| b.peers.cmp(&a.peers).then(a.swarm.cmp(&b.swarm)));
+        top.truncate(API_TOP_SWARMS);
+        o.top = top;
+        o
+    }
 }
 
 impl AppState {
@@ -962,6 +1032,8 @@ impl AppState {
         let m = &self.0.metrics;
         let (http, p2p) = (m.http_bytes.get(), m.p2p_bytes.get());
         Overview {
+            nodes: 1,
+            nodes_missing: Vec::new(),
             connections: self.open_connections(),
             swarms,
             members,

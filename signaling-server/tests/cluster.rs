@@ -176,21 +176,27 @@ async fn signal_from(c: &mut Client) -> PeerId {
     }
 }
 
-/// The members of `swarm` summed over the nodes' `/api/swarms` (only its owner lists it).
+/// A node's `/api/swarms` at `path` (`None`: not reachable).
+async fn api_swarms(a: SocketAddr, path: &str) -> Option<serde_json::Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(a).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    let json = body.split("\r\n\r\n").nth(1).unwrap();
+    Some(serde_json::from_str(json).unwrap())
+}
+
+/// The members of `swarm` summed over the nodes' own `/api/swarms?scope=node` (only its owner
+/// lists it).
 async fn members_everywhere(nodes: &[SocketAddr], swarm: &str) -> (usize, usize) {
     let (mut total, mut listing) = (0, 0);
     for &a in nodes {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let Ok(mut s) = tokio::net::TcpStream::connect(a).await else {
+        let Some(v) = api_swarms(a, "/api/swarms?scope=node").await else {
             continue;
         };
-        s.write_all(b"GET /api/swarms HTTP/1.0\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut body = String::new();
-        s.read_to_string(&mut body).await.unwrap();
-        let json = body.split("\r\n\r\n").nth(1).unwrap();
-        let v: serde_json::Value = serde_json::from_str(json).unwrap();
         for sw in v["top"].as_array().unwrap() {
             if sw["swarm"] == swarm {
                 total += sw["peers"].as_u64().unwrap() as usize;
@@ -293,6 +299,31 @@ async fn swarm_spans_three_nodes() {
     assert_eq!(distinct, (0..6).collect(), "{slots:?}");
     let (members, owners) = members_everywhere(&addrs, swarm).await;
     assert_eq!((members, owners), (6, 1), "one node owns the swarm");
+    // Any node's `/api/swarms` is the cluster's: three nodes' connections, the swarm once.
+    for &a in &addrs {
+        let v = api_swarms(a, "/api/swarms").await.unwrap();
+        assert_eq!(v["nodes"], 3, "{v}");
+        assert_eq!(v["nodes_missing"].as_array().map(Vec::len), Some(0), "{v}");
+        assert_eq!(
+            (v["connections"].as_u64(), v["members"].as_u64()),
+            (Some(6), Some(6)),
+            "{v}"
+        );
+        let listed: Vec<&serde_json::Value> = v["top"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|sw| sw["swarm"] == swarm)
+            .collect();
+        assert_eq!(listed.len(), 1, "{v}");
+        assert_eq!(listed[0]["peers"], 6, "{v}");
+        let own = api_swarms(a, "/api/swarms?scope=node").await.unwrap();
+        assert_eq!(
+            (own["nodes"].as_u64(), own["connections"].as_u64()),
+            (Some(1), Some(2)),
+            "{own}"
+        );
+    }
 }
 
 /// A node is killed (SIGKILL) mid-run: its viewers, given the list of nodes, reconnect to
