@@ -413,6 +413,11 @@ impl Cluster {
         owner
     }
 
+    /// This node has viewers in `swarm`.
+    pub(crate) fn has_local(&self, swarm: &str) -> bool {
+        lock(self.local_shard(swarm)).contains_key(swarm)
+    }
+
     /// Records that local viewer `peer` left `swarm`; returns the swarm's owner now.
     pub(crate) fn note_leave(&self, swarm: &str, peer: PeerId) -> u32 {
         let mut l = lock(self.local_shard(swarm));

@@ -737,12 +737,27 @@ impl AppState {
         if let Some(c) = self.0.cluster.as_deref() {
             let owner = c.note_leave(swarm, peer);
             if owner != c.node() {
+                self.leave_local_stats(swarm, last_peers, c.has_local(swarm));
                 let swarm = swarm.to_owned();
                 c.send(owner, &Wire::Leave { swarm, peer });
                 return;
             }
         }
         self.leave_owned(swarm, peer, last_peers);
+    }
+
+    /// A local viewer left a swarm another node owns: the traffic figures this node keeps for
+    /// it (its own viewers' reports, see [`AppState::add_stats`]) go with its last local viewer.
+    fn leave_local_stats(&self, swarm: &str, last_peers: u32, still_local: bool) {
+        let mut sh = lock(self.swarm_shard(swarm));
+        if sh.reg.member_count(swarm) > 0 {
+            return; // owned here after all (a view change in flight): the registry decides
+        }
+        if !still_local {
+            sh.stats.remove(swarm);
+        } else if let Some(s) = sh.stats.get_mut(swarm) {
+            s.peer_links -= i64::from(last_peers);
+        }
     }
 
     fn leave_owned(&self, swarm: &str, peer: PeerId, last_peers: u32) {
@@ -964,7 +979,9 @@ impl AppState {
         self.deliver_notices(notices);
     }
 
-    /// Adds one viewer's stats delta to its swarm and to the global counters.
+    /// Adds one viewer's stats delta to its swarm and to the global counters. In a cluster a
+    /// node keeps the figures of its own viewers, also in swarms another node owns (bounded:
+    /// only swarms it has viewers in); `/api/swarms` of the cluster adds them up.
     pub(crate) fn add_stats(&self, swarm: &str, d: &StatsReport, peers_delta: i64) {
         let m = &self.0.metrics;
         m.http_bytes.inc_by(d.http_bytes);
@@ -972,8 +989,13 @@ impl AppState {
         m.uploaded_bytes.inc_by(d.uploaded_bytes);
         m.stalls.inc_by(u64::from(d.stalls));
         m.integrity_failures.inc_by(u64::from(d.integrity_failures));
+        let local = self
+            .0
+            .cluster
+            .as_deref()
+            .is_some_and(|c| c.has_local(swarm));
         let mut sh = lock(self.swarm_shard(swarm));
-        if sh.reg.member_count(swarm) == 0 {
+        if sh.reg.member_count(swarm) == 0 && !local {
             return;
         }
         let s = sh.stats.entry(swarm.to_owned()).or_default();
@@ -1014,6 +1036,14 @@ impl AppState {
             let mut sizes: Vec<(usize, &str)> = sh.reg.swarms().map(|(k, n)| (n, k)).collect();
             members += sizes.iter().map(|(n, _)| n).sum::<usize>();
             // Only this shard's largest swarms can be in the global top: bounded copying.
+            // Swarms another node owns, with viewers here (a cluster): their traffic, no
+            // member count (the owner's is the swarm's).
+            sizes.extend(
+                sh.stats
+                    .keys()
+                    .filter(|k| sh.reg.member_count(k) == 0)
+                    .map(|k| (0, k.as_str())),
+            );
             sizes.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
             sizes.truncate(API_TOP_SWARMS);
             for (n, k) in sizes {

@@ -299,6 +299,20 @@ async fn swarm_spans_three_nodes() {
     assert_eq!(distinct, (0..6).collect(), "{slots:?}");
     let (members, owners) = members_everywhere(&addrs, swarm).await;
     assert_eq!((members, owners), (6, 1), "one node owns the swarm");
+    // Traffic reports go to each viewer's own node; the cluster's view adds them up.
+    for c in clients.iter_mut() {
+        c.send(&ClientMsg::Stats {
+            swarm: swarm.into(),
+            stats: protocol::signaling::StatsReport {
+                http_bytes: 1_000,
+                p2p_bytes: 3_000,
+                peers: 1,
+                ..Default::default()
+            },
+        })
+        .await;
+        c.ping_pong().await;
+    }
     // Any node's `/api/swarms` is the cluster's: three nodes' connections, the swarm once.
     for &a in &addrs {
         let v = api_swarms(a, "/api/swarms").await.unwrap();
@@ -317,6 +331,17 @@ async fn swarm_spans_three_nodes() {
             .collect();
         assert_eq!(listed.len(), 1, "{v}");
         assert_eq!(listed[0]["peers"], 6, "{v}");
+        let sw = listed[0];
+        assert_eq!(
+            (
+                sw["http_bytes"].as_u64(),
+                sw["p2p_bytes"].as_u64(),
+                sw["peer_links"].as_i64()
+            ),
+            (Some(6_000), Some(18_000), Some(6)),
+            "{v}"
+        );
+        assert!((sw["offload"].as_f64().unwrap() - 0.75).abs() < 1e-9, "{v}");
         let own = api_swarms(a, "/api/swarms?scope=node").await.unwrap();
         assert_eq!(
             (own["nodes"].as_u64(), own["connections"].as_u64()),
