@@ -2,6 +2,7 @@
 //! Each subcommand lives in its own module.
 
 mod bench_browser;
+mod bench_bus;
 mod bench_cluster;
 mod bench_lab;
 mod bench_origin;
@@ -68,6 +69,8 @@ enum Bench {
     BrowserCpu(bench_browser::Args),
     /// Signaling cluster: N nodes sharing swarms through NATS, under C connections.
     Cluster(bench_cluster::Args),
+    /// The cluster's traffic over NATS and over Redis pub/sub: engine CPU per message, latency.
+    Bus(bench_bus::Args),
 }
 
 fn main() -> Result<()> {
@@ -81,6 +84,7 @@ fn main() -> Result<()> {
         Cmd::Bench(Bench::Lab(a)) => bench_lab::run(a),
         Cmd::Bench(Bench::BrowserCpu(a)) => bench_browser::run(a),
         Cmd::Bench(Bench::Cluster(a)) => bench_cluster::run(a),
+        Cmd::Bench(Bench::Bus(a)) => bench_bus::run(a),
         Cmd::Wasm(a) => wasm::run(a),
         Cmd::BundleSize => wasm::bundle_size(),
         Cmd::Demo(a) => demo::run(a),
