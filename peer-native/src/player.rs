@@ -54,6 +54,8 @@ pub struct Player {
     known_max: Option<u64>,
     /// Pending playhead check: (when, segment the playhead reaches then).
     check: Option<(Time, u64)>,
+    /// Segments jumped over after falling behind the live window (see [`Player::on_playlist`]).
+    pub skipped: u64,
     pub stalls: u32,
     pub startup: Option<Duration>,
     pub played: u64,
@@ -78,6 +80,7 @@ impl Player {
             stall_total: Duration::ZERO,
             known_max: None,
             check: None,
+            skipped: 0,
             stalls: 0,
             startup: None,
             played: 0,
@@ -112,6 +115,9 @@ impl Player {
             self.start_seq = Some(s0);
             self.next_needed = s0;
         }
+        if !pl.vod && self.next_needed < pl.first_seq {
+            self.jump_to_live_window(pl.first_seq);
+        }
         for (seq, url) in (pl.first_seq..).zip(&pl.uris) {
             if seq >= self.next_needed {
                 self.urls.insert(seq, url.clone());
@@ -121,6 +127,26 @@ impl Player {
         self.want_more(now, out);
     }
 
+    /// The segment the playhead needs left the live playlist before it was ready (this process
+    /// was starved for a while, or the origin jumped ahead): no refresh will list it again, so
+    /// the playhead moves on to the oldest segment still listed, as hls.js does, instead of
+    /// waiting for it for good. A stall in progress goes on until that segment is ready.
+    fn jump_to_live_window(&mut self, first: u64) {
+        if self.started.is_none() {
+            // Not playing yet: start from there.
+            self.start_seq = Some(first);
+        } else {
+            self.skipped += first - self.next_needed;
+        }
+        self.next_needed = first;
+        self.ready.retain(|&s| s >= first);
+        self.wanted.retain(|&s, _| s >= first);
+        self.failed.retain(|&s| s >= first);
+        self.urls = self.urls.split_off(&first);
+        // Playing the segment before: its end is now checked against `first`.
+        self.check = self.check.map(|(t, _)| (t, first));
+    }
+
     fn deadline(&self, now: Time, seq: u64) -> Time {
         let d = self.seg_dur;
         match (self.started, self.start_seq) {
@@ -128,8 +154,9 @@ impl Player {
                 if self.stalled_since.is_some() && seq == self.next_needed {
                     return now;
                 }
-                ts + self.stall_total
-                    + d.saturating_mul(seq.saturating_sub(s0).min(u32::MAX as u64) as u32)
+                // Jumped-over segments take no play time.
+                let n = seq.saturating_sub(s0).saturating_sub(self.skipped);
+                ts + self.stall_total + d.saturating_mul(n.min(u32::MAX as u64) as u32)
             }
             (_, Some(s0)) => {
                 now + d.saturating_mul(seq.saturating_sub(s0).min(u32::MAX as u64) as u32)
@@ -297,6 +324,54 @@ mod tests {
         // A segment before the playhead is ignored.
         p.segment_ready(Time::from_millis(5100), 7, &mut out);
         assert_eq!(p.played, 3);
+    }
+
+    #[test]
+    fn falling_behind_the_live_window_jumps_to_it() {
+        let mut p = Player::new(PlayerConfig::default(), Time::ZERO);
+        let mut out = Vec::new();
+        p.on_playlist(Time::ZERO, &playlist(0, 9, false, 2), &mut out);
+        p.segment_ready(Time::ZERO, 7, &mut out);
+        // 8 never comes: a stall at 2 s.
+        p.on_timer(Time::from_millis(2000), &mut out);
+        assert_eq!((p.stalls, p.playhead()), (1, 8));
+        out.clear();
+        // Starved for a while: the next refresh lists 12..=16 only.
+        p.on_playlist(
+            Time::from_millis(9000),
+            &playlist(12, 16, false, 2),
+            &mut out,
+        );
+        assert_eq!((p.playhead(), p.skipped), (12, 4));
+        let w = wants(&mut out);
+        assert_eq!(
+            w.first(),
+            Some(&(12, 9000)),
+            "the new playhead is urgent: {w:?}"
+        );
+        assert!(
+            w.iter().all(|&(s, _)| s >= 12),
+            "nothing skipped is wanted: {w:?}"
+        );
+        // 8 arriving now is ignored; 12 ends the stall and playing goes on from it.
+        p.segment_ready(Time::from_millis(9100), 8, &mut out);
+        assert_eq!(p.played, 1);
+        p.segment_ready(Time::from_millis(9500), 12, &mut out);
+        assert_eq!((p.stalls, p.played), (1, 2));
+        assert_eq!(
+            p.stall_time(Time::from_millis(9500)),
+            Duration::from_millis(7500)
+        );
+        assert_eq!(p.next_check(), Some(Time::from_millis(11500)));
+        // Playing, and behind again: the pending check now looks at the first listed segment.
+        p.on_playlist(
+            Time::from_millis(10000),
+            &playlist(14, 18, false, 2),
+            &mut out,
+        );
+        assert_eq!((p.playhead(), p.skipped), (14, 5));
+        p.on_timer(Time::from_millis(11500), &mut out);
+        assert_eq!(p.stalls, 2, "14 was not ready when 12 ended");
     }
 
     #[test]
