@@ -113,6 +113,8 @@ pub struct PeerReport {
     pub corrupt_segments: u64,
     /// Wants the core refused (`WantFailed`); the model player asks again after a refresh.
     pub want_failures: u64,
+    /// Segments the player jumped over after falling behind the live window.
+    pub skipped: u64,
     /// Peers this viewer banned.
     pub banned: BTreeSet<PeerId>,
     /// Playlist and manifest bytes fetched from the origin.
@@ -579,6 +581,7 @@ pub async fn run_peer(
         stall_time: p.stall_time(now),
         startup: p.startup,
         played: p.played,
+        skipped: p.skipped,
         want_failures,
         ..d.report
     }

@@ -54,7 +54,8 @@ pub struct Player {
     known_max: Option<u64>,
     /// Pending playhead check: (when, segment the playhead reaches then).
     check: Option<(Time, u64)>,
-    /// Segments jumped over after falling behind the live window (see [`Player::on_playlist`]).
+    /// Segments jumped over after falling behind the live window (see
+    /// [`Player::jump_to_live_window`]).
     pub skipped: u64,
     pub stalls: u32,
     pub startup: Option<Duration>,

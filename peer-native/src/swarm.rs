@@ -160,6 +160,8 @@ pub struct SwarmReport {
     pub corrupt_to_player: u64,
     /// Wants the viewers' cores refused (`WantFailed`).
     pub want_failures: u64,
+    /// Segments the viewers' players jumped over after falling behind the live window.
+    pub skipped: u64,
     pub bad: usize,
     /// Tampered viewers banned by at least one honest viewer.
     pub banned_bad: usize,
@@ -357,6 +359,7 @@ impl SwarmReport {
             "unauthorized_viewers": self.unauthorized_viewers,
             "errors": self.errors.len(),
             "want_failures": self.want_failures,
+            "skipped_segments": self.skipped,
             "banned_bad": self.banned_bad,
             "bad": self.bad,
             "banned_honest": self.banned_honest,
@@ -403,7 +406,10 @@ impl SwarmReport {
             ),
             (
                 "stalls",
-                format!("{} ({:.1} s stalled)", self.stalls, self.stall_secs),
+                format!(
+                    "{} ({:.1} s stalled, {} segments skipped to the live window)",
+                    self.stalls, self.stall_secs, self.skipped
+                ),
             ),
             (
                 "startup",
@@ -1068,6 +1074,7 @@ fn peer_json(p: &PeerReport) -> serde_json::Value {
         "integrity_failures": s.integrity_failures,
         "corrupt_segments": p.corrupt_segments,
         "want_failures": p.want_failures,
+        "skipped_segments": p.skipped,
         "banned": p.banned,
         "signal_reconnects": p.signal_reconnects,
         "signal_dropped": p.signal_dropped,
@@ -1134,6 +1141,7 @@ fn aggregate(
         r.corrupt_to_player += p.corrupt_segments;
         r.integrity_failures += u64::from(s.integrity_failures);
         r.want_failures += p.want_failures;
+        r.skipped += p.skipped;
         if p.unauthorized > 0 {
             r.unauthorized_viewers += 1;
         }
