@@ -8,7 +8,15 @@ use anyhow::{Context, Result, bail};
 /// Runs `cmd`, echoing it, and fails on a non-zero exit.
 pub fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: running {cmd:?}");
+    let started = std::time::Instant::now();
     let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    // Each step's wall time, so a slow CI run says which step grew.
+    eprintln!(
+        "xtask: {:.1} s for {:?} {:?}",
+        started.elapsed().as_secs_f64(),
+        cmd.get_program(),
+        cmd.get_args().take(3).collect::<Vec<_>>()
+    );
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
