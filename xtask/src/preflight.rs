@@ -14,7 +14,7 @@
 //!   the origin that is not ours, and the TLS reverse proxy) and coturn (the TURN server),
 //!   openssl (the proxy's test certificate) and curl for the browser tests;
 //! - nats-server (Debian `nats-server`), the message bus of the signaling cluster test
-//!   (signaling-server/tests/cluster.rs, which also installs it when run alone) and of
+//!   (signaling-server/tests/it/cluster.rs, which also installs it when run alone) and of
 //!   `cargo xtask bench cluster`;
 //! - `timeout` and `kill` (coreutils, procps), which every Debian has.
 //!

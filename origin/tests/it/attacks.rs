@@ -1,7 +1,7 @@
 //! A hostile public swarm, the origin's part: each attack is tried here, and fails.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

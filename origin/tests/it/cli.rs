@@ -1,7 +1,7 @@
 //! The `origin` binary: help, errors, `hash`, serving and graceful shutdown on SIGTERM.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 

@@ -1,7 +1,7 @@
 //! Sidecars over real sockets: the hashes match the bytes actually served, in every mode.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use protocol::manifest::{CHUNK_SIZE, Manifest};

@@ -1,7 +1,7 @@
 //! Live and synthetic playlists under a controlled clock.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use axum::http::StatusCode;
 use common::*;

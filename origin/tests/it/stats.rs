@@ -1,7 +1,7 @@
 //! Byte accounting: /stats and /metrics equal the body bytes clients received.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

@@ -1,7 +1,7 @@
 //! VOD serving: Range, HEAD, ETag, CORS, traversal, several streams.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};

@@ -8,7 +8,7 @@
 //! * Config: nonsense is rejected (`try_new`) or clamped (`new`).
 //! * Manifest skew: a peer serving a segment the origin re-published is not banned for it.
 
-mod common;
+use crate::common;
 
 use std::collections::VecDeque;
 use std::time::Duration;

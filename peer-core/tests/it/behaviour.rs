@@ -1,7 +1,7 @@
 //! Scenario tests of `PeerCore`: two cores wired back to back, upload policy, bans, cancels,
 //! stalls and origin faults, each on a hand-written script.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Peer connections through the `Input`/`Output` API: re-offers, duplicate viewers after a
 //! signaling restart, glare between two real cores, pending ICE candidates, the open grace.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

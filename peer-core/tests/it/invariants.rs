@@ -4,7 +4,7 @@
 //! chunk is outstanding at two peers at once before the segment's HTTP fallback started, and
 //! that every `SegmentReady` carries exactly the origin's bytes.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

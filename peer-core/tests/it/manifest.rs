@@ -1,7 +1,7 @@
 //! The integrity manifest as the core polls it, the player's wants by URL, and prefetch of the
 //! live edge.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

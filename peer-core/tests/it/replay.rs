@@ -1,7 +1,7 @@
 //! Record and replay: a session recorded with `replay::Recorder`, written as JSON lines and
 //! read back, re-runs through a new core with the same outputs; a tampered recording does not.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

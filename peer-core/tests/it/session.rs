@@ -1,7 +1,7 @@
 //! The signaling session as the core runs it: reconnect backoff with jitter, the welcome
 //! timeout, pings at half the heartbeat, the server's `reconnect`, and joining again.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

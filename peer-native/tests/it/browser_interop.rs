@@ -86,6 +86,7 @@ fn native_and_chromium_peers_exchange_verified_segments() {
     if !chromium_available() {
         return;
     }
+    let _serial = crate::serial();
     ensure_bundle();
     // `RUST_LOG=warn` shows the webrtc stack's warnings (e.g. dropped early messages).
     if std::env::var_os("RUST_LOG").is_some() {

@@ -8,6 +8,7 @@ use peer_native::swarm::{SwarmOptions, run_swarm};
 
 #[test]
 fn recorded_native_session_replays() {
+    let _serial = crate::serial();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(
             std::env::var("RUST_LOG").unwrap_or_else(|_| {

@@ -1,19 +1,11 @@
 //! 10 native viewers on loopback: real origin (synthetic live stream, 2 s segments, 2 Mbit/s),
 //! real signaling server, real WebRTC data channels, 60 s each.
 //!
-//! These are real-time tests: the cases run one after the other (a process-wide lock) so that
-//! they do not compete for CI's two cores, which would show up as stalls and deadline fetches.
-
-use std::sync::{Mutex, MutexGuard};
+//! Real-time tests: they take `crate::serial()` (see main.rs).
 
 use peer_native::swarm::{SwarmOptions, SwarmReport, run_swarm};
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    // A failed case poisons the lock; the others still run.
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::serial;
 
 fn init_logs() {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| {

@@ -158,6 +158,7 @@ fn pages_trust_the_ca_certs_key() {
 
 #[test]
 fn wss_https_with_private_ca_and_tokens() {
+    let _serial = crate::serial();
     init_logs();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
