@@ -74,6 +74,10 @@ pub struct SimConfig {
     pub check_invariants: bool,
     /// Print a line for every stall (debugging).
     pub trace_stalls: bool,
+    /// Charge links what a data channel really puts on the wire (see [`wire`]): packet headers,
+    /// retransmitted packets, and the receiver's SACKs on the receiver's uplink. Off, a link
+    /// carries frame bytes only (the model before stop 26).
+    pub wire_overhead: bool,
 }
 
 impl Default for SimConfig {
@@ -103,6 +107,7 @@ impl Default for SimConfig {
             http_only: false,
             check_invariants: false,
             trace_stalls: false,
+            wire_overhead: true,
         }
     }
 }
@@ -167,7 +172,15 @@ pub struct Report {
     pub uplink_measured_mean: f64,
     /// Requests answered `Busy` because the uploader's uplink would not get them out in time.
     pub serve_busy: u64,
+    /// What viewers' uplinks carried, bytes on the wire: [`UPLINK_KINDS`] in order (chunk
+    /// frames, `Have`, `Status`, other control frames, SACKs, retransmitted packets).
+    pub uplink_wire: [u64; 6],
+    /// Frames sent, by the same kinds (SACKs and retransmissions: packets).
+    pub uplink_frames: [u64; 6],
 }
+
+/// Names of [`Report::uplink_wire`]'s entries.
+pub const UPLINK_KINDS: [&str; 6] = ["chunks", "have", "status", "other", "sacks", "resent"];
 
 impl Report {
     /// Bytes sent (by the origin and by viewers) that no player used.
@@ -211,7 +224,8 @@ impl Report {
              integrity: {} corrupt segments to players, {}/{} bad peers banned, {} honest banned; {} events\n\
              origin requests: {} designated, {} backup, {} deadline, {} alone, {} share; {} peer request timeouts; {:.1} manifest fetches per viewer-minute\n\
              waste: {:.1} MB ({:.1} % of delivered): {:.1} MB received and never played ({:.1} MB a second time from the origin, {:.1} MB from a peer), {:.1} MB uploaded and not kept; bound on origin savings {:.3}\n\
-             uplink measured by {} viewers: {:.2} Mbit/s on average (links {:.2}); {} requests answered busy for want of uplink",
+             uplink measured by {} viewers: {:.2} Mbit/s on average (links {:.2}); {} requests answered busy for want of uplink\n\
+             uplinks carried {}",
             self.viewers,
             self.joins,
             self.bad,
@@ -249,7 +263,25 @@ impl Report {
             self.uplink_measured_mean / 1e6,
             self.up_mbps,
             self.serve_busy,
+            self.uplink_breakdown(),
         )
+    }
+
+    /// `chunks 81.0 % (…MB, … frames), have …`: shares of what uplinks carried.
+    pub fn uplink_breakdown(&self) -> String {
+        let total = self.uplink_wire.iter().sum::<u64>().max(1) as f64;
+        let parts: Vec<String> = UPLINK_KINDS
+            .iter()
+            .zip(self.uplink_wire.iter().zip(&self.uplink_frames))
+            .map(|(k, (&b, &n))| {
+                format!(
+                    "{k} {:.1} % ({:.1} MB, {n})",
+                    100.0 * b as f64 / total,
+                    b as f64 / 1e6
+                )
+            })
+            .collect();
+        format!("{:.1} MB: {}", total / 1e6, parts.join(", "))
     }
 }
 
@@ -388,6 +420,42 @@ pub struct Sim {
     banned_by: BTreeMap<V, BTreeSet<V>>,
     played: u64,
     processed: u64,
+    /// See [`Report::uplink_wire`].
+    uplink_wire: [u64; 6],
+    uplink_frames: [u64; 6],
+}
+
+/// What a data channel puts on the wire for a frame, measured in the lab (`cargo xtask bench
+/// lab`, a packet capture on its bridge, Chromium's dcsctp over DTLS 1.3): full packets carry
+/// 1,210 bytes of UDP payload, 1,160 of them frame bytes; each packet costs 78 bytes of
+/// IP/UDP/DTLS/SCTP headers; a bare SACK is 78 bytes on the wire, and a receiver sent about one
+/// per packet it received (a single-packet control frame gets its own; a chunk's train about
+/// one per two). Without these the simulator's uplinks carried ~1.3–1.45× what the lab's did
+/// (a page's tbf counted 1.33–1.48× the chunk bytes it uploaded) and its savings were fiction
+/// on scarce uplinks.
+pub mod wire {
+    /// Frame bytes per full packet.
+    pub const PACKET_PAYLOAD: usize = 1160;
+    /// IP + UDP + DTLS 1.3 + SCTP common and DATA chunk headers of one packet.
+    pub const PACKET_HEADERS: usize = 78;
+    /// A SACK packet, all headers included.
+    pub const SACK: usize = 78;
+
+    /// Packets a frame of `len` bytes takes.
+    pub fn packets(len: usize) -> usize {
+        len.div_ceil(PACKET_PAYLOAD).max(1)
+    }
+
+    /// Bytes a frame of `len` bytes puts on the sender's uplink, `lost` of its packets sent
+    /// twice.
+    pub fn sent(len: usize, lost: usize) -> usize {
+        len + packets(len) * PACKET_HEADERS + lost * (PACKET_PAYLOAD + PACKET_HEADERS)
+    }
+
+    /// Bytes the receiver's SACKs for a frame of `len` bytes put on the receiver's uplink.
+    pub fn acks(len: usize) -> usize {
+        packets(len).div_ceil(2) * SACK
+    }
 }
 
 const MANIFEST_URL: &str = "sim://live/index.integrity.json";
@@ -440,6 +508,8 @@ impl Sim {
             banned_by: BTreeMap::new(),
             played: 0,
             processed: 0,
+            uplink_wire: [0; 6],
+            uplink_frames: [0; 6],
             cfg,
         }
     }
@@ -678,9 +748,20 @@ impl Sim {
                 frame,
             } => {
                 let down = self.cfg.down_bps / 8.0;
+                let wired = self.cfg.wire_overhead;
+                let len = frame.len();
+                let on_wire = if wired { wire::sent(len, 0) } else { len };
                 let vw = &mut self.viewers[to];
-                let t = self.now.max(vw.down_free) + dur(frame.len() as f64 / down);
+                let t = self.now.max(vw.down_free) + dur(on_wire as f64 / down);
                 vw.down_free = t;
+                if wired && vw.alive {
+                    // The receiver's SACKs share its uplink with what it uploads.
+                    let up = self.cfg.up_bps / 8.0;
+                    let acks = wire::acks(len);
+                    vw.up_free = self.now.max(vw.up_free) + dur(acks as f64 / up);
+                    self.uplink_wire[4] += acks as u64;
+                    self.uplink_frames[4] += (acks / wire::SACK) as u64;
+                }
                 self.at(
                     t,
                     Ev::Frame {
@@ -1058,16 +1139,39 @@ impl Sim {
         let len = frame.len();
         let rtt = self.rtt(from, to);
         let up = self.cfg.up_bps / 8.0;
-        let vw = &mut self.viewers[from];
-        let t_up = self.now.max(vw.up_free) + dur(len as f64 / up);
-        vw.up_free = t_up;
-        let packets = (len / 1200 + 1) as u32;
+        let packets = wire::packets(len);
         let mut lost = 0;
         for _ in 0..packets {
             if self.rng.r#gen::<f64>() < self.cfg.loss {
                 lost += 1;
             }
         }
+        let on_wire = if self.cfg.wire_overhead {
+            wire::sent(len, lost)
+        } else {
+            len
+        };
+        // Frame type: the byte after the version (protocol's `frame.rs`).
+        let kind = match frame.get(1) {
+            Some(5) => 0,
+            Some(2) => 1,
+            Some(8) => 2,
+            _ => 3,
+        };
+        let resent = if self.cfg.wire_overhead {
+            lost * (wire::PACKET_PAYLOAD + wire::PACKET_HEADERS)
+        } else {
+            0
+        };
+        self.uplink_frames[kind] += 1;
+        self.uplink_wire[kind] += (on_wire - resent) as u64;
+        if resent > 0 {
+            self.uplink_wire[5] += resent as u64;
+            self.uplink_frames[5] += lost as u64;
+        }
+        let vw = &mut self.viewers[from];
+        let t_up = self.now.max(vw.up_free) + dur(on_wire as f64 / up);
+        vw.up_free = t_up;
         let Some(link) = self.links.get_mut(&key) else {
             return;
         };
@@ -1286,6 +1390,8 @@ impl Sim {
             joins: self.viewers.len(),
             segments_played: self.played,
             events: self.processed,
+            uplink_wire: self.uplink_wire,
+            uplink_frames: self.uplink_frames,
             ..Default::default()
         };
         r.bound = r.limit.min(self.cfg.up_bps / self.cfg.bitrate_bps.max(1.0));

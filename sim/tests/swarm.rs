@@ -93,7 +93,10 @@ fn small_store_stays_under_its_cap() {
 /// still on the way, fetched them from the origin, and the chunks were uploaded for nothing
 /// (20 viewers, 300 s: 18.9 % of delivered bytes wasted, origin saved 0.27 of the 0.5 bound).
 /// This run, with the old depths (`serve_horizon` and `send_window_time` at 100 s): saved
-/// 0.237, waste 0.250; with the meter: saved 0.421, waste 0.073.
+/// 0.237, waste 0.250; with the meter: saved 0.421, waste 0.073 — on links that carried frame
+/// bytes only. Charged what a data channel really puts on the wire (`sim::wire`: headers,
+/// SACKs, resent packets; ~20 % of an uplink here), the same run saves 0.299, and the meter,
+/// which counts frame bytes as the browser's does, reads ~0.8 of the link.
 #[test]
 fn scarce_uplinks_save_origin_bytes_without_waste() {
     let cfg = SimConfig {
@@ -110,12 +113,31 @@ fn scarce_uplinks_save_origin_bytes_without_waste() {
     let why = format!("saved {saved:.3}, waste {waste:.3}\n{}", r.summary());
     assert_eq!(r.stalls, 0, "{why}");
     assert_eq!(r.corrupt_to_player, 0, "{why}");
-    // Bound min(1 − 1/12, 1/2) = 0.5; a 2-minute run pays every viewer's startup.
-    assert!(saved > 0.33, "{why}");
+    // Bound min(1 − 1/12, 1/2) = 0.5 counts the link as frame bytes; a 2-minute run pays
+    // every viewer's startup, and the wire's overhead takes a fifth of the link.
+    assert!(saved > 0.27, "{why}");
     assert!(waste < 0.10, "{why}");
     assert_eq!(r.uplinks_measured, 12, "{why}");
     assert!(
-        (0.9e6..1.1e6).contains(&r.uplink_measured_mean),
-        "the meter reads the link: {why}"
+        (0.7e6..1.05e6).contains(&r.uplink_measured_mean),
+        "the meter reads what the link carries of frames: {why}"
+    );
+    // Without the wire's costs the same run is the old model's (and saves more).
+    let bare = run(SimConfig {
+        up_bps: 1_000_000.0,
+        wire_overhead: false,
+        ..short(12, 120.0, 5)
+    });
+    assert_eq!(
+        bare.uplink_wire[4],
+        0,
+        "no SACKs charged: {}",
+        bare.summary()
+    );
+    assert!(
+        bare.http_bytes < r.http_bytes,
+        "headers and SACKs cost origin bytes: {} vs {}",
+        bare.summary(),
+        r.summary()
     );
 }

@@ -67,6 +67,10 @@ pub struct Args {
     /// `send_window_time`), ms.
     #[arg(long)]
     send_window_ms: Option<u64>,
+    /// Links carry frame bytes only: no packet headers, retransmissions or SACKs (the model
+    /// before the lab's packet capture; see `sim::wire`).
+    #[arg(long)]
+    no_wire_overhead: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -88,6 +92,7 @@ pub fn run(a: Args) -> Result<()> {
         origin_ms: a.origin_ms,
         join_window_secs: a.join_window,
         live_delay_segments: a.live_delay,
+        wire_overhead: !a.no_wire_overhead,
         core: sim::peer_core::Config {
             store_cap: a.store_mb * 1024 * 1024,
             origin_seeders: a.origin_seeders,
@@ -182,6 +187,9 @@ pub struct GridArgs {
     /// Rows run at once (each runs its P2P and HTTP-only runs on two threads).
     #[arg(long, default_value_t = 1)]
     jobs: usize,
+    /// Links carry frame bytes only (see `cargo xtask sim --no-wire-overhead`).
+    #[arg(long)]
+    no_wire_overhead: bool,
 }
 
 /// One row of the grid: links and swarm size.
@@ -230,6 +238,7 @@ pub fn grid(a: GridArgs) -> Result<()> {
                         rtt_min_ms: row.rtt.0,
                         rtt_max_ms: row.rtt.1,
                         loss: row.loss,
+                        wire_overhead: !a.no_wire_overhead,
                         ..SimConfig::default()
                     };
                     let (r, b) = run_pair(cfg, true);
