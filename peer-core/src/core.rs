@@ -275,7 +275,7 @@ impl PeerCore {
             at(self.stats_at);
         }
         if !self.store.dirty_have.is_empty() {
-            at(self.store.have_sent_at + crate::store::HAVE_EVERY);
+            at(self.store.have_sent_at + self.have_every());
         }
         self.scheduler_timeouts(&mut at);
         self.remote_timeouts(&mut at);

@@ -96,6 +96,16 @@ pub struct Store {
 /// 0.749 → 0.756, seed 3 0.706 → 0.727.
 pub const HAVE_EVERY: Duration = Duration::from_millis(100);
 
+/// [`HAVE_EVERY`] while requests wait for our uplink: each `Have` is a packet of its own on the
+/// wire, answered by a SACK on the receiver's uplink (`sim::wire`), and at 100 ms and 16 peers
+/// that was ~7 % of a 1 Mbit/s uplink taken from chunks. With an idle uplink the packets cost
+/// nothing that was wanted, and announcing late costs every relay hop: 250 ms always lost
+/// 0.02–0.04 of the bound at 4 Mbit/s and 80–300 ms RTT. `cargo xtask sim-grid --viewers 20
+/// --seconds 300 --seed 1` with the wire's costs, of the bound, 100 ms always → this rule (with
+/// `Status` every 1 s): up 1 Mbit/s 0.568–0.635 → 0.602–0.671, 1.5 Mbit/s 0.617–0.693 →
+/// 0.648–0.725, 2 Mbit/s 0.663–0.750 → 0.681–0.764, 4 Mbit/s 0.874–0.985 → 0.866–0.985.
+pub const HAVE_EVERY_BUSY: Duration = Duration::from_millis(250);
+
 impl Store {
     /// The segment listed under `url` (the manifest's or the player's); failing an exact
     /// match, the one whose URL is the same without its query (a signed player URL for the
@@ -401,6 +411,15 @@ impl PeerCore {
         }
     }
 
+    /// How long changes wait to go out in one `Have` ([`HAVE_EVERY`], [`HAVE_EVERY_BUSY`]).
+    pub(crate) fn have_every(&self) -> Duration {
+        if self.upload.serve_total > 0 {
+            HAVE_EVERY_BUSY
+        } else {
+            HAVE_EVERY
+        }
+    }
+
     /// Announces what changed (and segments whose super-seeding time is over, in full).
     pub(crate) fn flush_have(&mut self) {
         let now = self.now;
@@ -422,7 +441,7 @@ impl PeerCore {
             self.store.dirty_have.clear();
             return;
         }
-        if now < self.store.have_sent_at + HAVE_EVERY {
+        if now < self.store.have_sent_at + self.have_every() {
             return;
         }
         self.store.have_sent_at = now;

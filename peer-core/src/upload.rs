@@ -101,7 +101,9 @@ impl UplinkMeter {
 
 /// `Status` goes out no more often than this, and only when our figures moved by
 /// [`STATUS_UPLINK_CHANGE`] or [`STATUS_WAIT_CHANGE`] (or to a peer that has not had it).
-const STATUS_EVERY: Duration = Duration::from_millis(250);
+/// 1 s, not 250 ms: on scarce uplinks the wait moved often enough that `Status` frames
+/// outnumbered `Have`s, each a packet plus the receiver's SACK (see `store::HAVE_EVERY`).
+const STATUS_EVERY: Duration = Duration::from_millis(1000);
 const STATUS_UPLINK_CHANGE: f64 = 0.2;
 const STATUS_WAIT_CHANGE: f64 = 0.25;
 
