@@ -67,7 +67,7 @@ pub mod upload;
 
 pub use crate::config::{Config, ConfigError, MIN_TIMER};
 pub use crate::core::PeerCore;
-pub use crate::stats::{HttpCause, MAX_PEER_COUNTERS, Stats};
+pub use crate::stats::{CHUNK_MS_BOUNDS, HttpCause, MAX_PEER_COUNTERS, Stats};
 pub use crate::time::Time;
 
 use std::time::Duration;

@@ -26,6 +26,8 @@ pub struct OurReq {
     /// Bit `i`: chunk `first + i` arrived (`count` ≤ 64, see [`MAX_REQUEST_CHUNKS`]).
     pub received: u64,
     pub last_progress: Time,
+    /// When we sent it (for [`crate::Stats::chunk_ms`]).
+    pub sent: Time,
 }
 
 /// What [`PeerCore::check_chunk`] found.
@@ -323,6 +325,7 @@ impl PeerCore {
                     count: count as u16,
                     received: 0,
                     last_progress: now,
+                    sent: now,
                 },
             );
             if let Some(r) = self.remotes.peers.get_mut(&peer) {
@@ -382,6 +385,7 @@ impl PeerCore {
             return true;
         }
         let bit = 1u64 << (index - req.first);
+        let sent = req.sent;
         if req.received & bit != 0 {
             self.ban(now, peer, BanReason::Unsolicited);
             return true;
@@ -401,6 +405,8 @@ impl PeerCore {
             Check::Good => {}
         }
         let len = data.len() as u64;
+        self.stats
+            .count_chunk_ms(now.since(sent).as_millis().min(u64::MAX as u128) as u64);
         self.chunk_from_peer(peer, seq, idx, data.len());
         if let Some(req) = self.sched.requests.get_mut(&req_id) {
             req.received |= bit;

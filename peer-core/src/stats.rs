@@ -78,7 +78,16 @@ pub struct Stats {
     /// Scheduling passes run (one per input that may change a decision; see
     /// `remotes::Remote::hurried`).
     pub passes: u64,
+    /// Verified chunks from peers by how long after our request each arrived: within each of
+    /// [`CHUNK_MS_BOUNDS`] in turn, then longer. Where a chunk's time goes on a scarce
+    /// uplink (the holder's queue, the pair's transfer) shows here before it shows as origin
+    /// bytes (issue 17: the lab's pages fetched 2–3× the simulator's deadline fetches).
+    #[serde(default)]
+    pub chunk_ms: [u64; 6],
 }
+
+/// Upper bounds (ms) of [`Stats::chunk_ms`]'s buckets; the last bucket is everything longer.
+pub const CHUNK_MS_BOUNDS: [u64; 5] = [250, 500, 1000, 2000, 4000];
 
 impl Stats {
     /// Share of delivered bytes that came from peers.
@@ -120,11 +129,42 @@ impl Stats {
         self.dup_p2p_bytes += other.dup_p2p_bytes;
         self.serve_busy += other.serve_busy;
         self.passes += other.passes;
+        for (a, b) in self.chunk_ms.iter_mut().zip(other.chunk_ms) {
+            *a += b;
+        }
         for (p, b) in &other.bytes_from_peer {
             // Already counted in p2p_bytes above: only the per-peer split is merged.
             self.p2p_bytes -= b;
             self.count_from_peer(*p, *b);
         }
+    }
+
+    /// Counts a chunk that arrived `ms` after we asked for it (see [`Stats::chunk_ms`]).
+    pub fn count_chunk_ms(&mut self, ms: u64) {
+        let i = CHUNK_MS_BOUNDS
+            .iter()
+            .position(|&b| ms <= b)
+            .unwrap_or(CHUNK_MS_BOUNDS.len());
+        self.chunk_ms[i] += 1;
+    }
+
+    /// `chunk_ms` as a line: `≤250 ms 61 %, ≤500 ms 20 %, …` (empty without chunks).
+    pub fn chunk_ms_line(&self) -> String {
+        let total: u64 = self.chunk_ms.iter().sum();
+        if total == 0 {
+            return String::new();
+        }
+        let mut parts: Vec<String> = CHUNK_MS_BOUNDS
+            .iter()
+            .zip(&self.chunk_ms)
+            .map(|(b, n)| format!("≤{b} ms {:.0} %", 100.0 * *n as f64 / total as f64))
+            .collect();
+        parts.push(format!(
+            ">{} ms {:.0} %",
+            CHUNK_MS_BOUNDS[CHUNK_MS_BOUNDS.len() - 1],
+            100.0 * self.chunk_ms[CHUNK_MS_BOUNDS.len()] as f64 / total as f64
+        ));
+        format!("{total} chunks: {}", parts.join(", "))
     }
 
     /// Origin requests made for `cause`.

@@ -171,6 +171,9 @@ pub struct SwarmReport {
     /// Origin segment requests by cause: designated seeder, backup seeder, deadline, no peers.
     pub http_causes: [u64; 5],
     pub peer_timeouts: u64,
+    /// Chunks from peers by request → arrival time (peer-core's `Stats::chunk_ms`), native
+    /// viewers and pages.
+    pub chunk_ms: [u64; 6],
     pub errors: Vec<String>,
     /// Process CPU seconds and peak RSS while the swarm ran (this process hosts only viewers).
     pub cpu_secs: f64,
@@ -291,6 +294,7 @@ impl SwarmReport {
                         "share": p.http_causes[4],
                     },
                     "peer_timeouts": p.peer_timeouts,
+                    "chunk_ms": p.chunk_ms,
                     "fatal": p.fatal,
                     "errors": p.errors,
                 })
@@ -350,6 +354,7 @@ impl SwarmReport {
             "uploaded_bytes": self.uploaded_bytes,
             "dup_http_bytes": self.dup_http_bytes,
             "dup_p2p_bytes": self.dup_p2p_bytes,
+            "chunk_ms": self.chunk_ms,
             "received_unplayed": self.received_unplayed(),
             "uploaded_unreceived": self.uploaded_unreceived(),
             "wasted_bytes": self.wasted_bytes(),
@@ -481,6 +486,17 @@ impl SwarmReport {
                 format!(
                     "{}/{} ({} honest banned)",
                     self.banned_bad, self.bad, self.banned_honest
+                ),
+            ),
+            (
+                "chunks from peers",
+                format!(
+                    "request → arrival: {}",
+                    peer_core::Stats {
+                        chunk_ms: self.chunk_ms,
+                        ..Default::default()
+                    }
+                    .chunk_ms_line()
                 ),
             ),
             (
@@ -1136,6 +1152,9 @@ fn aggregate(
         r.uploaded_bytes += s.uploaded_bytes;
         r.dup_http_bytes += s.dup_http_bytes;
         r.dup_p2p_bytes += s.dup_p2p_bytes;
+        for (t, c) in r.chunk_ms.iter_mut().zip(s.chunk_ms) {
+            *t += c;
+        }
         r.delivered_http += s.delivered_http_bytes;
         r.delivered_p2p += s.delivered_p2p_bytes;
         r.corrupt_to_player += p.corrupt_segments;
@@ -1192,6 +1211,9 @@ fn aggregate(
             *t += c;
         }
         r.peer_timeouts += p.peer_timeouts;
+        for (t, c) in r.chunk_ms.iter_mut().zip(p.chunk_ms) {
+            *t += c;
+        }
         r.delivered_http += p.delivered_http;
         r.delivered_p2p += p.delivered_p2p;
         client_origin += p.http_bytes;

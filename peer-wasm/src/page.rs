@@ -176,6 +176,9 @@ impl Inner {
                     ("peerRequestTimeouts", num(st.peer_request_timeouts)),
                 ],
             );
+            // Chunks from peers by request → arrival time (`Stats::chunk_ms`, issue 17).
+            let ms: js_sys::Array = st.chunk_ms.iter().map(|n| num(*n)).collect();
+            set_all(&o, &[("chunkMs", ms.into())]);
         }
         let banned: js_sys::Array = self.banned.iter().map(|p| num(*p)).collect();
         set_all(&o, &[("banned", banned.into())]);

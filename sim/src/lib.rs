@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::Duration;
 
 use bytes::Bytes;
-use peer_core::{Config, ConnId, Event, Input, Output, PeerCore, Time};
+use peer_core::{Config, ConnId, Event, Input, Output, PeerCore, Stats, Time};
 use protocol::signaling::{ClientMsg, ServerMsg, SignalData};
 use protocol::{Manifest, PeerId, SegmentManifest};
 use rand::rngs::SmallRng;
@@ -177,6 +177,8 @@ pub struct Report {
     pub uplink_wire: [u64; 6],
     /// Frames sent, by the same kinds (SACKs and retransmissions: packets).
     pub uplink_frames: [u64; 6],
+    /// Chunks from peers by request → arrival time (peer-core's `Stats::chunk_ms`).
+    pub chunk_ms: [u64; 6],
 }
 
 /// Names of [`Report::uplink_wire`]'s entries.
@@ -225,7 +227,8 @@ impl Report {
              origin requests: {} designated, {} backup, {} deadline, {} alone, {} share; {} peer request timeouts; {:.1} manifest fetches per viewer-minute\n\
              waste: {:.1} MB ({:.1} % of delivered): {:.1} MB received and never played ({:.1} MB a second time from the origin, {:.1} MB from a peer), {:.1} MB uploaded and not kept; bound on origin savings {:.3}\n\
              uplink measured by {} viewers: {:.2} Mbit/s on average (links {:.2}); {} requests answered busy for want of uplink\n\
-             uplinks carried {}",
+             uplinks carried {}\n\
+             chunks from peers, request → arrival: {}",
             self.viewers,
             self.joins,
             self.bad,
@@ -264,6 +267,11 @@ impl Report {
             self.up_mbps,
             self.serve_busy,
             self.uplink_breakdown(),
+            Stats {
+                chunk_ms: self.chunk_ms,
+                ..Stats::default()
+            }
+            .chunk_ms_line(),
         )
     }
 
@@ -1420,6 +1428,9 @@ impl Sim {
             r.peer_timeouts += s.peer_request_timeouts;
             r.manifest_fetches += s.manifest_fetches;
             r.serve_busy += s.serve_busy;
+            for (a, b) in r.chunk_ms.iter_mut().zip(s.chunk_ms) {
+                *a += b;
+            }
             if s.uplink_bps > 0 {
                 r.uplinks_measured += 1;
                 r.uplink_measured_mean += s.uplink_bps as f64;

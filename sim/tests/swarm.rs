@@ -22,6 +22,11 @@ fn live_swarm_offloads_without_stalls() {
     // Limit 1 − 1/12 = 0.917; a short run pays every viewer's startup from the origin.
     assert!(r.offload > 0.75, "{}", r.summary());
     assert!(r.segments_played > 12 * 35, "{}", r.summary());
+    // Every verified chunk from a peer is timed (request → arrival), none twice: a chunk is at
+    // most 16 KiB (the last of a segment less).
+    let timed: u64 = r.chunk_ms.iter().sum();
+    assert!(timed * 16 * 1024 >= r.p2p_bytes, "{}", r.summary());
+    assert!(timed <= r.p2p_bytes / 1024, "{}", r.summary());
 }
 
 #[test]

@@ -373,6 +373,8 @@ pub struct PageReport {
     /// share (peer-core's `HttpCause`).
     pub http_causes: [u64; 5],
     pub peer_timeouts: u64,
+    /// Chunks from peers by request → arrival time (peer-core's `Stats::chunk_ms`).
+    pub chunk_ms: [u64; 6],
     pub fatal: Vec<String>,
     pub errors: Vec<String>,
 }
@@ -448,6 +450,14 @@ impl PageReport {
                 b(&["stats", "httpShare"]),
             ],
             peer_timeouts: b(&["stats", "peerRequestTimeouts"]),
+            chunk_ms: {
+                let a = v["stats"]["chunkMs"].as_array();
+                std::array::from_fn(|i| {
+                    a.and_then(|a| a.get(i))
+                        .and_then(Value::as_f64)
+                        .map_or(0, |x| x.clamp(0.0, MAX_COUNTER) as u64)
+                })
+            },
             fatal: strings(&v["fatal"]),
             errors: strings(&v["errors"]),
         }

@@ -344,9 +344,45 @@ fn print_pages(name: &str, report: &Value, tbf: &[(u64, u64)]) {
             n("dup_p2p_bytes") / 1e6,
         );
     }
+    let mut all = [0u64; 6];
+    for p in &pages {
+        let ms = chunk_ms(p);
+        if ms.iter().sum::<u64>() > 0 {
+            println!(
+                "{:>6} chunks from peers, request → arrival: {}",
+                p["id"].as_str().unwrap_or("?"),
+                chunk_ms_line(ms)
+            );
+        }
+        for (a, b) in all.iter_mut().zip(ms) {
+            *a += b;
+        }
+    }
+    if all.iter().sum::<u64>() > 0 {
+        println!(
+            "   all chunks from peers, request → arrival: {}",
+            chunk_ms_line(all)
+        );
+    }
     for e in report["errors"].as_array().into_iter().flatten().take(8) {
         println!("  error: {}", e.as_str().unwrap_or_default());
     }
+}
+
+/// One pass's JSON line, per-page tbf counters and chunk latencies (all pages).
+type Pass = (Value, Vec<(u64, u64)>, [u64; 6]);
+
+/// A page's chunks from peers by request → arrival time (peer-core's `Stats::chunk_ms`).
+fn chunk_ms(page: &Value) -> [u64; 6] {
+    std::array::from_fn(|i| page["chunk_ms"][i].as_u64().unwrap_or(0))
+}
+
+fn chunk_ms_line(ms: [u64; 6]) -> String {
+    sim::peer_core::Stats {
+        chunk_ms: ms,
+        ..Default::default()
+    }
+    .chunk_ms_line()
 }
 
 fn is_root() -> bool {
@@ -497,11 +533,18 @@ pub fn run(a: Args) -> Result<()> {
         )?;
         let tbf = delta(&lab.counters(), &before);
         print_pages(if http_only { "HTTP only" } else { "P2P" }, &full, &tbf);
-        results.push((line, tbf));
+        let pages = full["pages"].as_array().cloned().unwrap_or_default();
+        let ms = pages.iter().map(chunk_ms).fold([0u64; 6], |mut a, m| {
+            for (x, y) in a.iter_mut().zip(m) {
+                *x += y;
+            }
+            a
+        });
+        results.push((line, tbf, ms));
     }
     drop(children);
     drop(lab);
-    let [(base, tbf_base), (p2p, tbf_p2p)]: [(Value, Vec<(u64, u64)>); 2] = results
+    let [(base, tbf_base, _), (p2p, tbf_p2p, chunk_ms_p2p)]: [Pass; 2] = results
         .try_into()
         .map_err(|_| anyhow::anyhow!("two passes expected"))?;
     if stop.load(Ordering::Relaxed) {
@@ -584,6 +627,8 @@ pub fn run(a: Args) -> Result<()> {
         "fallbacks_p2p": b(&p2p, "fallbacks"),
         "tbf_drops_p2p": drops(&tbf_p2p),
         "tbf_drops_http_only": drops(&tbf_base),
+        // Chunks from peers by request → arrival, ≤ 250/500/1000/2000/4000 ms, longer.
+        "chunk_ms_p2p": chunk_ms_p2p,
         "errors": f(&p2p, "errors") + f(&base, "errors"),
         "interrupted": stop.load(Ordering::Relaxed),
         "reports": out_dir.display().to_string(),
