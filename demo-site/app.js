@@ -174,6 +174,9 @@
   }
   setInterval(function () {
     m.currentTime = video.currentTime;
+    // Seconds behind the live edge (hls.js's estimate; 0 for VOD): where pages sit relative to
+    // each other decides who needs a segment first (`cargo xtask bench lab` prints it).
+    m.latency = hls.latency || 0;
     // Totals over the page's swarms (video rendition + audio).
     var fresh = peer.totals();
     m.swarms = peer.swarmStats();

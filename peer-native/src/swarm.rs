@@ -273,6 +273,7 @@ impl SwarmReport {
                     "p2p": p.p2p,
                     "started": p.started,
                     "startup_ms": p.startup_ms.map(f64::round),
+                    "latency": (p.latency * 100.0).round() / 100.0,
                     "stalls": p.stalls,
                     "delivered_http": p.delivered_http,
                     "delivered_p2p": p.delivered_p2p,

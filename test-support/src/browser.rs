@@ -348,6 +348,8 @@ pub struct PageReport {
     /// Milliseconds from navigation to the first `playing` event.
     pub startup_ms: Option<f64>,
     pub current_time: f64,
+    /// Seconds behind the live edge, as hls.js estimates it (`hls.latency`; 0 for VOD).
+    pub latency: f64,
     /// `waiting` events after playback started.
     pub stalls: u64,
     /// Bytes handed to the player: over HTTP (the core's, or hls.js's own loader with P2P off)
@@ -413,6 +415,7 @@ impl PageReport {
                 .as_f64()
                 .filter(|x| x.is_finite() && *x >= 0.0),
             current_time: num(v, &["currentTime"]),
+            latency: num(v, &["latency"]).clamp(0.0, 86_400.0),
             stalls: b(&["waiting"]),
             // With P2P off the core is idle and hls.js loads everything itself.
             delivered_http: if p2p {

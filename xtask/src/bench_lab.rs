@@ -349,8 +349,9 @@ fn print_pages(name: &str, report: &Value, tbf: &[(u64, u64)]) {
         let ms = chunk_ms(p);
         if ms.iter().sum::<u64>() > 0 {
             println!(
-                "{:>6} chunks from peers, request → arrival: {}",
+                "{:>6} {:.2} s behind live; chunks from peers, request → arrival: {}",
                 p["id"].as_str().unwrap_or("?"),
+                p["latency"].as_f64().unwrap_or(0.0),
                 chunk_ms_line(ms)
             );
         }
