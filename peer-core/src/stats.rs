@@ -82,6 +82,7 @@ pub struct Stats {
     /// [`CHUNK_MS_BOUNDS`] in turn, then longer. Where a chunk's time goes on a scarce
     /// uplink (the holder's queue, the pair's transfer) shows here before it shows as origin
     /// bytes (issue 17: the lab's pages fetched 2–3× the simulator's deadline fetches).
+    /// Chunks of a request we had cancelled that arrive and are kept anyway are not timed.
     #[serde(default)]
     pub chunk_ms: [u64; 6],
 }

@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use peer_core::{Config, ConnId, Event, Input, Output, PeerCore, Stats, Time};
+use protocol::frame::Frame;
 use protocol::signaling::{ClientMsg, ServerMsg, SignalData};
 use protocol::{Manifest, PeerId, SegmentManifest};
 use rand::rngs::SmallRng;
@@ -1159,11 +1160,11 @@ impl Sim {
         } else {
             len
         };
-        // Frame type: the byte after the version (protocol's `frame.rs`).
-        let kind = match frame.get(1) {
-            Some(5) => 0,
-            Some(2) => 1,
-            Some(8) => 2,
+        // [`UPLINK_KINDS`]' index (decoding is zero-copy for chunks, the bulk of frames).
+        let kind = match Frame::decode_bytes(frame.clone()).as_ref().map(Frame::kind) {
+            Ok("chunk") => 0,
+            Ok("have") => 1,
+            Ok("status") => 2,
             _ => 3,
         };
         let resent = if self.cfg.wire_overhead {

@@ -313,8 +313,9 @@ fn pass(
     Ok((serde_json::from_str(line)?, report))
 }
 
-/// Per-page lines of a pass (from p2pcdn-load's full report) plus each page's tbf counters.
-fn print_pages(name: &str, report: &Value, tbf: &[(u64, u64)]) {
+/// Per-page lines of a pass (from p2pcdn-load's full report) plus each page's tbf counters;
+/// returns the pages' chunk latencies summed (see [`chunk_ms`]).
+fn print_pages(name: &str, report: &Value, tbf: &[(u64, u64)]) -> [u64; 6] {
     println!(
         "\n{name}: page | playing | stalls | origin MB | P2P in MB | up MB | tbf sent MB | tbf drops | uplink kbit/s | busy | origin req (seeder/backup/deadline/alone) | peer timeouts | dup MB (origin/peers)"
     );
@@ -368,6 +369,7 @@ fn print_pages(name: &str, report: &Value, tbf: &[(u64, u64)]) {
     for e in report["errors"].as_array().into_iter().flatten().take(8) {
         println!("  error: {}", e.as_str().unwrap_or_default());
     }
+    all
 }
 
 /// One pass's JSON line, per-page tbf counters and chunk latencies (all pages).
@@ -533,14 +535,7 @@ pub fn run(a: Args) -> Result<()> {
             &stop,
         )?;
         let tbf = delta(&lab.counters(), &before);
-        print_pages(if http_only { "HTTP only" } else { "P2P" }, &full, &tbf);
-        let pages = full["pages"].as_array().cloned().unwrap_or_default();
-        let ms = pages.iter().map(chunk_ms).fold([0u64; 6], |mut a, m| {
-            for (x, y) in a.iter_mut().zip(m) {
-                *x += y;
-            }
-            a
-        });
+        let ms = print_pages(if http_only { "HTTP only" } else { "P2P" }, &full, &tbf);
         results.push((line, tbf, ms));
     }
     drop(children);
